@@ -1,0 +1,226 @@
+package meta
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Tags with a meaning here. Talos's keep Talos's meaning; stagehand's start
+// at 0x40.
+const (
+	TagTalosUpgrade        Tag = 0x06 // Talos: previous boot label, for revert
+	TagTalosStagedImageRef Tag = 0x07 // Talos: staged upgrade image reference
+	TagTalosStagedOptions  Tag = 0x08 // Talos: staged upgrade install options (JSON)
+	TagGeneration          Tag = 0x40 // u64 big-endian, set by Commit
+	TagStaged              Tag = 0x41 // JSON Staged
+	TagSlots               Tag = 0x42 // JSON Slots
+	TagTransitions         Tag = 0x43 // JSON []Transition, the last MaxTransitions
+)
+
+// MaxTransitions bounds the transition ring.
+const MaxTransitions = 16
+
+var tagNames = map[Tag]string{
+	TagTalosUpgrade:        "talos-upgrade",
+	TagTalosStagedImageRef: "talos-staged-image-ref",
+	TagTalosStagedOptions:  "talos-staged-install-options",
+	TagGeneration:          "generation",
+	TagStaged:              "staged",
+	TagSlots:               "slots",
+	TagTransitions:         "transitions",
+}
+
+// TagName is the name of a known tag, or "" for others.
+func TagName(t Tag) string { return tagNames[t] }
+
+// TagByName returns the tag called name.
+func TagByName(name string) (Tag, bool) {
+	for t, n := range tagNames {
+		if n == name {
+			return t, true
+		}
+	}
+	return 0, false
+}
+
+// Slot names one of the two boot slots: "a" or "b".
+type Slot string
+
+// The slots.
+const (
+	SlotA Slot = "a"
+	SlotB Slot = "b"
+)
+
+// Other returns the slot that is not s.
+func (s Slot) Other() Slot {
+	if s == SlotA {
+		return SlotB
+	}
+	return SlotA
+}
+
+func (s Slot) valid() bool { return s == SlotA || s == SlotB }
+
+// Artifact is one file of a staged payload, as it lies in STAGE.
+type Artifact struct {
+	Name   string `json:"name"`
+	Offset int64  `json:"offset"` // bytes from the start of the STAGE partition
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"` // hex
+}
+
+// Staged is the record of a staged payload (tag 0x41).
+type Staged struct {
+	Image     string     `json:"image"`  // reference as given
+	Digest    string     `json:"digest"` // resolved manifest digest
+	Target    Slot       `json:"target"` // slot the payload goes to
+	Time      time.Time  `json:"time"`
+	Artifacts []Artifact `json:"artifacts"`
+}
+
+func (s *Staged) validate() error {
+	if !s.Target.valid() {
+		return fmt.Errorf("target slot %q is not a or b", s.Target)
+	}
+	for _, a := range s.Artifacts {
+		if a.Offset < 0 || a.Size < 0 || a.Offset > 1<<62-a.Size {
+			return fmt.Errorf("artifact %q: offset %d size %d out of range", a.Name, a.Offset, a.Size)
+		}
+	}
+	return nil
+}
+
+// Phase is where the boot flow stands.
+type Phase string
+
+// The phases of DESIGN.md's boot flow.
+const (
+	PhaseIdle     Phase = "idle"
+	PhaseStaged   Phase = "staged"
+	PhaseApplying Phase = "applying"
+	PhaseTrial    Phase = "trial"
+)
+
+// SlotState is what is known of one slot.
+type SlotState struct {
+	State   string `json:"state"` // "", "good", "trial", "bad"
+	Version string `json:"version,omitempty"`
+	Digest  string `json:"digest,omitempty"`
+	Reason  string `json:"reason,omitempty"` // why it is bad
+}
+
+// Slots is the record of the slot states (tag 0x42).
+type Slots struct {
+	Phase     Phase     `json:"phase"`
+	Active    Slot      `json:"active"`             // the default slot
+	Previous  Slot      `json:"previous,omitempty"` // the slot active before
+	Trial     Slot      `json:"trial,omitempty"`
+	TriesLeft int       `json:"tries_left,omitempty"`
+	A         SlotState `json:"a"`
+	B         SlotState `json:"b"`
+}
+
+func (s *Slots) validate() error {
+	switch s.Phase {
+	case PhaseIdle, PhaseStaged, PhaseApplying, PhaseTrial:
+	default:
+		return fmt.Errorf("unknown phase %q", s.Phase)
+	}
+	for _, sl := range []Slot{s.Active, s.Previous, s.Trial} {
+		if sl != "" && !sl.valid() {
+			return fmt.Errorf("slot %q is not a or b", sl)
+		}
+	}
+	if s.TriesLeft < 0 {
+		return fmt.Errorf("tries left %d is negative", s.TriesLeft)
+	}
+	return nil
+}
+
+// Transition is one entry of the ring (tag 0x43): what changed and why.
+type Transition struct {
+	Time   time.Time `json:"time"`
+	From   Phase     `json:"from"`
+	To     Phase     `json:"to"`
+	Slot   Slot      `json:"slot,omitempty"`
+	Reason string    `json:"reason"`
+}
+
+type validator interface{ validate() error }
+
+func getRecord(b *Block, t Tag, v any) (bool, error) {
+	raw, ok := b.Get(t)
+	if !ok {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return true, fmt.Errorf("decoding %s record (tag 0x%02x): %w", TagName(t), t, err)
+	}
+	if vv, ok := v.(validator); ok {
+		if err := vv.validate(); err != nil {
+			return true, fmt.Errorf("decoding %s record (tag 0x%02x): %w", TagName(t), t, err)
+		}
+	}
+	return true, nil
+}
+
+func setRecord(b *Block, t Tag, v any) error {
+	if vv, ok := v.(validator); ok {
+		if err := vv.validate(); err != nil {
+			return fmt.Errorf("encoding %s record: %w", TagName(t), err)
+		}
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encoding %s record: %w", TagName(t), err)
+	}
+	return b.Set(t, raw)
+}
+
+// Staged returns the staged payload record, if any.
+func (b *Block) Staged() (*Staged, bool, error) {
+	var s Staged
+	ok, err := getRecord(b, TagStaged, &s)
+	if !ok || err != nil {
+		return nil, ok, err
+	}
+	return &s, true, nil
+}
+
+// SetStaged stores the staged payload record.
+func (b *Block) SetStaged(s *Staged) error { return setRecord(b, TagStaged, s) }
+
+// Slots returns the slot states; a META without them is idle on slot a.
+func (b *Block) Slots() (*Slots, error) {
+	s := Slots{Phase: PhaseIdle, Active: SlotA}
+	if _, err := getRecord(b, TagSlots, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+// SetSlots stores the slot states.
+func (b *Block) SetSlots(s *Slots) error { return setRecord(b, TagSlots, s) }
+
+// Transitions returns the ring, oldest first.
+func (b *Block) Transitions() ([]Transition, error) {
+	var ts []Transition
+	_, err := getRecord(b, TagTransitions, &ts)
+	return ts, err
+}
+
+// AddTransition appends t to the ring, dropping the oldest beyond
+// MaxTransitions.
+func (b *Block) AddTransition(t Transition) error {
+	ts, err := b.Transitions()
+	if err != nil {
+		ts = nil // a damaged ring is replaced rather than blocking the state machine
+	}
+	ts = append(ts, t)
+	if len(ts) > MaxTransitions {
+		ts = ts[len(ts)-MaxTransitions:]
+	}
+	return setRecord(b, TagTransitions, ts)
+}

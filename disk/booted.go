@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,9 @@ var ErrBootDiskUnknown = errors.New("cannot tell which disk booted")
 func BootedPartUUID(efivars string) (string, error) {
 	name := filepath.Join(efivars, "LoaderDevicePartUUID-"+LoaderVendorGUID)
 	raw, err := os.ReadFile(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%w: the firmware variable LoaderDevicePartUUID is not set (not booted by systemd-boot?); pass --disk", ErrBootDiskUnknown)
+	}
 	if err != nil {
 		return "", fmt.Errorf("%w: reading %s: %v; pass --disk", ErrBootDiskUnknown, name, err)
 	}

@@ -224,3 +224,25 @@ func (b *Block) AddTransition(t Transition) error {
 	}
 	return setRecord(b, TagTransitions, ts)
 }
+
+// CheckValue tells whether v may be stored under t by hand: the generation
+// belongs to the store, and stagehand's records must decode.
+func CheckValue(t Tag, v []byte) error {
+	if t == TagGeneration {
+		return fmt.Errorf("tag 0x%02x (generation) is managed by the store and cannot be set or deleted", t)
+	}
+	b := &Block{}
+	if err := b.Set(t, v); err != nil {
+		return err
+	}
+	var err error
+	switch t {
+	case TagStaged:
+		_, _, err = b.Staged()
+	case TagSlots:
+		_, err = b.Slots()
+	case TagTransitions:
+		_, err = b.Transitions()
+	}
+	return err
+}

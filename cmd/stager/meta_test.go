@@ -108,7 +108,7 @@ func TestMetaBadInput(t *testing.T) {
 	os.WriteFile(noGPT, make([]byte, 8*disktest.MiB), 0o600)
 	truncated := disktest.Image(t, filepath.Join(dir, "trunc.img"), small)
 	os.Truncate(truncated, 5*disktest.MiB+disktest.MiB/2) // ends inside META
-	big := strings.Repeat("x", meta.Capacity-8-5) // fits alone, not beside tag 7
+	big := strings.Repeat("x", meta.Capacity-8-5)         // fits alone, not beside tag 7
 
 	for _, tc := range []struct {
 		name string

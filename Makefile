@@ -1,0 +1,52 @@
+# stagehand: make test runs every test; make demo runs the main job end to end.
+# Both install what they need (make deps) on a Debian machine, as root.
+
+export PATH := /usr/local/go/bin:$(PATH)
+GO        ?= go
+BUILD     := build
+FUZZTIME  ?= 30s
+CMDS      := stager
+
+.PHONY: all build test unit qemu-test demo bench fuzz deps lint clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	@mkdir -p $(BUILD)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BUILD)/ ./cmd/...
+
+# Every test: unit tests (loop devices need root) and, once they exist, the
+# VM tests.
+test: deps lint unit
+
+unit:
+	$(GO) test -count=1 ./...
+
+qemu-test: deps
+	@echo "qemu-test: no VM tests yet: they arrive with the pre-stage init (issue 5)" >&2; exit 1
+
+demo: deps
+	@echo "demo: not yet: 'make demo' arrives with the staging and boot flow (issues 4-6)" >&2; exit 1
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# Runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | cut -d' ' -f2); do \
+	    echo "fuzz: $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out" >&2; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BUILD)

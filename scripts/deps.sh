@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what stagehand's build and tests need on a Debian machine, as root.
+# Idempotent: packages already installed are not touched, and apt-get update
+# runs only when something is missing.
+set -euo pipefail
+
+need_pkgs=(util-linux dosfstools mtools)
+
+missing=()
+for p in "${need_pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [[ $(id -u) != 0 ]]; then
+		echo "deps: missing Debian packages ${missing[*]}; run 'make deps' as root" >&2
+		exit 1
+	fi
+	echo "deps: installing ${missing[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null; then
+	echo "deps: no Go toolchain on PATH (Go 1.26 is expected at /usr/local/go)" >&2
+	exit 1
+fi
+echo "deps: ok ($(go version | cut -d' ' -f3), ${need_pkgs[*]})"

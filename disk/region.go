@@ -1,9 +1,12 @@
 package disk
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,4 +62,56 @@ func (d *Disk) Sync() error {
 			return nil
 		}
 	}
+}
+
+// Zero makes [off, off+n) of the region read as zeros: a punched hole in an
+// image file, BLKZEROOUT on a block device. It does not sync.
+func (r *Region) Zero(off, n int64) error {
+	if off < 0 || n < 0 || off+n > r.Size {
+		return fmt.Errorf("zeroing %d bytes at offset %d is outside %s (%d bytes)", n, off, r.Name(), r.Size)
+	}
+	if n == 0 {
+		return nil
+	}
+	fd := int(r.d.f.Fd())
+	start := r.Offset + off
+	for {
+		var err error
+		if r.d.block {
+			rng := [2]uint64{uint64(start), uint64(n)}
+			_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&rng)))
+			runtime.KeepAlive(&rng)
+			if errno != 0 {
+				err = os.NewSyscallError("ioctl(BLKZEROOUT)", errno)
+			}
+		} else {
+			err = unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, start, n)
+			if err != nil {
+				err = os.NewSyscallError("fallocate(PUNCH_HOLE)", err)
+			}
+		}
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOTTY) {
+			return r.writeZeros(off, n)
+		}
+		if err != nil {
+			return fmt.Errorf("zeroing %s: %w", r.Name(), err)
+		}
+		return nil
+	}
+}
+
+// writeZeros is Zero for filesystems and devices that cannot do it at once.
+func (r *Region) writeZeros(off, n int64) error {
+	z := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		c := min(n, int64(len(z)))
+		if _, err := r.WriteAt(z[:c], off); err != nil {
+			return fmt.Errorf("zeroing %s: %w", r.Name(), err)
+		}
+		off, n = off+c, n-c
+	}
+	return nil
 }

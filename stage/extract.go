@@ -1,0 +1,256 @@
+package stage
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/payload"
+)
+
+// ErrTooLarge marks a payload or artifact over a limit.
+var ErrTooLarge = errors.New("too large")
+
+// extractor streams layers and writes the wanted artifacts into one half of
+// STAGE, hashing as it goes.
+type extractor struct {
+	ctx         context.Context
+	dst         io.WriterAt // the STAGE partition
+	next, end   int64       // next free offset, end of the half
+	high        int64       // highest offset written
+	half        int64       // size of a half, for messages
+	maxArtifact int64
+	maxUnpacked int64 // bytes of uncompressed tar, over all layers
+	unpacked    int64
+	want        map[string]string // tar path → artifact name
+	found       map[string]meta.Artifact
+	install     map[string]bool // paths seen under usr/install, for messages
+	progress    func(n int64)
+	buf         []byte
+}
+
+// countingHash counts and hashes what passes through it, and reports
+// progress.
+type countingHash struct {
+	r        io.Reader
+	h        hash.Hash
+	n        int64
+	progress func(int64)
+}
+
+func (c *countingHash) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.h.Write(p[:n])
+		c.n += int64(n)
+		if c.progress != nil {
+			c.progress(int64(n))
+		}
+	}
+	return n, err
+}
+
+func digestOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
+
+// layer streams one layer, writes the artifacts it holds and verifies the
+// whole blob.
+func (x *extractor) layer(ls layerSource, n int) error {
+	raw, err := ls.open()
+	if err != nil {
+		return fmt.Errorf("layer %d (%s): %w", n, ls.diffID, err)
+	}
+	defer raw.Close()
+	blob := &countingHash{r: raw, h: sha256.New(), progress: x.progress}
+	br := bufio.NewReaderSize(blob, 1<<20)
+	var stream io.Reader = br
+	if ls.compressed {
+		magic, _ := br.Peek(4)
+		switch {
+		case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+			zr, err := gzip.NewReader(br)
+			if err != nil {
+				return fmt.Errorf("layer %d (%s): %w", n, ls.diffID, err)
+			}
+			defer zr.Close()
+			stream = zr
+		case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+			zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+			if err != nil {
+				return fmt.Errorf("layer %d (%s): %w", n, ls.diffID, err)
+			}
+			defer zr.Close()
+			stream = zr
+		}
+	}
+	tarStream := &countingHash{r: stream, h: sha256.New()}
+	tr := tar.NewReader(x.limit(tarStream))
+	for {
+		if err := x.ctx.Err(); err != nil {
+			return err
+		}
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return x.readError(ls, n, err)
+		}
+		if err := x.entry(h, tr); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, gzip.ErrChecksum) {
+				return x.readError(ls, n, err)
+			}
+			return err
+		}
+	}
+	// The bytes after the tar's end count too: drain to the end of the blob.
+	if _, err := io.CopyBuffer(io.Discard, x.limit(tarStream), x.buf); err != nil {
+		return x.readError(ls, n, err)
+	}
+	if _, err := io.CopyBuffer(io.Discard, br, x.buf); err != nil {
+		return x.readError(ls, n, err)
+	}
+	if ls.size >= 0 && blob.n != ls.size {
+		return fmt.Errorf("layer %d (%s) is %d bytes, the manifest says %d: truncated or corrupt blob", n, *ls.digest, blob.n, ls.size)
+	}
+	if ls.digest != nil {
+		if got := digestOf(blob.h); got != ls.digest.String() {
+			return fmt.Errorf("layer %d: digest is %s, the manifest says %s: corrupt or tampered blob", n, got, ls.digest)
+		}
+	}
+	if got := digestOf(tarStream.h); got != ls.diffID.String() {
+		return fmt.Errorf("layer %d: uncompressed digest is %s, the config says %s: corrupt or tampered blob", n, got, ls.diffID)
+	}
+	return nil
+}
+
+func (x *extractor) readError(ls layerSource, n int, err error) error {
+	what := ls.diffID.String()
+	if ls.digest != nil {
+		what = ls.digest.String()
+	}
+	if errors.Is(err, ErrTooLarge) {
+		return err
+	}
+	return fmt.Errorf("layer %d (%s) is truncated or corrupt: %w", n, what, err)
+}
+
+// limit caps the uncompressed bytes read, over all layers.
+func (x *extractor) limit(r io.Reader) io.Reader { return &unpackLimit{r: r, x: x} }
+
+type unpackLimit struct {
+	r io.Reader
+	x *extractor
+}
+
+func (u *unpackLimit) Read(p []byte) (int, error) {
+	n, err := u.r.Read(p)
+	u.x.unpacked += int64(n)
+	if u.x.unpacked > u.x.maxUnpacked {
+		return n, fmt.Errorf("%w: the layers unpack to more than %d bytes (a decompression bomb?)", ErrTooLarge, u.x.maxUnpacked)
+	}
+	return n, err
+}
+
+// entry handles one tar entry: refuse it, skip it, drop a whited-out
+// artifact, or write an artifact.
+func (x *extractor) entry(h *tar.Header, r io.Reader) error {
+	name, err := CleanEntry(h)
+	if err != nil {
+		return err
+	}
+	dir, base := path.Split(name)
+	if strings.HasPrefix(base, ".wh.") {
+		x.whiteout(path.Clean(dir), strings.TrimPrefix(base, ".wh."))
+		return nil
+	}
+	if strings.HasPrefix(name, "usr/install/") && h.Typeflag != tar.TypeDir {
+		x.install["/"+name] = true
+	}
+	art, ok := x.want[name]
+	if !ok {
+		return nil
+	}
+	if h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeRegA {
+		what := "not a regular file"
+		switch h.Typeflag {
+		case tar.TypeSymlink:
+			what = fmt.Sprintf("a symlink to %q", h.Linkname)
+		case tar.TypeLink:
+			what = fmt.Sprintf("a hard link to %q", h.Linkname)
+		}
+		return &EntryError{h.Name, fmt.Sprintf("the %s artifact is %s; artifacts must be regular files", art, what)}
+	}
+	if h.Size > x.maxArtifact {
+		return fmt.Errorf("%w: artifact %s is %d bytes, more than the limit of %d", ErrTooLarge, art, h.Size, x.maxArtifact)
+	}
+	if x.next+h.Size > x.end {
+		need := x.next + h.Size - (x.end - x.half) - payload.HeaderSize
+		return fmt.Errorf("%w: the payload needs at least %d bytes, and half of STAGE holds %d (STAGE must be at least twice the payload)", ErrTooLarge, need, x.half-payload.HeaderSize)
+	}
+	sum := sha256.New()
+	w := io.NewOffsetWriter(x.dst, x.next)
+	got, err := io.CopyBuffer(io.MultiWriter(w, sum), io.LimitReader(r, h.Size), x.buf)
+	x.high = max(x.high, x.next+got)
+	if err != nil {
+		return fmt.Errorf("writing artifact %s to STAGE: %w", art, err)
+	}
+	if got != h.Size {
+		return fmt.Errorf("artifact %s: %w", art, io.ErrUnexpectedEOF)
+	}
+	x.found[art] = meta.Artifact{Name: art, Offset: x.next, Size: h.Size, SHA256: hex.EncodeToString(sum.Sum(nil))}
+	x.next = payload.AlignUp(x.next + h.Size)
+	return nil
+}
+
+// whiteout applies an OCI whiteout of base in dir (".wh..wh..opq" hides
+// the whole directory) to the artifacts found so far.
+func (x *extractor) whiteout(dir, base string) {
+	for p, art := range x.want {
+		if (base == ".wh..opq" && strings.HasPrefix(p, dir+"/")) || p == path.Join(dir, base) || strings.HasPrefix(p, path.Join(dir, base)+"/") {
+			delete(x.found, art)
+		}
+	}
+	for p := range x.install {
+		if (base == ".wh..opq" && strings.HasPrefix(p, "/"+dir+"/")) || p == "/"+path.Join(dir, base) {
+			delete(x.install, p)
+		}
+	}
+}
+
+// artifacts returns what was found, in a fixed order, or says what is missing.
+func (x *extractor) artifacts(required []string, arch string) ([]meta.Artifact, error) {
+	for _, r := range required {
+		if _, ok := x.found[r]; !ok {
+			var seen []string
+			for p := range x.install {
+				seen = append(seen, p)
+			}
+			sort.Strings(seen)
+			has := "nothing"
+			if len(seen) > 0 {
+				has = strings.Join(seen, ", ")
+			}
+			return nil, fmt.Errorf("not an installer image for %s: no /usr/install/%s/%s (under /usr/install it has %s)", arch, arch, r, has)
+		}
+	}
+	var out []meta.Artifact
+	for _, a := range x.found {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Offset < out[j].Offset })
+	return out, nil
+}

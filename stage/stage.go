@@ -1,0 +1,246 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/installer"
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/payload"
+)
+
+// Defaults for the limits of Options.
+const (
+	DefaultMaxArtifact = 2 << 30
+	DefaultMaxUnpacked = 16 << 30
+)
+
+// Options says what to stage where.
+type Options struct {
+	Disk        string         // image file or block device
+	Image       string         // the reference, see ParseSource
+	Insecure    bool           // plain HTTP to the registry
+	Platform    *v1.Platform   // default: this machine's
+	Keychain    authn.Keychain // default: the Docker config
+	MaxArtifact int64          // largest artifact accepted (default DefaultMaxArtifact)
+	MaxUnpacked int64          // most uncompressed bytes read (default DefaultMaxUnpacked)
+	// Progress is told the bytes read so far and the total (-1 when unknown).
+	Progress func(done, total int64)
+	Logf     func(format string, args ...any) // default: discard
+	Now      func() time.Time                 // default: time.Now
+}
+
+// Result says what was staged.
+type Result struct {
+	Staged        *meta.Staged
+	AlreadyStaged bool  // the same digest was staged already: nothing written
+	Bytes         int64 // artifact bytes written
+	Half          int   // half of STAGE written
+}
+
+// ErrBusy marks a META whose state does not allow staging now.
+var ErrBusy = errors.New("cannot stage now")
+
+// Stage pulls o.Image and stages it on o.Disk for the next boot. The
+// previous staged payload stays intact until the new one is durable and
+// recorded in META; on any failure META is unchanged and the bytes written to
+// the free half are zeroed again.
+func Stage(ctx context.Context, o Options) (*Result, error) {
+	o.defaults()
+	src, err := ParseSource(o.Image, o.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	store, d, err := disk.OpenMETA(ctx, o.Disk, true)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	stage, err := d.Find(disk.LabelSTAGE)
+	if err != nil {
+		return nil, err
+	}
+	b := store.Block()
+	slots, err := b.Slots()
+	if err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+	switch slots.Phase {
+	case meta.PhaseApplying:
+		return nil, fmt.Errorf("%w: an upgrade to slot %s is being applied; boot to finish it", ErrBusy, slots.Active.Other())
+	case meta.PhaseTrial:
+		return nil, fmt.Errorf("%w: slot %s is on trial; confirm it (stager confirm) or roll back first", ErrBusy, slots.Trial)
+	}
+	old, _, err := b.Staged()
+	if err != nil {
+		o.Logf("ignoring a damaged staged record: %v", err)
+		old = nil
+	}
+
+	o.Logf("resolving %s for %s", src, o.Platform.String())
+	img, err := src.resolve(ctx, *o.Platform, o.Keychain)
+	if err != nil {
+		return nil, err
+	}
+	digest := img.digest.String()
+	if old != nil && old.Digest == digest {
+		return &Result{Staged: old, AlreadyStaged: true, Half: payload.HalfOf(old.Artifacts, stage.Size)}, nil
+	}
+	target := slots.Active.Other()
+	if err := checkRoom(b, slots, src.String(), digest, target); err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+
+	half := 0
+	if old != nil && payload.HalfOf(old.Artifacts, stage.Size) == 0 {
+		half = 1
+	}
+	hs := payload.HalfSize(stage.Size)
+	x := &extractor{
+		ctx: ctx, dst: stage, half: hs,
+		next: int64(half)*hs + payload.HeaderSize, end: int64(half+1) * hs,
+		maxArtifact: o.MaxArtifact, maxUnpacked: o.MaxUnpacked,
+		want: installer.Artifacts(o.Platform.Architecture), found: map[string]meta.Artifact{}, install: map[string]bool{},
+		buf: make([]byte, 1<<20),
+	}
+	x.high = x.next
+	var done int64
+	x.progress = func(n int64) { done += n; o.Progress(done, img.total) }
+	arts, err := x.write(img, o.Platform.Architecture)
+	if err == nil {
+		err = writeHeader(stage, int64(half)*hs, &payload.Header{Image: src.String(), Digest: digest, Artifacts: arts})
+	}
+	if err != nil {
+		// Give the half back as it was: zeros, as STAGE holds nothing but
+		// the payload META refers to.
+		if zerr := zero(stage, int64(half)*hs, x.high); zerr != nil {
+			return nil, fmt.Errorf("%w (and restoring STAGE failed: %v)", err, zerr)
+		}
+		return nil, err
+	}
+
+	st := &meta.Staged{Image: src.String(), Digest: digest, Target: target, Time: o.Now().UTC(), Artifacts: arts}
+	err = store.Update(func(b *meta.Block) error {
+		if err := b.SetStaged(st); err != nil {
+			return err
+		}
+		if err := b.Set(meta.TagTalosStagedImageRef, []byte(src.String())); err != nil {
+			return err
+		}
+		from := slots.Phase
+		slots.Phase = meta.PhaseStaged
+		if err := b.SetSlots(slots); err != nil {
+			return err
+		}
+		return b.AddTransition(meta.Transition{Time: st.Time, From: from, To: meta.PhaseStaged, Slot: target, Reason: "staged " + src.String() + " " + digest})
+	})
+	if err != nil {
+		// META may hold the new record or the old one: leave STAGE be.
+		return nil, err
+	}
+	var written int64
+	for _, a := range arts {
+		written += a.Size
+	}
+	res := &Result{Staged: st, Bytes: written, Half: half}
+	if old != nil {
+		start, end := payload.Extent(old.Artifacts, stage.Size)
+		if err := zero(stage, start, end); err != nil {
+			o.Logf("clearing the superseded payload: %v", err)
+		}
+	}
+	return res, nil
+}
+
+func (o *Options) defaults() {
+	if o.Platform == nil {
+		o.Platform = &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	}
+	if o.Keychain == nil {
+		o.Keychain = authn.DefaultKeychain
+	}
+	if o.MaxArtifact == 0 {
+		o.MaxArtifact = DefaultMaxArtifact
+	}
+	if o.MaxUnpacked == 0 {
+		o.MaxUnpacked = DefaultMaxUnpacked
+	}
+	if o.Progress == nil {
+		o.Progress = func(int64, int64) {}
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// write streams every layer, then syncs the artifacts.
+func (x *extractor) write(img *image, arch string) ([]meta.Artifact, error) {
+	for i, l := range img.layers {
+		if err := x.layer(l, i+1); err != nil {
+			return nil, err
+		}
+	}
+	arts, err := x.artifacts(installer.Required, arch)
+	if err != nil {
+		return nil, err
+	}
+	if s, ok := x.dst.(interface{ Sync() error }); ok {
+		if err := s.Sync(); err != nil {
+			return nil, fmt.Errorf("syncing STAGE: %w", err)
+		}
+	}
+	return arts, nil
+}
+
+func writeHeader(stage *disk.Region, at int64, h *payload.Header) error {
+	buf, err := h.Marshal()
+	if err != nil {
+		return err
+	}
+	if _, err := stage.WriteAt(buf, at); err != nil {
+		return fmt.Errorf("writing the payload header: %w", err)
+	}
+	if err := stage.Sync(); err != nil {
+		return fmt.Errorf("syncing STAGE: %w", err)
+	}
+	return nil
+}
+
+func zero(stage *disk.Region, start, end int64) error {
+	if err := stage.Zero(start, end-start); err != nil {
+		return err
+	}
+	return stage.Sync()
+}
+
+// checkRoom refuses, before anything is written, a staged record that META
+// could not hold: a record for the largest artifact list there can be.
+func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest string, target meta.Slot) error {
+	probe := b.Clone()
+	st := &meta.Staged{Image: ref, Digest: digest, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)}
+	for _, name := range []string{payload.Kernel, payload.Initramfs, payload.Cmdline, payload.Version} {
+		st.Artifacts = append(st.Artifacts, meta.Artifact{Name: name, Offset: 1 << 60, Size: 1 << 60, SHA256: fmt.Sprintf("%064d", 0)})
+	}
+	if err := probe.SetStaged(st); err != nil {
+		return err
+	}
+	if err := probe.Set(meta.TagTalosStagedImageRef, []byte(ref)); err != nil {
+		return err
+	}
+	next := *slots
+	next.Phase = meta.PhaseStaged
+	if err := probe.SetSlots(&next); err != nil {
+		return err
+	}
+	return probe.AddTransition(meta.Transition{Time: st.Time, From: meta.PhaseStaged, To: meta.PhaseStaged, Slot: target, Reason: "staged " + ref + " " + digest})
+}

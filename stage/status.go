@@ -1,0 +1,113 @@
+package stage
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/stagehand-dev/stagehand/cmdline"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/payload"
+)
+
+// Status is the upgrade state as META records it.
+type Status struct {
+	Disk        string            `json:"disk"`
+	Booted      meta.Slot         `json:"booted,omitempty"` // from stagehand.slot= on the running kernel's command line
+	Generation  uint64            `json:"generation"`
+	Damaged     string            `json:"damaged,omitempty"` // corrupt META copy, repaired by the next write
+	Slots       *meta.Slots       `json:"slots"`
+	Staged      *meta.Staged      `json:"staged,omitempty"`
+	Transitions []meta.Transition `json:"transitions"`
+}
+
+// BootedSlot reads the slot the running kernel was booted from, from
+// /proc/cmdline; "" when it was not booted through a stagehand entry.
+func BootedSlot() meta.Slot {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return ""
+	}
+	v, _ := cmdline.Get(string(b), "stagehand.slot")
+	if s := meta.Slot(v); s == meta.SlotA || s == meta.SlotB {
+		return s
+	}
+	return ""
+}
+
+// ReadStatus reads the state from the META of diskPath.
+func ReadStatus(ctx context.Context, diskPath string) (*Status, error) {
+	store, d, err := disk.OpenMETA(ctx, diskPath, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	b := store.Block()
+	st := &Status{Disk: diskPath, Booted: BootedSlot(), Generation: store.Generation(), Damaged: store.Damaged()}
+	if st.Slots, err = b.Slots(); err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+	if st.Staged, _, err = b.Staged(); err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+	if st.Transitions, err = b.Transitions(); err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+	if st.Transitions == nil {
+		st.Transitions = []meta.Transition{}
+	}
+	return st, nil
+}
+
+// ErrNothingStaged is returned by Cancel when there is nothing to drop.
+var ErrNothingStaged = fmt.Errorf("nothing is staged")
+
+// Cancel drops the staged payload: META first (synced), then the payload's
+// bytes in STAGE are zeroed.
+func Cancel(ctx context.Context, diskPath string, now time.Time) (*meta.Staged, error) {
+	store, d, err := disk.OpenMETA(ctx, diskPath, true)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	stage, err := d.Find(disk.LabelSTAGE)
+	if err != nil {
+		return nil, err
+	}
+	b := store.Block()
+	slots, err := b.Slots()
+	if err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+	st, ok, err := b.Staged()
+	if err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+	if !ok {
+		return nil, ErrNothingStaged
+	}
+	if slots.Phase != meta.PhaseStaged && slots.Phase != meta.PhaseIdle {
+		return nil, fmt.Errorf("%w: the upgrade is already %s; use stager rollback instead", ErrBusy, slots.Phase)
+	}
+	err = store.Update(func(b *meta.Block) error {
+		b.Delete(meta.TagStaged)
+		if v, _ := b.Get(meta.TagTalosStagedImageRef); string(v) == st.Image {
+			b.Delete(meta.TagTalosStagedImageRef)
+		}
+		slots.Phase = meta.PhaseIdle
+		if err := b.SetSlots(slots); err != nil {
+			return err
+		}
+		return b.AddTransition(meta.Transition{Time: now.UTC(), From: meta.PhaseStaged, To: meta.PhaseIdle, Slot: st.Target, Reason: "cancelled " + st.Image})
+	})
+	if err != nil {
+		return nil, err
+	}
+	start, end := payload.Extent(st.Artifacts, stage.Size)
+	if err := zero(stage, start, end); err != nil {
+		return st, fmt.Errorf("staged payload dropped from META, but clearing STAGE failed: %w", err)
+	}
+	return st, nil
+}

@@ -1,0 +1,67 @@
+package initramfs
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// FuzzModinfo: whatever ParseModinfo accepts re-encodes to a section that
+// parses to the same thing.
+func FuzzModinfo(f *testing.F) {
+	f.Add([]byte("depends=virtio,virtio_ring\x00name=virtio_blk\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		mi, err := ParseModinfo(b)
+		if err != nil {
+			return
+		}
+		for _, d := range mi.Depends {
+			if checkModName(d) != nil || bytes.ContainsAny([]byte(d), "-,\x00") {
+				t.Fatalf("dependency %q is not a module name", d)
+			}
+		}
+		again, err := ParseModinfo(mi.Marshal())
+		if err != nil {
+			t.Fatalf("re-parsing %q: %v", mi.Marshal(), err)
+		}
+		if d := cmp.Diff(mi, again); d != "" {
+			t.Fatalf("round trip (-first, +second):\n%s", d)
+		}
+	})
+}
+
+// FuzzModulesDep: whatever ParseModulesDep accepts marshals to a file that
+// parses to the same map, and LoadOrder never loads a module twice.
+func FuzzModulesDep(f *testing.F) {
+	f.Add([]byte("kernel/a.ko:\nkernel/b.ko: kernel/a.ko\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseModulesDep(b)
+		if err != nil {
+			return
+		}
+		again, err := ParseModulesDep(m.Marshal())
+		if err != nil {
+			t.Fatalf("re-parsing %q: %v", m.Marshal(), err)
+		}
+		if d := cmp.Diff(m, again, cmp.Transformer("nilEmpty", func(s []string) []string {
+			if len(s) == 0 {
+				return nil
+			}
+			return s
+		})); d != "" {
+			t.Fatalf("round trip (-first, +second):\n%s", d)
+		}
+		order, err := m.LoadOrder()
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, p := range order {
+			if seen[p] {
+				t.Fatalf("%s loaded twice", p)
+			}
+			seen[p] = true
+		}
+	})
+}

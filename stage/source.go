@@ -72,6 +72,9 @@ func ParseSource(ref string, insecure bool) (*Source, error) {
 	}
 	parsed, err := name.ParseReference(r, append(opts, name.StrictValidation)...)
 	if err != nil {
+		if _, lax := name.ParseReference(r, opts...); lax == nil {
+			return nil, bad("no tag or digest; an upgrade names its version")
+		}
 		return nil, bad(err.Error())
 	}
 	return &Source{Transport: Registry, Ref: parsed, raw: ref}, nil

@@ -84,7 +84,6 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		old = nil
 	}
 
-	o.Logf("resolving %s for %s", src, o.Platform.String())
 	img, err := src.resolve(ctx, *o.Platform, o.Keychain)
 	if err != nil {
 		return nil, err

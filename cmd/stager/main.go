@@ -58,13 +58,31 @@ The disk is the one that booted (from the LoaderDevicePartUUID EFI variable
 that systemd-boot sets), or the image file or block device given by --disk.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          cobra.NoArgs,
+		Args:          unknownCommand,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see --help)", err)}
 	})
+	addStageFlags(root)
 	root.AddCommand(newMetaCmd())
+	root.AddCommand(newStatusCmd(), newCancelCmd(), newImageCmd())
 	return root
+}
+
+// unknownCommand refuses arguments to a command that takes none, as an
+// unknown subcommand, suggesting the nearest one.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
+	hint := ""
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		hint = fmt.Sprintf("; did you mean %q?", s[0])
+	}
+	return usageError{fmt.Errorf("unknown command %q for %q%s (see %s --help)", args[0], cmd.CommandPath(), hint, cmd.CommandPath())}
 }
 
 // groupOnly makes cmd, a command that only groups subcommands, answer an
@@ -73,14 +91,10 @@ func groupOnly(cmd *cobra.Command) *cobra.Command {
 	cmd.Args = cobra.ArbitraryArgs
 	cmd.FParseErrWhitelist.UnknownFlags = true
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if len(args) == 0 {
-			return cmd.Help()
+		if err := unknownCommand(cmd, args); err != nil {
+			return err
 		}
-		hint := ""
-		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-			hint = fmt.Sprintf("; did you mean %q?", s[0])
-		}
-		return usageError{fmt.Errorf("unknown command %q for %q%s (see %s --help)", args[0], cmd.CommandPath(), hint, cmd.CommandPath())}
+		return cmd.Help()
 	}
 	return cmd
 }

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// progress shows long work: a bar on a terminal, a log line every few
+// seconds otherwise.
+type progress struct {
+	w        io.Writer
+	what     string
+	bar      *progressbar.ProgressBar
+	lastLog  time.Time
+	done     int64
+	total    int64
+	started  time.Time
+	terminal bool
+}
+
+func newProgress(w io.Writer, what string) *progress {
+	p := &progress{w: w, what: what, started: time.Now(), lastLog: time.Now()}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		p.terminal = true
+	}
+	return p
+}
+
+func (p *progress) update(done, total int64) {
+	p.done, p.total = done, total
+	if p.terminal {
+		if p.bar == nil {
+			p.bar = progressbar.NewOptions64(total,
+				progressbar.OptionSetWriter(p.w), progressbar.OptionSetDescription(p.what),
+				progressbar.OptionShowBytes(true), progressbar.OptionShowTotalBytes(true),
+				progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond),
+				progressbar.OptionFullWidth(), progressbar.OptionClearOnFinish())
+		}
+		p.bar.Set64(done)
+		return
+	}
+	if time.Since(p.lastLog) >= 5*time.Second {
+		p.lastLog = time.Now()
+		p.logLine()
+	}
+}
+
+func (p *progress) logLine() {
+	rate := float64(p.done) / time.Since(p.started).Seconds()
+	if p.total > 0 {
+		fmt.Fprintf(p.w, "%s: %s of %s (%d%%), %s/s\n", p.what, humanBytes(p.done), humanBytes(p.total), p.done*100/p.total, humanBytes(int64(rate)))
+	} else {
+		fmt.Fprintf(p.w, "%s: %s, %s/s\n", p.what, humanBytes(p.done), humanBytes(int64(rate)))
+	}
+}
+
+func (p *progress) finish(ok bool) {
+	if p.bar != nil {
+		if ok {
+			p.bar.Finish()
+		} else {
+			p.bar.Exit()
+			fmt.Fprintln(p.w)
+		}
+	}
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// logf writes a library's log lines to the command's stderr.
+func logf(cmd *cobra.Command) func(string, ...any) {
+	return func(format string, args ...any) {
+		fmt.Fprintf(cmd.ErrOrStderr(), format+"\n", args...)
+	}
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/cobra"
+
+	"github.com/stagehand-dev/stagehand/stage"
+)
+
+// addStageFlags makes the root command stage an upgrade: `stager --image REF`.
+func addStageFlags(root *cobra.Command) {
+	var o stage.Options
+	var platform string
+	var asJSON, reboot bool
+	root.Flags().StringVar(&o.Image, "image", "", "installer image to stage: REGISTRY/REPO[:TAG|@sha256:DIGEST], oci:DIR[:TAG] or docker-archive:FILE")
+	root.Flags().StringVar(&platform, "platform", "", "platform to pick from a multi-platform image, OS/ARCH[/VARIANT] (default: this machine's)")
+	root.Flags().BoolVar(&o.Insecure, "insecure", false, "talk plain HTTP to the registry")
+	root.Flags().Int64Var(&o.MaxArtifact, "max-artifact-size", stage.DefaultMaxArtifact, "refuse an artifact larger than this many bytes")
+	root.Flags().BoolVar(&reboot, "reboot", false, "reboot once the upgrade is staged")
+	root.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	diskPath := addDiskFlag(root)
+	root.Example = `  stager --image 127.0.0.1:5000/stagehand/os:v2 --disk /dev/vda
+  stager --image oci:/var/lib/images/os:v2 --reboot
+  stager --image docker-archive:os-v2.tar --disk disk.img --json`
+	root.RunE = func(cmd *cobra.Command, _ []string) error {
+		if o.Image == "" {
+			return cmd.Help()
+		}
+		if platform != "" {
+			p, err := v1.ParsePlatform(platform)
+			if err != nil {
+				return usageError{fmt.Errorf("--platform %q: %v", platform, err)}
+			}
+			o.Platform = p
+		}
+		if _, err := stage.ParseSource(o.Image, o.Insecure); err != nil {
+			return usageError{err}
+		}
+		var err error
+		if o.Disk, err = diskPath(); err != nil {
+			return err
+		}
+		bar := newProgress(cmd.ErrOrStderr(), "staging")
+		o.Progress = bar.update
+		o.Logf = logf(cmd)
+		start := time.Now()
+		res, err := stage.Stage(cmd.Context(), o)
+		bar.finish(err == nil)
+		if err != nil {
+			return err
+		}
+		out := cmd.OutOrStdout()
+		st := res.Staged
+		switch {
+		case asJSON:
+			if err := writeJSON(out, struct {
+				*stage.Result
+				Seconds float64 `json:"seconds"`
+			}{res, time.Since(start).Seconds()}); err != nil {
+				return err
+			}
+		case res.AlreadyStaged:
+			fmt.Fprintf(out, "%s (%s) is already staged for slot %s: nothing to do\n", st.Image, st.Digest, st.Target)
+		default:
+			fmt.Fprintf(out, "staged %s (%s) for slot %s: %d artifacts, %s in %s; it is applied at the next boot\n",
+				st.Image, st.Digest, st.Target, len(st.Artifacts), humanBytes(res.Bytes), time.Since(start).Round(time.Millisecond))
+		}
+		if reboot {
+			return rebootSystem(cmd)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/stage"
+)
+
+func newStatusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the slots, what is staged, and the last transitions with their reasons",
+		Long: `Show the upgrade state recorded in META: the slot this system booted from,
+the default slot, each slot's state and version, the staged payload, and the
+last transitions with their reasons, including those written at early boot by
+the pre-stage init.`,
+		Args: exactArgs(0, "no arguments"),
+	}
+	diskPath := addDiskFlag(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		path, err := diskPath()
+		if err != nil {
+			return err
+		}
+		st, err := stage.ReadStatus(cmd.Context(), path)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), st)
+		}
+		return printStatus(cmd.OutOrStdout(), st)
+	}
+	return cmd
+}
+
+func printStatus(w io.Writer, st *stage.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	booted := string(st.Booted)
+	if booted == "" {
+		booted = "unknown (no stagehand.slot= on the kernel command line)"
+	}
+	fmt.Fprintf(tw, "disk:\t%s (META generation %d)\n", st.Disk, st.Generation)
+	if st.Damaged != "" {
+		fmt.Fprintf(tw, "META:\t%s; the next write repairs it\n", st.Damaged)
+	}
+	fmt.Fprintf(tw, "booted:\t%s\n", booted)
+	fmt.Fprintf(tw, "default:\t%s\n", st.Slots.Active)
+	fmt.Fprintf(tw, "phase:\t%s\n", st.Slots.Phase)
+	for _, s := range []struct {
+		name meta.Slot
+		ss   meta.SlotState
+	}{{meta.SlotA, st.Slots.A}, {meta.SlotB, st.Slots.B}} {
+		state := s.ss.State
+		if state == "" {
+			state = "empty"
+		}
+		if st.Slots.Trial == s.name && st.Slots.Phase == meta.PhaseTrial {
+			state = fmt.Sprintf("trial, %d tries left", st.Slots.TriesLeft)
+		}
+		line := strings.TrimSpace(strings.Join([]string{state, s.ss.Version, s.ss.Reason}, "  "))
+		fmt.Fprintf(tw, "slot %s:\t%s\n", s.name, line)
+	}
+	if s := st.Staged; s != nil {
+		fmt.Fprintf(tw, "staged:\t%s (%s) for slot %s, %s\n", s.Image, s.Digest, s.Target, s.Time.Format(time.RFC3339))
+		var parts []string
+		for _, a := range s.Artifacts {
+			parts = append(parts, fmt.Sprintf("%s %s", a.Name, humanBytes(a.Size)))
+		}
+		fmt.Fprintf(tw, "\t%s\n", strings.Join(parts, ", "))
+	} else {
+		fmt.Fprintf(tw, "staged:\tnothing\n")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(st.Transitions) > 0 {
+		fmt.Fprintln(w, "transitions (oldest first):")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		for _, t := range st.Transitions {
+			fmt.Fprintf(tw, "  %s\t%s → %s\tslot %s\t%s\n", t.Time.Format(time.RFC3339), t.From, t.To, t.Slot, t.Reason)
+		}
+		return tw.Flush()
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+package boot
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/meta"
+)
+
+// DiskConfig is what InitDisk writes.
+type DiskConfig struct {
+	Layout    disk.Layout
+	Kernel    string // slot A's kernel (bzImage)
+	Initramfs string // slot A's initramfs
+	Cmdline   string // kernel command line (stagehand.slot= is added)
+	Version   string // slot A's OS version; "" for the kernel's release
+	Force     bool   // overwrite a disk or image file that holds data
+	LoaderEFI string // systemd-boot EFI binary; "" for SystemdBootEFI
+}
+
+// DiskInfo says what InitDisk made.
+type DiskInfo struct {
+	Path       string
+	Size       int64
+	Partitions []disk.Partition
+	Version    string // slot A's version
+	Kernel     string // slot A's kernel release
+}
+
+// InitDisk makes path (an image file or a whole-disk block device) a
+// bootable stagehand disk: the GPT layout, an ESP with systemd-boot and
+// slot A installed and default, and a META recording slot A as good and
+// active. Every input is checked before the disk is touched.
+func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, error) {
+	l := cfg.Layout
+	if l.ESPSize == 0 {
+		l.ESPSize = disk.DefaultESPSize
+	}
+	if l.StageSize == 0 {
+		l.StageSize = disk.DefaultStageSize
+	}
+	if strings.ContainsAny(cfg.Cmdline, "\r\n\x00") {
+		return nil, fmt.Errorf("the kernel command line %q spans lines", cfg.Cmdline)
+	}
+	if strings.ContainsAny(cfg.Version, "\r\n\x00") {
+		return nil, fmt.Errorf("the version %q spans lines", cfg.Version)
+	}
+	kf, err := os.Open(cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	defer kf.Close()
+	release, err := KernelRelease(kf)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
+	}
+	inf, err := os.Open(cfg.Initramfs)
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	defer inf.Close()
+	kst, err := kf.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	ist, err := inf.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	if !kst.Mode().IsRegular() || !ist.Mode().IsRegular() {
+		return nil, fmt.Errorf("kernel %s and initramfs %s must be regular files", cfg.Kernel, cfg.Initramfs)
+	}
+	loader := cfg.LoaderEFI
+	if loader == "" {
+		loader = SystemdBootEFI
+	}
+	lst, err := os.Stat(loader)
+	if err != nil {
+		return nil, fmt.Errorf("systemd-boot: %w (Debian package systemd-boot-efi)", err)
+	}
+	payload := kst.Size() + ist.Size()
+	// Both slots and two copies of the loader must fit on the ESP, with
+	// room for FAT's own structures.
+	if need := 2*payload + 2*lst.Size() + 8<<20; need > l.ESPSize {
+		return nil, fmt.Errorf("kernel and initramfs (%d MiB) are too large for a %d MiB ESP holding two slots: give a larger ESP",
+			payload>>20, l.ESPSize>>20)
+	}
+	if 2*payload > l.StageSize {
+		return nil, fmt.Errorf("STAGE of %d MiB is less than twice the payload of %d MiB (kernel and initramfs): give a larger STAGE",
+			l.StageSize>>20, payload>>20)
+	}
+	version := cfg.Version
+	if version == "" {
+		version = release
+	}
+	var opts []disk.CreateOption
+	if cfg.Force {
+		opts = append(opts, disk.WithForce())
+	}
+
+	d, err := disk.Create(ctx, path, l, opts...)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	espR, err := d.Find(disk.LabelESP)
+	if err != nil {
+		return nil, err
+	}
+	esp, err := FormatESP(espR, espR.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
+	}
+	sb := NewSystemdBoot(esp, WithLoaderEFI(loader))
+	if err := sb.InstallLoader(ctx); err != nil {
+		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
+	}
+	img := Image{Kernel: kf, Initramfs: inf, Cmdline: cfg.Cmdline, Version: version}
+	if err := sb.InstallSlot(ctx, meta.SlotA, img); err != nil {
+		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
+	}
+	if err := sb.SetDefault(ctx, meta.SlotA); err != nil {
+		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
+	}
+	// META last: it says slot A is good once slot A is written.
+	metaR, err := d.META()
+	if err != nil {
+		return nil, err
+	}
+	store, err := meta.Format(metaR, metaR.Name())
+	if err != nil {
+		return nil, err
+	}
+	err = store.Update(func(b *meta.Block) error {
+		if err := b.SetSlots(&meta.Slots{
+			Phase:  meta.PhaseIdle,
+			Active: meta.SlotA,
+			A:      meta.SlotState{State: "good", Version: version},
+		}); err != nil {
+			return err
+		}
+		return b.AddTransition(meta.Transition{
+			Time: time.Now().UTC(), To: meta.PhaseIdle, Slot: meta.SlotA,
+			Reason: "disk initialized with slot a (" + version + ")",
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := d.RereadPartitions(); err != nil {
+		return nil, fmt.Errorf("the disk is written, but the kernel kept the old partition table: %w; run `partprobe %s`", err, path)
+	}
+	return &DiskInfo{Path: path, Size: d.Size(), Partitions: d.Partitions(), Version: version, Kernel: release}, nil
+}

@@ -40,7 +40,6 @@ func mtools(t *testing.T, tool, img string, offset int64, args ...string) string
 	return string(out)
 }
 
-
 func newESP(t *testing.T, size int64) (*FAT, string) {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "esp.img")

@@ -68,10 +68,10 @@ func (l Layout) check() error {
 		}
 	}
 	if l.ESPSize < MinESPSize {
-		return fmt.Errorf("ESP size %d mib is below the minimum of %d mib", l.ESPSize/mib, MinESPSize/mib)
+		return fmt.Errorf("ESP size %d MiB is below the minimum of %d MiB", l.ESPSize/mib, MinESPSize/mib)
 	}
 	if l.Size < l.MinSize() {
-		return fmt.Errorf("disk size %d mib is too small for the layout: it needs at least %d mib (ESP %d + META 1 + STAGE %d + root %d + 2 for the GPT)",
+		return fmt.Errorf("disk size %d MiB is too small for the layout: it needs at least %d MiB (ESP %d + META 1 + STAGE %d + root %d + 2 for the GPT)",
 			l.Size/mib, l.MinSize()/mib, l.ESPSize/mib, l.StageSize/mib, l.RootSize/mib)
 	}
 	return nil

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stagehand-dev/stagehand/boot"
+)
+
+func newDiskCmd() *cobra.Command {
+	cmd := groupOnly(&cobra.Command{
+		Use:   "disk",
+		Short: "Make bootable stagehand disks",
+	})
+	cmd.AddCommand(newDiskInitCmd())
+	return cmd
+}
+
+func newDiskInitCmd() *cobra.Command {
+	var (
+		path                               string
+		size, espSize, stageSize, rootSize string
+		cfg                                boot.DiskConfig
+	)
+	cmd := &cobra.Command{
+		Use:   "init --disk FILE|DEV --kernel F --initramfs F [--size S]",
+		Short: "Write the stagehand layout, systemd-boot and slot A to a disk or image file",
+		Long: `Write a GPT with the stagehand layout (EFI system partition, META of
+exactly 1 MiB, STAGE, and optionally a root partition), install systemd-boot
+on the ESP with slot A (the given kernel, initramfs and command line) as the
+default entry, and record slot A as good and active in META.
+
+An image file is created with --size (or keeps its size with --force); a
+block device keeps its own size. A disk with a mounted partition is refused,
+and so is a disk or file that holds data, unless --force is given.`,
+		Example: `  stager disk init --disk disk.img --size 2G --kernel vmlinuz --initramfs initramfs.img --cmdline console=ttyS0 --version v1
+  stager disk init --disk /dev/vdb --kernel vmlinuz --initramfs initramfs.img --force`,
+		Args: exactArgs(0, "no arguments"),
+	}
+	f := cmd.Flags()
+	f.StringVar(&path, "disk", "", "image file or whole-disk block device to write (required)")
+	f.StringVar(&size, "size", "", "size of the image file (e.g. 2G, 1536M)")
+	f.StringVar(&cfg.Kernel, "kernel", "", "slot A's kernel (required)")
+	f.StringVar(&cfg.Initramfs, "initramfs", "", "slot A's initramfs (required)")
+	f.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line (stagehand.slot=a is added)")
+	f.StringVar(&cfg.Version, "version", "", "slot A's OS version (default: the kernel's release)")
+	f.StringVar(&espSize, "esp-size", "256M", "size of the EFI system partition (at least 256M)")
+	f.StringVar(&stageSize, "stage-size", "512M", "size of STAGE (at least twice the largest payload)")
+	f.StringVar(&rootSize, "root-size", "0", "size of a ROOT partition after STAGE (0: none)")
+	f.BoolVar(&cfg.Force, "force", false, "overwrite a disk or image file that holds data")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		for _, req := range []struct{ name, v string }{{"--disk", path}, {"--kernel", cfg.Kernel}, {"--initramfs", cfg.Initramfs}} {
+			if req.v == "" {
+				return usageError{fmt.Errorf("%s is required (see --help)", req.name)}
+			}
+		}
+		for _, s := range []struct {
+			flag, v string
+			dst     *int64
+		}{{"--size", size, &cfg.Layout.Size}, {"--esp-size", espSize, &cfg.Layout.ESPSize},
+			{"--stage-size", stageSize, &cfg.Layout.StageSize}, {"--root-size", rootSize, &cfg.Layout.RootSize}} {
+			if s.v == "" {
+				continue
+			}
+			n, err := parseSize(s.v)
+			if err != nil {
+				return usageError{fmt.Errorf("%s %q: %v", s.flag, s.v, err)}
+			}
+			*s.dst = n
+		}
+		info, err := boot.InitDisk(cmd.Context(), path, cfg)
+		if err != nil {
+			return err
+		}
+		var parts []string
+		for _, p := range info.Partitions {
+			parts = append(parts, fmt.Sprintf("%s %s", p.Label, sizeString(p.Size)))
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "initialized %s (%s: %s) with systemd-boot and slot a (version %s, kernel %s) as default\n",
+			info.Path, sizeString(info.Size), strings.Join(parts, ", "), info.Version, info.Kernel)
+		return nil
+	}
+	return cmd
+}
+
+// parseSize reads a size in bytes, or with a K, M, G or T suffix (powers
+// of 1024, with or without "iB").
+func parseSize(s string) (int64, error) {
+	num := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"), "I")
+	shift := 0
+	if num != "" {
+		switch num[len(num)-1] {
+		case 'K':
+			shift = 10
+		case 'M':
+			shift = 20
+		case 'G':
+			shift = 30
+		case 'T':
+			shift = 40
+		}
+		if shift > 0 {
+			num = num[:len(num)-1]
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("not a size (use bytes, or a number with K, M, G or T)")
+	}
+	if n > (1<<62)>>shift {
+		return 0, fmt.Errorf("too large")
+	}
+	return n << shift, nil
+}
+
+func sizeString(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}

@@ -26,7 +26,9 @@ unit:
 	$(GO) test -count=1 ./...
 
 qemu-test: deps
-	@echo "qemu-test: no VM tests yet: they arrive with the pre-stage init (issue 5)" >&2; exit 1
+	@scripts/vm-deps.sh
+	$(GO) vet -tags vm ./qemu-tests/...
+	$(GO) test -tags vm -count=1 -timeout 40m ./qemu-tests/...
 
 demo: deps
 	@echo "demo: not yet: 'make demo' arrives with the staging and boot flow (issues 4-6)" >&2; exit 1

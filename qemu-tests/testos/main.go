@@ -1,0 +1,149 @@
+// Command testos is the tiny OS that the VM tests boot in each slot: the
+// /init of a slot's initramfs. It mounts /proc, /sys and /dev, loads the
+// kernel modules its initramfs carries (in modules.dep order, with
+// finit_module), prints one line saying which version, kernel and slot
+// booted, runs the scenario steps given by stagehand.testos.steps=, and
+// powers the machine off.
+//
+// Its output starts with "stagehand-testos: " so that the tests can tell it
+// from the kernel's.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stagehand-dev/stagehand/initramfs"
+)
+
+// VersionFile holds the version of the test OS, written into the initramfs
+// by the test that builds it.
+const VersionFile = "/etc/testos-version"
+
+func say(format string, args ...any) {
+	fmt.Printf("stagehand-testos: "+format+"\n", args...)
+}
+
+func main() {
+	defer func() {
+		if r := recover(); r != nil {
+			say("panic: %v", r)
+		}
+		powerOff()
+	}()
+	for _, m := range []struct{ src, dst, fstype string }{
+		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
+	} {
+		os.MkdirAll(m.dst, 0o755)
+		if err := unix.Mount(m.src, m.dst, m.fstype, 0, ""); err != nil && err != unix.EBUSY {
+			say("error: mounting %s: %v", m.dst, err)
+		}
+	}
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	release := unix.ByteSliceToString(uts.Release[:])
+	if n, err := loadModules(release); err != nil {
+		say("error: loading modules: %v", err)
+	} else {
+		say("loaded %d modules", n)
+	}
+	params := cmdline()
+	version := "unknown"
+	if b, err := os.ReadFile(VersionFile); err == nil {
+		version = strings.TrimSpace(string(b))
+	}
+	say("version=%s uname=%s slot=%s", version, release, params["stagehand.slot"])
+	for _, step := range strings.Split(params["stagehand.testos.steps"], ",") {
+		if step == "" {
+			continue
+		}
+		if err := run(step); err != nil {
+			say("step %s: error: %v", step, err)
+		} else {
+			say("step %s: ok", step)
+		}
+	}
+	say("powering off")
+}
+
+// run runs one scenario step. Steps are added here as scenarios need them.
+func run(step string) error {
+	switch step {
+	case "disks":
+		return waitDisks(10 * time.Second)
+	}
+	return fmt.Errorf("unknown step")
+}
+
+// waitDisks waits for a virtio disk and prints the disks seen.
+func waitDisks(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		disks, _ := filepath.Glob("/sys/block/vd*")
+		if len(disks) > 0 {
+			for i := range disks {
+				disks[i] = filepath.Base(disks[i])
+			}
+			say("disks=%s", strings.Join(disks, ","))
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no virtio disk after %s", timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func cmdline() map[string]string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	params := map[string]string{}
+	for _, f := range strings.Fields(string(b)) {
+		k, v, _ := strings.Cut(f, "=")
+		params[k] = v
+	}
+	return params
+}
+
+// loadModules loads every module of /lib/modules/RELEASE/modules.dep,
+// dependencies first.
+func loadModules(release string) (int, error) {
+	dir := filepath.Join("/lib/modules", release)
+	b, err := os.ReadFile(filepath.Join(dir, "modules.dep"))
+	if err != nil {
+		return 0, err
+	}
+	dep, err := initramfs.ParseModulesDep(b)
+	if err != nil {
+		return 0, err
+	}
+	order, err := dep.LoadOrder()
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range order {
+		f, err := os.Open(filepath.Join(dir, m))
+		if err != nil {
+			return 0, err
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && err != unix.EEXIST {
+			return 0, fmt.Errorf("finit_module %s: %w", m, err)
+		}
+	}
+	return len(order), nil
+}
+
+func powerOff() {
+	unix.Sync()
+	for {
+		err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		say("error: reboot(POWER_OFF): %v", err)
+		time.Sleep(time.Second)
+	}
+}

@@ -1,0 +1,292 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Firmware is an OVMF build: read-only code and a template of the variable
+// store, which each machine copies.
+type Firmware struct {
+	Code string
+	Vars string
+}
+
+// OVMF is Debian's ovmf package (4 MiB flash, no Secure Boot).
+var OVMF = Firmware{Code: "/usr/share/OVMF/OVMF_CODE_4M.fd", Vars: "/usr/share/OVMF/OVMF_VARS_4M.fd"}
+
+// QEMU is the emulator binary.
+const QEMU = "qemu-system-x86_64"
+
+// Fix is what to run when something the VM tests need is missing.
+const Fix = "run 'make deps' as root (scripts/vm-deps.sh)"
+
+// CheckHost says what the host lacks to run VMs.
+func CheckHost(fw Firmware) error {
+	if _, err := exec.LookPath(QEMU); err != nil {
+		return fmt.Errorf("%s is not installed: %s", QEMU, Fix)
+	}
+	for _, f := range []string{fw.Code, fw.Vars} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("OVMF firmware %s is missing: %s", f, Fix)
+		}
+	}
+	return nil
+}
+
+// Config describes a machine.
+type Config struct {
+	Dir      string   // per-machine directory: variable store and console logs
+	Disk     string   // raw disk image, attached as virtio-blk
+	Firmware Firmware // zero: OVMF
+	MemoryMB int      // zero: 1024
+	CPUs     int      // zero: 1
+	Args     []string // more QEMU arguments
+}
+
+// Machine is one VM, booted any number of times in a row; its disk and its
+// firmware variables persist across boots, as on real hardware.
+type Machine struct {
+	cfg   Config
+	vars  string
+	boots int
+}
+
+// New prepares a machine: it copies the firmware's variable store into
+// cfg.Dir.
+func New(cfg Config) (*Machine, error) {
+	if cfg.Firmware == (Firmware{}) {
+		cfg.Firmware = OVMF
+	}
+	if cfg.MemoryMB == 0 {
+		cfg.MemoryMB = 1024
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = 1
+	}
+	if err := CheckHost(cfg.Firmware); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(cfg.Disk); err != nil {
+		return nil, fmt.Errorf("vm: disk image: %w", err)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	vars := filepath.Join(cfg.Dir, "OVMF_VARS.fd")
+	b, err := os.ReadFile(cfg.Firmware.Vars)
+	if err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	if err := os.WriteFile(vars, b, 0o644); err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	return &Machine{cfg: cfg, vars: vars}, nil
+}
+
+// Vars is the machine's firmware variable store.
+func (m *Machine) Vars() string { return m.vars }
+
+// Args returns the QEMU command line of the machine.
+func (m *Machine) Args() []string {
+	args := []string{
+		"-machine", "q35", "-accel", "tcg", "-cpu", "max",
+		"-m", fmt.Sprint(m.cfg.MemoryMB), "-smp", fmt.Sprint(m.cfg.CPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+		"-nic", "none",
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + m.cfg.Firmware.Code,
+		"-drive", "if=pflash,format=raw,unit=1,file=" + m.vars,
+		"-drive", "if=none,id=disk0,format=raw,file=" + m.cfg.Disk,
+		"-device", "virtio-blk-pci,drive=disk0",
+		"-serial", "stdio",
+	}
+	return append(args, m.cfg.Args...)
+}
+
+// Start boots the machine and returns the running boot. The console goes to
+// Dir/console-N.log (N counting the machine's boots from 1).
+func (m *Machine) Start() (*Run, error) {
+	m.boots++
+	log := filepath.Join(m.cfg.Dir, fmt.Sprintf("console-%d.log", m.boots))
+	lf, err := os.Create(log)
+	if err != nil {
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	cmd := exec.Command(QEMU, m.Args()...)
+	cmd.Stdin = nil
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("vm: %w", err)
+	}
+	cmd.Stderr = cmd.Stdout // QEMU's own complaints go to the log too
+	r := &Run{log: log, logFile: lf, start: time.Now(), exited: make(chan struct{}), changed: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("vm: starting %s: %w", QEMU, err)
+	}
+	r.cmd = cmd
+	go r.read(out)
+	return r, nil
+}
+
+// Run is one boot of a machine, from power on to QEMU's exit.
+type Run struct {
+	cmd     *exec.Cmd
+	log     string
+	logFile *os.File
+	start   time.Time
+
+	mu      sync.Mutex
+	buf     []byte
+	pos     int           // where the next Expect starts looking
+	changed chan struct{} // closed and replaced when buf grows or QEMU exits
+	exited  chan struct{} // closed when QEMU has exited
+	waitErr error
+}
+
+func (r *Run) read(out io.Reader) {
+	b := make([]byte, 32<<10)
+	for {
+		n, err := out.Read(b)
+		if n > 0 {
+			r.logFile.Write(b[:n])
+			r.mu.Lock()
+			r.buf = append(r.buf, b[:n]...)
+			close(r.changed)
+			r.changed = make(chan struct{})
+			r.mu.Unlock()
+		}
+		if err != nil {
+			break
+		}
+	}
+	err := r.cmd.Wait()
+	r.logFile.Close()
+	r.mu.Lock()
+	r.waitErr = err
+	close(r.exited)
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// Log is the path of the console log.
+func (r *Run) Log() string { return r.log }
+
+// Console returns the console output so far.
+func (r *Run) Console() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return string(r.buf)
+}
+
+// Elapsed is the time since QEMU started.
+func (r *Run) Elapsed() time.Duration { return time.Since(r.start) }
+
+// Pid is QEMU's process id.
+func (r *Run) Pid() int { return r.cmd.Process.Pid }
+
+// ErrPanic is returned by Expect when the guest kernel panicked.
+var ErrPanic = errors.New("the guest kernel panicked")
+
+// ErrExited is returned by Expect when QEMU exited before the match.
+var ErrExited = errors.New("QEMU exited")
+
+var panicRE = regexp.MustCompile(`Kernel panic - not syncing[^\n]*`)
+
+// Expect waits up to timeout for the console, after the previous match, to
+// match re, and returns the submatches. It fails early when the guest
+// kernel panics or QEMU exits.
+func (r *Run) Expect(ctx context.Context, timeout time.Duration, re *regexp.Regexp) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		r.mu.Lock()
+		rest := r.buf[r.pos:]
+		changed, exited := r.changed, r.exited
+		if loc := re.FindSubmatchIndex(rest); loc != nil {
+			var subs []string
+			for i := 0; i+1 < len(loc); i += 2 {
+				if loc[i] < 0 {
+					subs = append(subs, "")
+				} else {
+					subs = append(subs, string(rest[loc[i]:loc[i+1]]))
+				}
+			}
+			r.pos += loc[1]
+			r.mu.Unlock()
+			return subs, nil
+		}
+		p := panicRE.Find(rest)
+		r.mu.Unlock()
+		if p != nil {
+			return nil, fmt.Errorf("waiting for %q: %w: %s", re, ErrPanic, p)
+		}
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("waiting for %q: %w (%v) after %s", re, ErrExited, r.waitErr, r.Elapsed().Round(100*time.Millisecond))
+		default:
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for %q: no match after %s (%s since power on)", re, timeout, r.Elapsed().Round(100*time.Millisecond))
+		}
+	}
+}
+
+// Wait waits up to timeout for QEMU to exit (the guest powered off) and
+// returns its exit error.
+func (r *Run) Wait(timeout time.Duration) error {
+	select {
+	case <-r.exited:
+		return r.waitErr
+	case <-time.After(timeout):
+		return fmt.Errorf("QEMU still running %s after power on (waited %s for it to exit)", r.Elapsed().Round(100*time.Millisecond), timeout)
+	}
+}
+
+// Exited tells whether QEMU has exited.
+func (r *Run) Exited() bool {
+	select {
+	case <-r.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// Kill kills QEMU, by its pid, if it still runs, and waits for it.
+func (r *Run) Kill() error {
+	if r.Exited() {
+		return nil
+	}
+	if err := r.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("killing QEMU (pid %d): %w", r.Pid(), err)
+	}
+	select {
+	case <-r.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("QEMU (pid %d) did not exit after SIGKILL", r.Pid())
+	}
+}
+
+// Tail returns the last n lines of the console, for failure messages.
+func (r *Run) Tail(n int) string {
+	lines := strings.Split(r.Console(), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

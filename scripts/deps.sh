@@ -4,7 +4,7 @@
 # runs only when something is missing.
 set -euo pipefail
 
-need_pkgs=(util-linux dosfstools mtools)
+need_pkgs=(util-linux dosfstools mtools time)
 
 missing=()
 for p in "${need_pkgs[@]}"; do

@@ -18,9 +18,14 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
 )
+
+// writebackChunk is how much is written before the kernel is asked to start
+// writing it out, so that the final sync has little left to do.
+const writebackChunk = 16 << 20
 
 // ErrTooLarge marks a payload or artifact over a limit.
 var ErrTooLarge = errors.New("too large")
@@ -29,7 +34,8 @@ var ErrTooLarge = errors.New("too large")
 // STAGE, hashing as it goes.
 type extractor struct {
 	ctx         context.Context
-	dst         io.WriterAt // the STAGE partition
+	dst         *disk.Region       // the STAGE partition
+	direct      *disk.DirectWriter // the same, without the page cache; nil where unsupported
 	next, end   int64       // next free offset, end of the half
 	high        int64       // highest offset written
 	half        int64       // size of a half, for messages
@@ -55,7 +61,9 @@ type countingHash struct {
 func (c *countingHash) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	if n > 0 {
-		c.h.Write(p[:n])
+		if c.h != nil {
+			c.h.Write(p[:n])
+		}
 		c.n += int64(n)
 		if c.progress != nil {
 			c.progress(int64(n))
@@ -74,8 +82,16 @@ func (x *extractor) layer(ls layerSource, n int) error {
 		return fmt.Errorf("layer %d (%s): %w", n, ls.diffID, err)
 	}
 	defer raw.Close()
-	blob := &countingHash{r: raw, h: sha256.New(), progress: x.progress}
-	br := bufio.NewReaderSize(blob, 1<<20)
+	// The blob is read, counted and (unless the transport verifies it)
+	// hashed in a goroutine of its own; the tar is parsed and the artifacts
+	// hashed and written here.
+	blob := &countingHash{r: raw, progress: x.progress}
+	if ls.digest != nil && !ls.verified {
+		blob.h = sha256.New()
+	}
+	ra := newReadAhead(blob, 4, 1<<20)
+	defer ra.Close()
+	br := bufio.NewReaderSize(ra, 64<<10)
 	var stream io.Reader = br
 	if ls.compressed {
 		magic, _ := br.Peek(4)
@@ -96,7 +112,12 @@ func (x *extractor) layer(ls layerSource, n int) error {
 			stream = zr
 		}
 	}
-	tarStream := &countingHash{r: stream, h: sha256.New()}
+	// An uncompressed blob is its own tar: its digest is the diff ID, and
+	// hashing it twice would prove nothing more.
+	tarStream := &countingHash{r: stream}
+	if ls.digest == nil || *ls.digest != ls.diffID || stream != io.Reader(br) {
+		tarStream.h = sha256.New()
+	}
 	tr := tar.NewReader(x.limit(tarStream))
 	for {
 		if err := x.ctx.Err(); err != nil {
@@ -123,16 +144,19 @@ func (x *extractor) layer(ls layerSource, n int) error {
 	if _, err := io.CopyBuffer(io.Discard, br, x.buf); err != nil {
 		return x.readError(ls, n, err)
 	}
+	ra.Close() // the reader is done: its counts and hash are final
 	if ls.size >= 0 && blob.n != ls.size {
 		return fmt.Errorf("layer %d (%s) is %d bytes, the manifest says %d: truncated or corrupt blob", n, *ls.digest, blob.n, ls.size)
 	}
-	if ls.digest != nil {
+	if blob.h != nil {
 		if got := digestOf(blob.h); got != ls.digest.String() {
 			return fmt.Errorf("layer %d: digest is %s, the manifest says %s: corrupt or tampered blob", n, got, ls.digest)
 		}
 	}
-	if got := digestOf(tarStream.h); got != ls.diffID.String() {
-		return fmt.Errorf("layer %d: uncompressed digest is %s, the config says %s: corrupt or tampered blob", n, got, ls.diffID)
+	if tarStream.h != nil {
+		if got := digestOf(tarStream.h); got != ls.diffID.String() {
+			return fmt.Errorf("layer %d: uncompressed digest is %s, the config says %s: corrupt or tampered blob", n, got, ls.diffID)
+		}
 	}
 	return nil
 }
@@ -202,18 +226,43 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 		return fmt.Errorf("%w: the payload needs at least %d bytes, and half of STAGE holds %d (STAGE must be at least twice the payload)", ErrTooLarge, need, x.half-payload.HeaderSize)
 	}
 	sum := sha256.New()
-	w := io.NewOffsetWriter(x.dst, x.next)
-	got, err := io.CopyBuffer(io.MultiWriter(w, sum), io.LimitReader(r, h.Size), x.buf)
-	x.high = max(x.high, x.next+got)
-	if err != nil {
-		return fmt.Errorf("writing artifact %s to STAGE: %w", art, err)
-	}
-	if got != h.Size {
-		return fmt.Errorf("artifact %s: %w", art, io.ErrUnexpectedEOF)
+	var got, queued int64
+	for got < h.Size {
+		k, err := io.ReadFull(r, x.buf[:min(int64(len(x.buf)), h.Size-got)])
+		if k > 0 {
+			sum.Write(x.buf[:k])
+			if werr := x.writeChunk(x.buf, k, x.next+got); werr != nil {
+				return fmt.Errorf("writing artifact %s to STAGE: %w", art, werr)
+			}
+			got += int64(k)
+		}
+		if err != nil {
+			return fmt.Errorf("artifact %s: %w", art, io.ErrUnexpectedEOF)
+		}
+		if x.direct == nil && got-queued >= writebackChunk {
+			x.dst.StartWriteback(x.next+queued, got-queued)
+			queued = got
+		}
 	}
 	x.found[art] = meta.Artifact{Name: art, Offset: x.next, Size: h.Size, SHA256: hex.EncodeToString(sum.Sum(nil))}
 	x.next = payload.AlignUp(x.next + h.Size)
 	return nil
+}
+
+// writeChunk writes buf[:k] at off: directly when it can, padding the
+// last chunk of an artifact with zeros to the alignment (the space up to the
+// next artifact is the artifact's), else through the page cache.
+func (x *extractor) writeChunk(buf []byte, k int, off int64) error {
+	if x.direct != nil {
+		n := int(payload.AlignUp(int64(k)))
+		clear(buf[k:n])
+		x.high = max(x.high, off+int64(n))
+		_, err := x.direct.WriteAt(buf[:n], off)
+		return err
+	}
+	x.high = max(x.high, off+int64(k))
+	_, err := x.dst.WriteAt(buf[:k], off)
+	return err
 }
 
 // whiteout applies an OCI whiteout of base in dir (".wh..wh..opq" hides

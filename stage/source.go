@@ -95,6 +95,7 @@ type layerSource struct {
 	size       int64    // of the stream, -1 when unknown
 	diffID     v1.Hash  // of the uncompressed tar
 	compressed bool     // the stream may need decompressing
+	verified   bool     // the transport checks the stream's digest and size itself
 }
 
 // resolve finds the image for platform and checks the manifest and config
@@ -116,13 +117,13 @@ func (s *Source) resolve(ctx context.Context, platform v1.Platform, kc authn.Key
 			if err != nil {
 				return nil, describeRegistryError(s.Ref, err)
 			}
-			return fromManifest(img, s.raw)
+			return verifiedByTransport(fromManifest(img, s.raw))
 		}
 		img, err := desc.Image()
 		if err != nil {
 			return nil, describeRegistryError(s.Ref, err)
 		}
-		return checkPlatform(img, platform, s.raw)
+		return verifiedByTransport(checkPlatform(img, platform, s.raw))
 	case OCILayout:
 		idx, err := layout.ImageIndexFromPath(s.Path)
 		if err != nil {
@@ -167,6 +168,18 @@ func (s *Source) resolve(ctx context.Context, platform v1.Platform, kc authn.Key
 		return fromArchive(img, s.Path)
 	}
 	return nil, fmt.Errorf("unknown transport %q", s.Transport)
+}
+
+// verifiedByTransport marks the layers of a registry image: go-containerregistry's
+// remote blobs check their digest and size as they are read.
+func verifiedByTransport(img *image, err error) (*image, error) {
+	if err != nil {
+		return nil, err
+	}
+	for i := range img.layers {
+		img.layers[i].verified = true
+	}
+	return img, nil
 }
 
 func layoutDescriptor(idx v1.ImageIndex, tag, dir string) (*v1.Descriptor, error) {

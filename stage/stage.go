@@ -107,7 +107,11 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		next: int64(half)*hs + payload.HeaderSize, end: int64(half+1) * hs,
 		maxArtifact: o.MaxArtifact, maxUnpacked: o.MaxUnpacked,
 		want: installer.Artifacts(o.Platform.Architecture), found: map[string]meta.Artifact{}, install: map[string]bool{},
-		buf: make([]byte, 1<<20),
+		buf: disk.AlignedBuffer(1 << 20),
+	}
+	if dw, err := stage.OpenDirect(); err == nil {
+		x.direct = dw
+		defer dw.Close()
 	}
 	x.high = x.next
 	var done int64
@@ -193,10 +197,8 @@ func (x *extractor) write(img *image, arch string) ([]meta.Artifact, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s, ok := x.dst.(interface{ Sync() error }); ok {
-		if err := s.Sync(); err != nil {
-			return nil, fmt.Errorf("syncing STAGE: %w", err)
-		}
+	if err := x.dst.Sync(); err != nil {
+		return nil, fmt.Errorf("syncing STAGE: %w", err)
 	}
 	return arts, nil
 }

@@ -36,9 +36,9 @@ type extractor struct {
 	ctx         context.Context
 	dst         *disk.Region       // the STAGE partition
 	direct      *disk.DirectWriter // the same, without the page cache; nil where unsupported
-	next, end   int64       // next free offset, end of the half
-	high        int64       // highest offset written
-	half        int64       // size of a half, for messages
+	next, end   int64              // next free offset, end of the half
+	high        int64              // highest offset written
+	half        int64              // size of a half, for messages
 	maxArtifact int64
 	maxUnpacked int64 // bytes of uncompressed tar, over all layers
 	unpacked    int64

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -162,6 +163,9 @@ func newMachine(t testing.TB, img string) *vm.Machine {
 	return m
 }
 
+// ansi matches terminal escapes (OVMF clears the screen) and CRs.
+var ansi = regexp.MustCompile(`\x1b\[[0-9;=?]*[A-Za-z]|\r`)
+
 // start boots m. When the test ends QEMU is killed if it still runs, and a
 // failed test gets the console log in its output.
 func start(t testing.TB, m *vm.Machine) *vm.Run {
@@ -175,7 +179,8 @@ func start(t testing.TB, m *vm.Machine) *vm.Run {
 			t.Error(err)
 		}
 		if t.Failed() {
-			t.Logf("console log (%s, %s since power on):\n%s", r.Log(), r.Elapsed().Round(100_000_000), r.Console())
+			t.Logf("console log (%s, kept with STAGEHAND_VM_LOGS=DIR; %s since power on):\n%s",
+				r.Log(), r.Elapsed().Round(100_000_000), ansi.ReplaceAllString(r.Console(), ""))
 		}
 	})
 	return r

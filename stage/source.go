@@ -220,6 +220,7 @@ func pick(idx v1.ImageIndex, platform v1.Platform, ref string) (v1.Image, error)
 			return idx.Image(d.Digest)
 		}
 	}
+	sort.Strings(have)
 	return nil, fmt.Errorf("%s has no image for platform %s; it has: %s (choose one with --platform)", ref, platform.String(), strings.Join(have, ", "))
 }
 

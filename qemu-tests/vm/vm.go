@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -205,8 +206,10 @@ var ErrExited = errors.New("QEMU exited")
 var panicRE = regexp.MustCompile(`Kernel panic - not syncing[^\n]*`)
 
 // Expect waits up to timeout for the console, after the previous match, to
-// match re, and returns the submatches. It fails early when the guest
-// kernel panics or QEMU exits.
+// match re, and returns the submatches. Only complete lines are matched
+// (while QEMU runs), so that a match never depends on how the output was
+// cut: `slot=(\S*)` cannot match before the slot is printed. It fails early
+// when the guest kernel panics or QEMU exits.
 func (r *Run) Expect(ctx context.Context, timeout time.Duration, re *regexp.Regexp) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -214,6 +217,9 @@ func (r *Run) Expect(ctx context.Context, timeout time.Duration, re *regexp.Rege
 		r.mu.Lock()
 		rest := r.buf[r.pos:]
 		changed, exited := r.changed, r.exited
+		if !r.Exited() {
+			rest = rest[:bytes.LastIndexByte(rest, '\n')+1]
+		}
 		if loc := re.FindSubmatchIndex(rest); loc != nil {
 			var subs []string
 			for i := 0; i+1 < len(loc); i += 2 {

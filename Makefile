@@ -13,20 +13,20 @@ all: build
 
 deps:
 	@scripts/deps.sh
+	@scripts/vm-deps.sh
 
 build:
 	@mkdir -p $(BUILD)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BUILD)/ ./cmd/...
 
-# Every test: unit tests (loop devices need root) and, once they exist, the
-# VM tests.
-test: deps lint unit
+# Every test: unit tests (loop devices need root), then the VM tests (real
+# OVMF, systemd-boot and Debian kernels under QEMU).
+test: deps lint unit qemu-test
 
 unit:
 	$(GO) test -count=1 ./...
 
 qemu-test: deps
-	@scripts/vm-deps.sh
 	$(GO) vet -tags vm ./qemu-tests/...
 	$(GO) test -tags vm -count=1 -timeout 40m ./qemu-tests/...
 

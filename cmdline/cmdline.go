@@ -53,3 +53,15 @@ func Get(s, key string) (string, bool) {
 	}
 	return v, found
 }
+
+// String writes p back as one word, quoted when its value holds a space.
+func (p Param) String() string {
+	w := p.Key
+	if p.Set {
+		w += "=" + p.Value
+	}
+	if strings.ContainsAny(w, " \t\n") {
+		return `"` + w + `"`
+	}
+	return w
+}

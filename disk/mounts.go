@@ -1,0 +1,79 @@
+package disk
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// MountPoint returns where the kernel has partition index of this disk
+// mounted, or "" when it is not (always "" for an image file). A mounted
+// partition must be written through its mount, never underneath it.
+func (d *Disk) MountPoint(index int) (string, error) {
+	if !d.block {
+		return "", nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(d.f.Fd()), &st); err != nil {
+		return "", fmt.Errorf("stat %s: %w", d.path, err)
+	}
+	sys := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	ents, err := os.ReadDir(sys)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", sys, err)
+	}
+	dev := ""
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(sys, e.Name(), "partition"))
+		if err != nil {
+			continue
+		}
+		if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n == index {
+			b, err := os.ReadFile(filepath.Join(sys, e.Name(), "dev"))
+			if err != nil {
+				return "", fmt.Errorf("reading %s: %w", e.Name(), err)
+			}
+			dev = strings.TrimSpace(string(b))
+		}
+	}
+	if dev == "" {
+		return "", nil // the kernel has no device for it: it cannot be mounted
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("reading the mount table: %w", err)
+	}
+	s := bufio.NewScanner(bytes.NewReader(mi))
+	for s.Scan() {
+		f := strings.Fields(s.Text()) // id parent major:minor root mountpoint ...
+		if len(f) >= 5 && f[2] == dev && f[3] == "/" {
+			return unescapeMount(f[4]), nil
+		}
+	}
+	return "", nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

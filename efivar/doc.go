@@ -1,0 +1,4 @@
+// Package efivar reads and writes EFI variables: through efivarfs on a
+// running system (FS), or as files in a plain directory (Dir) for tests and
+// for hosts without EFI.
+package efivar

@@ -1,58 +1,46 @@
 package disk
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"unicode/utf16"
+
+	"github.com/stagehand-dev/stagehand/efivar"
 )
 
 // LoaderVendorGUID is the vendor GUID of the Boot Loader Interface variables
 // that systemd-boot sets.
-const LoaderVendorGUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+const LoaderVendorGUID = efivar.LoaderVendor
 
 // EFIVarsDir is where efivarfs is mounted.
-const EFIVarsDir = "/sys/firmware/efi/efivars"
+const EFIVarsDir = efivar.DefaultDir
 
 // ErrBootDiskUnknown is returned when the firmware did not say which disk
 // booted.
 var ErrBootDiskUnknown = errors.New("cannot tell which disk booted")
 
 // BootedPartUUID returns the GUID of the partition the boot loader was loaded
-// from (LoaderDevicePartUUID), lower-case.
+// from (LoaderDevicePartUUID), lower-case, reading the variables at efivars:
+// an efivarfs, or a directory of files in its format.
 func BootedPartUUID(efivars string) (string, error) {
-	name := filepath.Join(efivars, "LoaderDevicePartUUID-"+LoaderVendorGUID)
-	raw, err := os.ReadFile(name)
+	return BootedPartUUIDFrom(efivar.Dir(efivars))
+}
+
+// BootedPartUUIDFrom is BootedPartUUID reading the variable from vars.
+func BootedPartUUIDFrom(vars efivar.Store) (string, error) {
+	s, err := efivar.GetString(vars, "LoaderDevicePartUUID", efivar.LoaderVendor)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("%w: the firmware variable LoaderDevicePartUUID is not set (not booted by systemd-boot?); pass --disk", ErrBootDiskUnknown)
 	}
 	if err != nil {
-		return "", fmt.Errorf("%w: reading %s: %v; pass --disk", ErrBootDiskUnknown, name, err)
+		return "", fmt.Errorf("%w: reading LoaderDevicePartUUID: %v; pass --disk", ErrBootDiskUnknown, err)
 	}
-	return parseUTF16Var(raw)
-}
-
-// parseUTF16Var decodes an efivarfs file holding a UTF-16LE string: four
-// bytes of attributes, then the string, usually NUL-terminated.
-func parseUTF16Var(raw []byte) (string, error) {
-	if len(raw) < 4 || len(raw)%2 != 0 {
-		return "", fmt.Errorf("%w: LoaderDevicePartUUID is %d bytes, not a UTF-16 string", ErrBootDiskUnknown, len(raw))
-	}
-	u := make([]uint16, 0, (len(raw)-4)/2)
-	for i := 4; i+1 < len(raw); i += 2 {
-		c := binary.LittleEndian.Uint16(raw[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	s := strings.ToLower(string(utf16.Decode(u)))
+	s = strings.ToLower(s)
 	if len(s) != 36 || strings.Count(s, "-") != 4 {
-		return "", fmt.Errorf("%w: LoaderDevicePartUUID %q is not a GUID", ErrBootDiskUnknown, s)
+		return "", fmt.Errorf("%w: LoaderDevicePartUUID %q is not a GUID; pass --disk", ErrBootDiskUnknown, s)
 	}
 	return s, nil
 }
@@ -88,7 +76,11 @@ func FindByPartUUID(sysBlock, devDir, uuid string) (string, error) {
 
 // Booted returns the whole-disk device that the running system booted from.
 func Booted() (string, error) {
-	uuid, err := BootedPartUUID(EFIVarsDir)
+	vars, err := efivar.NewFS(EFIVarsDir)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v; pass --disk", ErrBootDiskUnknown, err)
+	}
+	uuid, err := BootedPartUUIDFrom(vars)
 	if err != nil {
 		return "", err
 	}

@@ -200,7 +200,7 @@ func TestLock(t *testing.T) {
 	}
 }
 
-func TestParseUTF16Var(t *testing.T) {
+func TestBootedPartUUID(t *testing.T) {
 	enc := func(s string) []byte {
 		b := []byte{7, 0, 0, 0}
 		for _, r := range s {
@@ -210,7 +210,7 @@ func TestParseUTF16Var(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		raw  []byte
+		raw  []byte // the efivarfs file; nil for none
 		want string
 		ok   bool
 	}{
@@ -219,10 +219,18 @@ func TestParseUTF16Var(t *testing.T) {
 		{"empty", []byte{7, 0, 0, 0}, "", false},
 		{"odd", []byte{7, 0, 0, 0, 1}, "", false},
 		{"not a guid", enc("hello"), "", false},
+		{"unset", nil, "", false},
 	} {
-		got, err := parseUTF16Var(tc.raw)
+		dir := t.TempDir()
+		if tc.raw != nil {
+			os.WriteFile(filepath.Join(dir, "LoaderDevicePartUUID-"+LoaderVendorGUID), tc.raw, 0o644)
+		}
+		got, err := BootedPartUUID(dir)
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("%s: got %q, %v", tc.name, got, err)
+		}
+		if err != nil && (!errors.Is(err, ErrBootDiskUnknown) || !strings.Contains(err.Error(), "pass --disk")) {
+			t.Errorf("%s: error %v is not ErrBootDiskUnknown with a hint", tc.name, err)
 		}
 	}
 }

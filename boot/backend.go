@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"github.com/stagehand-dev/stagehand/meta"
@@ -13,6 +14,11 @@ type Image struct {
 	Initramfs io.Reader
 	Cmdline   string // kernel command line; the backend adds stagehand.slot=
 	Version   string // OS version, shown in the menu and kept in the entry
+	// Tries > 0 names the entry for systemd-boot's boot counting
+	// (stagehand-b+Tries.conf), so that the loader counts the firmware
+	// boots of it and skips it once none is left; 0 installs an entry
+	// that is not counted.
+	Tries int
 }
 
 // SlotEntry is a slot as the bootloader holds it.
@@ -46,6 +52,37 @@ type Backend interface {
 	// Slots returns the installed slots, a before b.
 	Slots(ctx context.Context) ([]SlotEntry, error)
 }
+
+// BootOnce is a backend that can boot a slot once, at the next firmware
+// boot only (systemd-boot's LoaderEntryOneShot).
+type BootOnce interface {
+	// SetBootOnce makes slot boot at the next firmware boot, once.
+	SetBootOnce(ctx context.Context, slot meta.Slot) error
+	// ClearBootOnce drops a boot once that was set and not yet used.
+	ClearBootOnce(ctx context.Context) error
+	// BootOnce returns the slot set to boot once, if any.
+	BootOnce(ctx context.Context) (meta.Slot, bool, error)
+}
+
+// Blesser is a backend whose trial entries count tries.
+type Blesser interface {
+	// Bless marks slot's entry good: it stops counting its tries
+	// (stagehand-b+1-1.conf becomes stagehand-b.conf). Blessing a slot
+	// whose entry does not count tries does nothing.
+	Bless(ctx context.Context, slot meta.Slot) error
+}
+
+// SlotReader gives back what a slot holds, to verify it after writing and
+// to kexec it.
+type SlotReader interface {
+	// ReadSlot returns the kernel and initramfs named by slot's entry (its
+	// initrds concatenated, as the loader passes them), and the entry.
+	// ErrSlotEmpty when slot has no entry.
+	ReadSlot(ctx context.Context, slot meta.Slot) (kernel, initramfs []byte, entry SlotEntry, err error)
+}
+
+// ErrSlotEmpty marks a slot that holds no entry.
+var ErrSlotEmpty = errors.New("the slot has no loader entry")
 
 // SlotParam is the kernel parameter naming the slot a kernel was booted
 // from.

@@ -167,7 +167,7 @@ func TestDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]string{
-		"loader/loader.conf":              "default stagehand-a.conf\ntimeout 0\n",
+		"loader/loader.conf":              "default stagehand-a[.+]*\ntimeout 0\n",
 		"loader/entries/stagehand-a.conf": "title stagehand slot A (v1)\nversion v1\nlinux /stagehand/a/vmlinuz\ninitrd /stagehand/a/initramfs\noptions stagehand.slot=a console=ttyS0\n",
 		"stagehand/a/vmlinuz":             "k",
 		"stagehand/a/initramfs":           "i",

@@ -157,7 +157,7 @@ func TestInitDisk(t *testing.T) {
 	if entry != wantEntry {
 		t.Errorf("entry:\n%s\nwant:\n%s", entry, wantEntry)
 	}
-	if got := mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a.conf\ntimeout 0\n" {
+	if got := mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a[.+]*\ntimeout 0\n" {
 		t.Errorf("loader.conf: %q", got)
 	}
 	efi, _ := os.ReadFile(SystemdBootEFI)
@@ -239,9 +239,50 @@ func TestInitDisk(t *testing.T) {
 	if names, _ := esp.ReadDir("loader/entries"); !cmp.Equal(names, []string{"stagehand-a.conf", "stagehand-b.conf"}) {
 		t.Errorf("entries after reinstalling b: %v", names)
 	}
+	// A trial: b installed with one try, the loader counts it, b becomes
+	// the default while counted, is blessed, and a becomes the default
+	// again; each step through the FAT and its renames.
+	img2.Kernel, img2.Initramfs, img2.Tries = strings.NewReader("kernel 4"), strings.NewReader("initramfs 4"), 1
+	if err := sb.InstallSlot(ctx, meta.SlotB, img2); err != nil {
+		t.Fatal(err)
+	}
+	if names, _ := esp.ReadDir("loader/entries"); !cmp.Equal(names, []string{"stagehand-a.conf", "stagehand-b+1.conf"}) {
+		t.Errorf("entries after installing b with 1 try: %v", names)
+	}
+	if err := esp.Rename("loader/entries/stagehand-b+1.conf", "loader/entries/stagehand-b+0-1.conf"); err != nil {
+		t.Fatal(err)
+	}
+	if err := esp.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.SetDefault(ctx, meta.SlotB); err != nil {
+		t.Fatal(err)
+	}
+	if def, err := sb.Default(ctx); err != nil || def != meta.SlotB {
+		t.Errorf("Default with b counted = %q, %v", def, err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := sb.Bless(ctx, meta.SlotB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sb.SetDefault(ctx, meta.SlotA); err != nil {
+		t.Fatal(err)
+	}
+	k, i, e, err := sb.ReadSlot(ctx, meta.SlotB)
+	if err != nil || string(k) != "kernel 4" || string(i) != "initramfs 4" || e.Counting || e.Description != "loader/entries/stagehand-b.conf" {
+		t.Errorf("ReadSlot(b) = %q, %q, %+v, %v", k, i, e, err)
+	}
 	fsck = fsckFAT(t, extract(t, img, espPart))
 	if strings.Count(strings.TrimSpace(fsck), "\n") != 1 {
 		t.Errorf("fsck.fat -n after changes:\n%s", fsck)
+	}
+	t.Logf("fsck.fat -n after a counted install, the loader's rename, Bless and SetDefault:\n%s", fsck)
+	if got := mtools(t, "mdir", img, espPart.Offset, "-b", "::/loader/entries"); !strings.Contains(got, "stagehand-b.conf") || strings.Contains(got, "+") {
+		t.Errorf("mdir sees:\n%s", got)
+	}
+	if got := mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a[.+]*\ntimeout 0\n" {
+		t.Errorf("loader.conf: %q", got)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -26,14 +27,32 @@ const (
 )
 
 // SystemdBoot is the systemd-boot backend: each slot is a Type #1 entry,
-// loader/entries/stagehand-a.conf, loading stagehand/a/vmlinuz and
-// stagehand/a/initramfs; loader.conf names the default entry.
+// loader/entries/stagehand-a.conf (stagehand-a+3.conf while its tries are
+// counted), loading stagehand/a/vmlinuz and stagehand/a/initramfs;
+// loader.conf names the default entry, the LoaderEntryOneShot EFI variable
+// the entry to boot once.
+//
+// How systemd-boot names entries: it gives each Type #1 entry an ID, and
+// matches loader.conf's default, LoaderEntryDefault and LoaderEntryOneShot
+// against these IDs as glob patterns (efi_fnmatch, after lowering the
+// case). Debian 12's systemd-boot 252 takes the whole file name as the ID,
+// boot counter included ("stagehand-b+1-1.conf"); from systemd 255 or so the
+// counter is cut out of the ID ("stagehand-b.conf"). A name without ".conf"
+// ("stagehand-b") matches no entry in either. So the backend never writes
+// a file name but EntryPattern, "stagehand-b[.+]*", which matches slot b's
+// entry in every counter state under both rules, and nothing else of ours.
 type SystemdBoot struct {
 	esp    FS
 	loader string
+	vars   efivar.Store
 }
 
-var _ Backend = (*SystemdBoot)(nil)
+var (
+	_ Backend    = (*SystemdBoot)(nil)
+	_ BootOnce   = (*SystemdBoot)(nil)
+	_ Blesser    = (*SystemdBoot)(nil)
+	_ SlotReader = (*SystemdBoot)(nil)
+)
 
 // SystemdBootOption changes a SystemdBoot.
 type SystemdBootOption func(*SystemdBoot)
@@ -41,6 +60,13 @@ type SystemdBootOption func(*SystemdBoot)
 // WithLoaderEFI installs the systemd-boot EFI binary at path instead of
 // SystemdBootEFI.
 func WithLoaderEFI(path string) SystemdBootOption { return func(s *SystemdBoot) { s.loader = path } }
+
+// WithEFIVars gives the backend the firmware's variables, where boot once
+// (LoaderEntryOneShot) is set. Without them the BootOnce methods fail with
+// ErrNoEFIVars.
+func WithEFIVars(vars efivar.Store) SystemdBootOption {
+	return func(s *SystemdBoot) { s.vars = vars }
+}
 
 // NewSystemdBoot returns the backend for the ESP esp.
 func NewSystemdBoot(esp FS, opts ...SystemdBootOption) *SystemdBoot {
@@ -51,8 +77,16 @@ func NewSystemdBoot(esp FS, opts ...SystemdBootOption) *SystemdBoot {
 	return s
 }
 
-// EntryID is the ID of slot's entry ("stagehand-a").
+// EntryID is the ID of slot's entry ("stagehand-a"): its file name without
+// the boot counter and .conf.
 func EntryID(slot meta.Slot) string { return "stagehand-" + string(slot) }
+
+// EntryPattern is the glob that loader.conf's default and
+// LoaderEntryOneShot hold to name slot's entry ("stagehand-a[.+]*"): it
+// matches systemd-boot's ID of the entry whether or not its tries are
+// counted, in systemd-boot 252 (ID "stagehand-a+2-1.conf") and later (ID
+// "stagehand-a.conf"). See SystemdBoot.
+func EntryPattern(slot meta.Slot) string { return EntryID(slot) + "[.+]*" }
 
 func checkSlot(slot meta.Slot) error {
 	if slot != meta.SlotA && slot != meta.SlotB {
@@ -104,13 +138,22 @@ func (s *SystemdBoot) entryFiles(slot meta.Slot) ([]EntryName, error) {
 	return out, nil
 }
 
-// InstallSlot implements Backend.
+// maxTries bounds Image.Tries: more makes no sense for a trial, and
+// systemd-boot caps its counters at INT_MAX.
+const maxTries = 1000
+
+// InstallSlot implements Backend. With img.Tries the entry is
+// stagehand-X+Tries.conf; any other entry file of the slot is removed
+// first.
 func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
 	if img.Kernel == nil || img.Initramfs == nil {
 		return fmt.Errorf("installing slot %s: kernel and initramfs are both needed", slot)
+	}
+	if img.Tries < 0 || img.Tries > maxTries {
+		return fmt.Errorf("installing slot %s: %d tries is not between 0 and %d", slot, img.Tries, maxTries)
 	}
 	dir := path.Join(slotsDir, string(slot))
 	opts := SlotParam + "=" + string(slot)
@@ -162,7 +205,7 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 	if err := s.esp.Sync(); err != nil {
 		return fmt.Errorf("installing slot %s: %w", slot, err)
 	}
-	name := EntryName{ID: EntryID(slot)}.String()
+	name := EntryName{ID: EntryID(slot), Counting: img.Tries > 0, Left: img.Tries}.String()
 	if err := s.esp.WriteFile(path.Join(entriesDir, name), bytes.NewReader(conf)); err != nil {
 		return fmt.Errorf("installing slot %s: %w", slot, err)
 	}
@@ -218,8 +261,8 @@ func (s *SystemdBoot) writeLoaderConf(def *string) error {
 	return s.esp.Sync()
 }
 
-// SetDefault implements Backend: loader.conf's default names the slot's
-// entry by ID, which matches it with or without a boot counter.
+// SetDefault implements Backend: loader.conf's default is EntryPattern,
+// which systemd-boot matches against slot's entry whatever its counter.
 func (s *SystemdBoot) SetDefault(ctx context.Context, slot meta.Slot) error {
 	if err := checkSlot(slot); err != nil {
 		return err
@@ -231,11 +274,12 @@ func (s *SystemdBoot) SetDefault(ctx context.Context, slot meta.Slot) error {
 	if len(old) == 0 {
 		return fmt.Errorf("making slot %s the default: it has no loader entry", slot)
 	}
-	def := EntryID(slot) + ".conf"
+	def := EntryPattern(slot)
 	return s.writeLoaderConf(&def)
 }
 
-// Default implements Backend.
+// Default implements Backend: the slot whose entry loader.conf's default
+// matches, as systemd-boot matches it.
 func (s *SystemdBoot) Default(ctx context.Context) (meta.Slot, error) {
 	conf, err := s.loaderConfig()
 	if err != nil {
@@ -247,50 +291,228 @@ func (s *SystemdBoot) Default(ctx context.Context) (meta.Slot, error) {
 			def = f.Value
 		}
 	}
-	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
-		if def == EntryID(slot)+".conf" || def == EntryID(slot) {
-			return slot, nil
-		}
-	}
 	if def == "" {
 		return "", fmt.Errorf("%s names no default entry", loaderConf)
 	}
-	return "", fmt.Errorf("%s's default entry %q is not a stagehand slot", loaderConf, def)
+	slot, err := s.matchSlot(def)
+	if err != nil {
+		return "", fmt.Errorf("%s's default entry: %w", loaderConf, err)
+	}
+	return slot, nil
+}
+
+// matchSlot returns the slot whose entry the glob pattern names, as
+// systemd-boot matches it. systemd-boot 252 matches the entry's file name,
+// later versions the file name without the counter (see SystemdBoot): a
+// pattern that matches an entry under one rule only is an error, since what
+// boots would depend on the loader's version.
+func (s *SystemdBoot) matchSlot(pattern string) (meta.Slot, error) {
+	pattern = strings.ToLower(pattern)
+	if _, err := path.Match(pattern, ""); err != nil {
+		return "", fmt.Errorf("%q is not a glob pattern: %w", pattern, err)
+	}
+	var found []meta.Slot
+	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
+		names, err := s.entryFiles(slot)
+		if err != nil {
+			return "", err
+		}
+		for _, n := range names {
+			file := strings.ToLower(n.String())
+			byFile, _ := path.Match(pattern, file)
+			byID, _ := path.Match(pattern, strings.ToLower(EntryName{ID: n.ID}.String()))
+			if byFile != byID {
+				return "", fmt.Errorf("%q matches slot %s's entry %s in some systemd-boot versions only (they match the file name with or without its boot counter): use %s",
+					pattern, slot, n, EntryPattern(slot))
+			}
+			if byFile {
+				found = append(found, slot)
+				break
+			}
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("%q matches no stagehand slot's entry", pattern)
+	case 1:
+		return found[0], nil
+	default:
+		return "", fmt.Errorf("%q matches the entries of both slots", pattern)
+	}
 }
 
 // Slots implements Backend.
 func (s *SystemdBoot) Slots(ctx context.Context) ([]SlotEntry, error) {
 	var out []SlotEntry
 	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
-		names, err := s.entryFiles(slot)
+		se, _, err := s.slotEntry(slot)
+		if errors.Is(err, ErrSlotEmpty) {
+			continue
+		}
 		if err != nil {
 			return nil, err
-		}
-		switch len(names) {
-		case 0:
-			continue
-		case 1:
-		default:
-			return nil, fmt.Errorf("slot %s has %d loader entries (%s, %s): remove all but one", slot, len(names), names[0], names[1])
-		}
-		n := names[0]
-		b, err := s.esp.ReadFile(path.Join(entriesDir, n.String()))
-		if err != nil {
-			return nil, fmt.Errorf("reading slot %s: %w", slot, err)
-		}
-		e, err := ParseEntry(b)
-		if err != nil {
-			return nil, fmt.Errorf("reading slot %s: %s: %w", slot, n, err)
-		}
-		se := SlotEntry{
-			Slot: slot, Version: e.Version, Cmdline: e.Options, Kernel: e.Linux,
-			Counting: n.Counting, Left: n.Left, Done: n.Done,
-			Description: path.Join(entriesDir, n.String()),
-		}
-		if len(e.Initrd) > 0 {
-			se.Initrd = e.Initrd[0]
 		}
 		out = append(out, se)
 	}
 	return out, nil
+}
+
+// entryName returns the name of slot's one entry file: ErrSlotEmpty when
+// it has none, an error when it has several.
+func (s *SystemdBoot) entryName(slot meta.Slot) (EntryName, error) {
+	names, err := s.entryFiles(slot)
+	if err != nil {
+		return EntryName{}, err
+	}
+	switch len(names) {
+	case 0:
+		return EntryName{}, fmt.Errorf("slot %s: %w", slot, ErrSlotEmpty)
+	case 1:
+		return names[0], nil
+	default:
+		return EntryName{}, fmt.Errorf("slot %s has %d loader entries (%s, %s): remove all but one", slot, len(names), names[0], names[1])
+	}
+}
+
+// slotEntry reads slot's entry.
+func (s *SystemdBoot) slotEntry(slot meta.Slot) (SlotEntry, *Entry, error) {
+	n, err := s.entryName(slot)
+	if err != nil {
+		return SlotEntry{}, nil, err
+	}
+	b, err := s.esp.ReadFile(path.Join(entriesDir, n.String()))
+	if err != nil {
+		return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %w", slot, err)
+	}
+	e, err := ParseEntry(b)
+	if err != nil {
+		return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %s: %w", slot, n, err)
+	}
+	se := SlotEntry{
+		Slot: slot, Version: e.Version, Cmdline: e.Options, Kernel: e.Linux,
+		Counting: n.Counting, Left: n.Left, Done: n.Done,
+		Description: path.Join(entriesDir, n.String()),
+	}
+	if len(e.Initrd) > 0 {
+		se.Initrd = e.Initrd[0]
+	}
+	return se, e, nil
+}
+
+// Bless implements Blesser: it renames slot's counted entry
+// (stagehand-b+LEFT-DONE.conf, whatever the counter) to stagehand-b.conf.
+func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
+	if err := checkSlot(slot); err != nil {
+		return err
+	}
+	n, err := s.entryName(slot)
+	if err != nil {
+		return fmt.Errorf("blessing slot %s: %w", slot, err)
+	}
+	if !n.Counting {
+		return nil
+	}
+	to := EntryName{ID: n.ID}.String()
+	if err := s.esp.Rename(path.Join(entriesDir, n.String()), path.Join(entriesDir, to)); err != nil {
+		return fmt.Errorf("blessing slot %s: %w", slot, err)
+	}
+	if err := s.esp.Sync(); err != nil {
+		return fmt.Errorf("blessing slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// ReadSlot implements SlotReader.
+func (s *SystemdBoot) ReadSlot(ctx context.Context, slot meta.Slot) ([]byte, []byte, SlotEntry, error) {
+	if err := checkSlot(slot); err != nil {
+		return nil, nil, SlotEntry{}, err
+	}
+	se, e, err := s.slotEntry(slot)
+	if err != nil {
+		return nil, nil, SlotEntry{}, err
+	}
+	kernel, err := s.esp.ReadFile(entryPath(e.Linux))
+	if err != nil {
+		return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's kernel: %w", slot, err)
+	}
+	var initramfs []byte
+	for _, p := range e.Initrd {
+		if err := ctx.Err(); err != nil {
+			return nil, nil, SlotEntry{}, err
+		}
+		b, err := s.esp.ReadFile(entryPath(p))
+		if err != nil {
+			return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's initramfs: %w", slot, err)
+		}
+		initramfs = append(initramfs, b...)
+	}
+	return kernel, initramfs, se, nil
+}
+
+// entryPath turns a path of an entry ("/stagehand/a/vmlinuz", from the
+// ESP's root, backslashes allowed, as systemd-boot allows them) into an FS name.
+func entryPath(p string) string {
+	return strings.TrimPrefix(strings.ReplaceAll(p, `\`, "/"), "/")
+}
+
+// The systemd-boot variable that names the entry to boot once, and how it
+// is written (as bootctl set-oneshot writes it).
+const (
+	OneShotVar   = "LoaderEntryOneShot"
+	oneShotAttrs = efivar.NonVolatile | efivar.BootServiceAccess | efivar.RuntimeAccess
+)
+
+// ErrNoEFIVars is returned by the BootOnce methods of a SystemdBoot made
+// without WithEFIVars.
+var ErrNoEFIVars = errors.New("systemd-boot backend has no EFI variables to set boot once in (WithEFIVars)")
+
+// SetBootOnce implements BootOnce: LoaderEntryOneShot = EntryPattern(slot).
+// systemd-boot reads and deletes the variable at the next firmware boot,
+// boots the entry it matches, and counts a try of it if it counts tries.
+func (s *SystemdBoot) SetBootOnce(ctx context.Context, slot meta.Slot) error {
+	if err := checkSlot(slot); err != nil {
+		return err
+	}
+	if s.vars == nil {
+		return ErrNoEFIVars
+	}
+	if _, err := s.entryName(slot); err != nil {
+		return fmt.Errorf("booting slot %s once: %w", slot, err)
+	}
+	if err := efivar.SetString(s.vars, OneShotVar, efivar.LoaderVendor, oneShotAttrs, EntryPattern(slot)); err != nil {
+		return fmt.Errorf("booting slot %s once: %w", slot, err)
+	}
+	return nil
+}
+
+// ClearBootOnce implements BootOnce.
+func (s *SystemdBoot) ClearBootOnce(ctx context.Context) error {
+	if s.vars == nil {
+		return ErrNoEFIVars
+	}
+	if err := s.vars.Remove(OneShotVar, efivar.LoaderVendor); err != nil {
+		return fmt.Errorf("clearing boot once: %w", err)
+	}
+	return nil
+}
+
+// BootOnce implements BootOnce: the slot whose entry LoaderEntryOneShot
+// matches. A value that matches no slot's entry (another OS's entry, or
+// one systemd-boot would not find) is an error naming it.
+func (s *SystemdBoot) BootOnce(ctx context.Context) (meta.Slot, bool, error) {
+	if s.vars == nil {
+		return "", false, ErrNoEFIVars
+	}
+	v, err := efivar.GetString(s.vars, OneShotVar, efivar.LoaderVendor)
+	if errors.Is(err, fs.ErrNotExist) || err == nil && v == "" {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("reading boot once: %w", err)
+	}
+	slot, err := s.matchSlot(v)
+	if err != nil {
+		return "", false, fmt.Errorf("boot once (%s): %w", OneShotVar, err)
+	}
+	return slot, true, nil
 }

@@ -99,7 +99,7 @@ func buildTestOS(t testing.TB) string {
 }
 
 // testInitramfs writes the initramfs of a slot: the test OS as /init, its
-// version, and the virtio modules of k.
+// version, and the virtio and efivarfs modules of k.
 func testInitramfs(t testing.TB, k Kernel, version string) string {
 	t.Helper()
 	mods, err := initramfs.OpenModules(k.Modules)
@@ -115,7 +115,7 @@ func testInitramfs(t testing.TB, k Kernel, version string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.AddModules(mods, "virtio_pci", "virtio_blk"); err != nil {
+	if _, err := a.AddModules(mods, "virtio_pci", "virtio_blk", "efivarfs"); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(t.TempDir(), "initramfs-"+version)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stagehand-dev/stagehand/initramfs"
+	"github.com/stagehand-dev/stagehand/meta"
 )
 
 // VersionFile holds the version of the test OS, written into the initramfs
@@ -76,6 +77,14 @@ func run(step string) error {
 	switch step {
 	case "disks":
 		return waitDisks(10 * time.Second)
+	case "efivars":
+		return showEFIVars()
+	case "bootonce-a":
+		return bootOnce(meta.SlotA)
+	case "bootonce-b":
+		return bootOnce(meta.SlotB)
+	case "reboot":
+		return reboot()
 	}
 	return fmt.Errorf("unknown step")
 }

@@ -249,3 +249,64 @@ func TestBootOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestOneShotNames records which LoaderEntryOneShot values Debian 12's
+// systemd-boot (252) matches against a counted entry, stagehand-b+1.conf:
+// it takes the whole file name, counter included, as the entry's ID and
+// matches the value as a glob. So the bare ID and ID.conf miss it (a boots
+// again), the file name and boot.EntryPattern hit it. Later systemd-boot
+// versions cut the counter out of the ID (stagehand-b.conf): should this
+// test fail after a systemd-boot upgrade, that is why, and EntryPattern
+// still matches under both rules.
+func TestOneShotNames(t *testing.T) {
+	checkHost(t)
+	k1, k2 := kernel(t, "cloud"), kernel(t, "generic")
+	ctx := context.Background()
+	img := newDisk(t, k1, "v1", "console=ttyS0")
+	kf, err := os.Open(k2.Vmlinuz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kf.Close()
+	inf, err := os.Open(testInitramfs(t, k2, "v2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inf.Close()
+	espOf(t, img, true, func(esp *boot.FAT, sb *boot.SystemdBoot) {
+		err := sb.InstallSlot(ctx, meta.SlotB, boot.Image{Kernel: kf, Initramfs: inf, Version: "v2",
+			Cmdline: "console=ttyS0 stagehand.testos.steps=efivars", Tries: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	m := newMachine(t, img)
+	// Misses first: b must still be stagehand-b+1.conf for each, and a
+	// one-shot left set when QEMU is killed must miss too.
+	for _, tc := range []struct {
+		value string
+		want  meta.Slot
+	}{
+		{"stagehand-b", meta.SlotA},
+		{"stagehand-b.conf", meta.SlotA},
+		{"stagehand-b+1.conf", meta.SlotB},
+	} {
+		setOptions(t, img, meta.SlotA, "stagehand.slot=a console=ttyS0 stagehand.testos.steps=oneshot:"+tc.value+",reboot")
+		r := start(t, m)
+		if _, err := r.Expect(ctx, bootTimeout, regexp.MustCompile(`(?m)stagehand-testos: oneshot=`+regexp.QuoteMeta(tc.value)+`\r?$`)); err != nil {
+			t.Fatalf("%s: %v", tc.value, err)
+		}
+		got, err := r.Expect(ctx, bootTimeout, testosLine)
+		if err != nil {
+			t.Fatalf("%s: the boot after: %v", tc.value, err)
+		}
+		if meta.Slot(got[3]) != tc.want {
+			t.Errorf("LoaderEntryOneShot=%s booted slot %s, want %s (systemd-boot's entry ID rules changed?)", tc.value, got[3], tc.want)
+		}
+		t.Logf("LoaderEntryOneShot=%s with stagehand-b+1.conf: slot %s booted (%s since power on)", tc.value, got[3], r.Elapsed().Round(100*time.Millisecond))
+		// a would set the one-shot again and reboot, b powers off: stop here.
+		if err := r.Kill(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

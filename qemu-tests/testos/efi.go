@@ -107,6 +107,21 @@ func bootOnce(slot meta.Slot) error {
 	return nil
 }
 
+// setOneShot writes LoaderEntryOneShot as given, bypassing the backend: to
+// see which names systemd-boot matches.
+func setOneShot(v string) error {
+	vars, err := efiVars()
+	if err != nil {
+		return err
+	}
+	if err := efivar.SetString(vars, boot.OneShotVar, efivar.LoaderVendor,
+		efivar.NonVolatile|efivar.BootServiceAccess|efivar.RuntimeAccess, v); err != nil {
+		return err
+	}
+	say("oneshot=%s", v)
+	return nil
+}
+
 // reboot restarts the machine through the firmware.
 func reboot() error {
 	unix.Sync()

@@ -86,6 +86,9 @@ func run(step string) error {
 	case "reboot":
 		return reboot()
 	}
+	if v, ok := strings.CutPrefix(step, "oneshot:"); ok {
+		return setOneShot(v)
+	}
 	return fmt.Errorf("unknown step")
 }
 

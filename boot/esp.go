@@ -71,8 +71,12 @@ func FormatESP(dev Device, size int64) (*FAT, error) {
 	return esp, nil
 }
 
-// OpenESP reads the FAT32 file system of size bytes on dev.
+// OpenESP reads the FAT32 file system of size bytes on dev, first putting
+// right what an earlier writer cut short may have left (see repairFAT); a
+// clean file system is not written. On a device opened read-only the repair
+// cannot write and is skipped: reading does not need it.
 func OpenESP(dev Device, size int64) (*FAT, error) {
+	_ = repairFAT(dev)
 	f, err := fat32.Read(&storage{dev: dev, size: size}, size, 0, 512)
 	if err != nil {
 		return nil, fmt.Errorf("reading ESP: %w", err)

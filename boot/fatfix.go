@@ -48,6 +48,7 @@ func repairFAT(dev Device) error {
 	}
 	// walk marks what the directory at cluster dir holds; a directory in
 	// the root has its ".." set to 0.
+	wrote := false // a directory was put right
 	var walk func(dir uint32, parentIsRoot bool, depth int) error
 	walk = func(dir uint32, parentIsRoot bool, depth int) error {
 		if depth > 64 {
@@ -90,6 +91,7 @@ func repairFAT(dev Device) error {
 				if _, err := dev.WriteAt(buf, off); err != nil {
 					return fmt.Errorf("writing directory cluster %d: %w", c, err)
 				}
+				wrote = true
 			}
 		}
 		return nil
@@ -131,11 +133,18 @@ func repairFAT(dev Device) error {
 		if binary.LittleEndian.Uint32(fi) != 0x41615252 {
 			continue
 		}
+		if binary.LittleEndian.Uint32(fi[488:]) == uint32(free) && binary.LittleEndian.Uint32(fi[492:]) == firstFree {
+			continue
+		}
 		binary.LittleEndian.PutUint32(fi[488:], uint32(free))
 		binary.LittleEndian.PutUint32(fi[492:], firstFree)
 		if _, err := dev.WriteAt(fi, sector*bps); err != nil {
 			return fmt.Errorf("writing FSInfo: %w", err)
 		}
+		changed = true
+	}
+	if !changed && !wrote {
+		return nil // nothing to put right: nothing written
 	}
 	return dev.Sync()
 }

@@ -152,6 +152,7 @@ func readModinfo(p string) (Modinfo, error) {
 type moduleSet struct {
 	tree *Modules
 	mods map[string]Module
+	root string // where the modules go in the archive: lib/modules, or PrestageModules
 }
 
 // AddModules adds the named modules of t and their dependencies under
@@ -159,6 +160,10 @@ type moduleSet struct {
 // modules.builtin). It returns the modules added, in load order. All the
 // modules of one archive come from one tree.
 func (a *Archive) AddModules(t *Modules, names ...string) ([]Module, error) {
+	return a.addModules("lib/modules", t, names...)
+}
+
+func (a *Archive) addModules(root string, t *Modules, names ...string) ([]Module, error) {
 	if a.modules != nil && a.modules.tree != t {
 		return nil, errors.New("initramfs: modules from two module trees in one archive")
 	}
@@ -167,7 +172,7 @@ func (a *Archive) AddModules(t *Modules, names ...string) ([]Module, error) {
 		return nil, err
 	}
 	if a.modules == nil {
-		a.modules = &moduleSet{tree: t, mods: map[string]Module{}}
+		a.modules = &moduleSet{tree: t, mods: map[string]Module{}, root: root}
 	}
 	for _, m := range mods {
 		a.modules.mods[m.Name] = m
@@ -201,7 +206,7 @@ func (s *moduleSet) depsOf(m Module) []string {
 }
 
 func (s *moduleSet) files() []File {
-	root := path.Join("lib/modules", s.tree.release)
+	root := path.Join(s.root, s.tree.release)
 	dep := ModulesDep{}
 	names := make([]string, 0, len(s.mods))
 	for n := range s.mods {

@@ -111,3 +111,10 @@ func Cancel(ctx context.Context, diskPath string, now time.Time) (*meta.Staged, 
 	}
 	return st, nil
 }
+
+// Clear zeroes the bytes of a payload that META no longer refers to
+// (confirmed, rolled back): STAGE holds nothing but what META records.
+func Clear(stage *disk.Region, st *meta.Staged) error {
+	start, end := payload.Extent(st.Artifacts, stage.Size)
+	return zero(stage, start, end)
+}

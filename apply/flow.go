@@ -1,0 +1,370 @@
+package apply
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/cmdline"
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/payload"
+)
+
+// DefaultTries is how many boots a trial slot gets to confirm: the kexec
+// into it, and one more through the firmware's boot-once after a reset.
+const DefaultTries = 2
+
+// Loader is the bootloader as the boot flow needs it: slots, boot once,
+// blessing of counted entries, and reading a slot back.
+type Loader interface {
+	boot.Backend
+	boot.BootOnce
+	boot.Blesser
+	boot.SlotReader
+}
+
+// Stage is the STAGE partition.
+type Stage interface {
+	io.ReaderAt
+}
+
+// Env is what the boot flow works on.
+type Env struct {
+	Store     *meta.Store
+	Stage     Stage
+	StageSize int64
+	Loader    Loader
+	Booted    meta.Slot // the slot the running kernel came from; "" when unknown
+	Tries     int       // boots a trial gets; 0 means DefaultTries
+	Now       func() time.Time
+	Logf      func(format string, args ...any)
+}
+
+func (e *Env) defaults() {
+	if e.Tries <= 0 {
+		e.Tries = DefaultTries
+	}
+	if e.Now == nil {
+		e.Now = time.Now
+	}
+	if e.Logf == nil {
+		e.Logf = func(string, ...any) {}
+	}
+}
+
+// Action is what the pre-stage init does after Boot.
+type Action int
+
+// The actions.
+const (
+	Continue Action = iota // hand off to the OS's init: this slot boots
+	Kexec                  // kexec into Decision.Slot (reboot through the firmware when kexec is unavailable)
+	Reboot                 // reboot through the firmware
+)
+
+func (a Action) String() string {
+	return [...]string{"continue", "kexec", "reboot"}[a]
+}
+
+// Decision says what to do next and why.
+type Decision struct {
+	Action Action
+	Slot   meta.Slot // for Kexec
+	Reason string
+}
+
+// state is one loaded META block with its records, changed and committed
+// by the steps of the flow.
+type state struct {
+	env    *Env
+	block  *meta.Block
+	slots  *meta.Slots
+	staged *meta.Staged
+}
+
+func load(env *Env) (*state, error) {
+	b := env.Store.Block()
+	slots, err := b.Slots()
+	if err != nil {
+		return nil, fmt.Errorf("META: %w", err)
+	}
+	st := &state{env: env, block: b, slots: slots}
+	if st.staged, _, err = b.Staged(); err != nil {
+		env.Logf("the staged record is damaged, dropping it: %v", err)
+		st.staged = nil
+		b.Delete(meta.TagStaged)
+	}
+	return st, nil
+}
+
+// commit records the change of phase with its reason and writes META: the
+// transition is durable before the caller acts on it.
+func (s *state) commit(to meta.Phase, slot meta.Slot, reason string) error {
+	from := s.slots.Phase
+	s.slots.Phase = to
+	if err := s.block.SetSlots(s.slots); err != nil {
+		return err
+	}
+	if s.staged != nil {
+		if err := s.block.SetStaged(s.staged); err != nil {
+			return err
+		}
+	} else {
+		s.block.Delete(meta.TagStaged)
+	}
+	if err := s.block.AddTransition(meta.Transition{Time: s.env.Now().UTC(), From: from, To: to, Slot: slot, Reason: reason}); err != nil {
+		return err
+	}
+	s.env.Logf("%s → %s (slot %s): %s", from, to, slot, reason)
+	if err := s.env.Store.Commit(s.block); err != nil {
+		return err
+	}
+	s.block = s.env.Store.Block()
+	return nil
+}
+
+func (s *state) slotState(sl meta.Slot) *meta.SlotState {
+	if sl == meta.SlotB {
+		return &s.slots.B
+	}
+	return &s.slots.A
+}
+
+// Boot runs the pre-stage step of the flow for this boot and says what to
+// do next. An error means META could not be read or written: the caller
+// logs it and continues the normal boot.
+func Boot(ctx context.Context, env *Env) (Decision, error) {
+	env.defaults()
+	s, err := load(env)
+	if err != nil {
+		return Decision{Action: Continue, Reason: err.Error()}, err
+	}
+	booted := env.Booted
+	if booted == "" {
+		booted = s.slots.Active
+	}
+	if err := s.reconcileDefault(ctx); err != nil {
+		env.Logf("checking the default slot: %v", err)
+	}
+	switch s.slots.Phase {
+	case meta.PhaseStaged, meta.PhaseApplying:
+		return s.apply(ctx, booted)
+	case meta.PhaseTrial:
+		return s.trialBoot(ctx, booted)
+	}
+	if booted != s.slots.Active {
+		return Decision{Action: Continue, Reason: fmt.Sprintf("booted slot %s, the default is %s: chosen by hand, left alone", booted, s.slots.Active)}, nil
+	}
+	return Decision{Action: Continue, Reason: "nothing staged"}, nil
+}
+
+// reconcileDefault makes the bootloader's default the slot META names
+// active: a cut between a META commit and the bootloader change it
+// announced is finished here.
+func (s *state) reconcileDefault(ctx context.Context) error {
+	def, err := s.env.Loader.Default(ctx)
+	if err != nil {
+		return err
+	}
+	if def == s.slots.Active {
+		return nil
+	}
+	s.env.Logf("the bootloader's default is slot %s, META's active slot is %s: setting it", def, s.slots.Active)
+	if err := s.env.Loader.SetDefault(ctx, s.slots.Active); err != nil {
+		return err
+	}
+	if st := s.slotState(s.slots.Active); st.State == "good" {
+		return s.env.Loader.Bless(ctx, s.slots.Active)
+	}
+	return nil
+}
+
+// refuse drops the staged payload, records why, and lets this slot boot.
+func (s *state) refuse(reason string) (Decision, error) {
+	s.staged = nil
+	s.block.Delete(meta.TagTalosStagedImageRef)
+	if err := s.commit(meta.PhaseIdle, "", reason); err != nil {
+		return Decision{Action: Continue, Reason: reason}, err
+	}
+	return Decision{Action: Continue, Reason: reason}, nil
+}
+
+// apply writes the staged payload to its target slot and arms the trial.
+func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
+	st := s.staged
+	if st == nil {
+		return s.refuse("META says an upgrade is staged but holds no staged record")
+	}
+	target := st.Target
+	if target == booted {
+		return s.refuse(fmt.Sprintf("the staged upgrade targets slot %s, the slot this system booted from: not applied", target))
+	}
+	if err := payload.Verify(s.env.Stage, s.env.StageSize, st.Artifacts); err != nil {
+		var ve *payload.VerifyError
+		if errors.As(err, &ve) {
+			return s.refuse("staged payload refused: " + err.Error())
+		}
+		return Decision{Action: Continue, Reason: err.Error()}, err // an I/O error: try again next boot
+	}
+	kernel, ok1 := payload.Find(st.Artifacts, payload.Kernel)
+	initrd, ok2 := payload.Find(st.Artifacts, payload.Initramfs)
+	if !ok1 || !ok2 {
+		return s.refuse("staged payload refused: it lacks a kernel or an initramfs")
+	}
+
+	// Announce the write: the target is bad until it is written and checked.
+	ts := s.slotState(target)
+	reason := fmt.Sprintf("writing %s (%s) to slot %s", st.Image, short(st.Digest), target)
+	if s.slots.Phase == meta.PhaseApplying {
+		reason = "again, after an interrupted apply: " + reason
+	}
+	*ts = meta.SlotState{State: "bad", Digest: st.Digest, Reason: "being written"}
+	if err := s.commit(meta.PhaseApplying, target, reason); err != nil {
+		return Decision{Action: Continue, Reason: err.Error()}, err
+	}
+
+	img := boot.Image{
+		Kernel:    io.NewSectionReader(s.env.Stage, kernel.Offset, kernel.Size),
+		Initramfs: io.NewSectionReader(s.env.Stage, initrd.Offset, initrd.Size),
+		Cmdline:   s.cmdlineFor(ctx, st),
+		Version:   s.versionOf(st),
+		Tries:     s.env.Tries,
+	}
+	fail := func(what string, err error) (Decision, error) {
+		// The target stays bad and the phase applying: the next boot
+		// tries again from the payload; this one boots as it is.
+		ts.Reason = fmt.Sprintf("%s: %v", what, err)
+		if cerr := s.commit(meta.PhaseApplying, target, "apply failed, retried at the next boot: "+ts.Reason); cerr != nil {
+			s.env.Logf("recording the failure: %v", cerr)
+		}
+		return Decision{Action: Continue, Reason: ts.Reason}, fmt.Errorf("applying to slot %s: %s: %w", target, what, err)
+	}
+	if err := s.env.Loader.InstallSlot(ctx, target, img); err != nil {
+		return fail("writing the slot", err)
+	}
+	k, i, _, err := s.env.Loader.ReadSlot(ctx, target)
+	if err != nil {
+		return fail("reading the slot back", err)
+	}
+	if err := sameSHA(k, kernel); err != nil {
+		return fail("checking the slot", err)
+	}
+	if err := sameSHA(i, initrd); err != nil {
+		return fail("checking the slot", err)
+	}
+	// Boot once into the target: what the firmware does if kexec cannot,
+	// and the second try after a reset.
+	if err := s.env.Loader.SetBootOnce(ctx, target); err != nil {
+		return fail("setting boot-once", err)
+	}
+	*ts = meta.SlotState{State: "trial", Version: img.Version, Digest: st.Digest}
+	s.slots.Trial, s.slots.TriesLeft = target, s.env.Tries
+	s.block.Delete(meta.TagTalosStagedImageRef)
+	if err := s.commit(meta.PhaseTrial, target, fmt.Sprintf("slot %s written and checked; trying %s with %d boots to confirm", target, img.Version, s.env.Tries)); err != nil {
+		return Decision{Action: Continue, Reason: err.Error()}, err
+	}
+	return Decision{Action: Kexec, Slot: target, Reason: "trying slot " + string(target)}, nil
+}
+
+// trialBoot counts a boot of the trial slot, or rolls a failed trial back.
+func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, error) {
+	trial := s.slots.Trial
+	ts := s.slotState(trial)
+	if booted != trial {
+		// The firmware brought the machine back: the trial slot reset,
+		// panicked or hung before it confirmed.
+		spent := s.env.Tries - s.slots.TriesLeft
+		return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm: the machine came back to slot %s after %d boot(s) of %s (reset, panic or hang)", trial, booted, spent, trial), Continue)
+	}
+	if s.slots.TriesLeft <= 0 {
+		return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm within %d boots", trial, s.env.Tries), Reboot)
+	}
+	s.slots.TriesLeft--
+	n := s.env.Tries - s.slots.TriesLeft
+	if err := s.commit(meta.PhaseTrial, trial, fmt.Sprintf("trial boot %d of %d of slot %s (%s): waiting for stager confirm", n, s.env.Tries, trial, ts.Version)); err != nil {
+		return Decision{Action: Continue, Reason: err.Error()}, err
+	}
+	return Decision{Action: Continue, Reason: "trial boot of slot " + string(trial)}, nil
+}
+
+// rollback marks the trial slot bad with reason, makes sure nothing boots it
+// again, and goes on with action.
+func (s *state) rollback(ctx context.Context, reason string, action Action) (Decision, error) {
+	trial := s.slots.Trial
+	ts := s.slotState(trial)
+	ts.State, ts.Reason = "bad", reason
+	s.slots.Trial, s.slots.TriesLeft = "", 0
+	s.staged = nil
+	if err := s.commit(meta.PhaseIdle, trial, "rolled back: "+reason); err != nil {
+		return Decision{Action: Continue, Reason: reason}, err
+	}
+	if err := s.env.Loader.ClearBootOnce(ctx); err != nil {
+		s.env.Logf("clearing boot-once: %v", err)
+	}
+	if err := s.env.Loader.SetDefault(ctx, s.slots.Active); err != nil {
+		s.env.Logf("setting the default back to slot %s: %v", s.slots.Active, err)
+	}
+	return Decision{Action: action, Slot: s.slots.Active, Reason: reason}, nil
+}
+
+// cmdlineFor is the new slot's command line: the image's own, else the
+// running slot's without stagehand.slot (the backend adds it).
+func (s *state) cmdlineFor(ctx context.Context, st *meta.Staged) string {
+	if a, ok := payload.Find(st.Artifacts, payload.Cmdline); ok && a.Size > 0 && a.Size < 4096 {
+		b := make([]byte, a.Size)
+		if _, err := s.env.Stage.ReadAt(b, a.Offset); err == nil {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	entries, err := s.env.Loader.Slots(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, e := range entries {
+		if e.Slot == s.slots.Active {
+			var keep []string
+			for _, p := range cmdline.Parse(e.Cmdline) {
+				if p.Key != boot.SlotParam {
+					keep = append(keep, p.String())
+				}
+			}
+			return strings.Join(keep, " ")
+		}
+	}
+	return ""
+}
+
+// versionOf is the staged image's version file, else its short digest.
+func (s *state) versionOf(st *meta.Staged) string {
+	if a, ok := payload.Find(st.Artifacts, payload.Version); ok && a.Size > 0 && a.Size < 256 {
+		b := make([]byte, a.Size)
+		if _, err := s.env.Stage.ReadAt(b, a.Offset); err == nil {
+			if v := strings.TrimSpace(string(b)); v != "" && !strings.ContainsAny(v, "\r\n") {
+				return v
+			}
+		}
+	}
+	return short(st.Digest)
+}
+
+func short(digest string) string {
+	d := strings.TrimPrefix(digest, "sha256:")
+	if len(d) > 12 {
+		d = d[:12]
+	}
+	return d
+}
+
+func sameSHA(b []byte, a meta.Artifact) error {
+	sum := sha256.Sum256(b)
+	if got := hex.EncodeToString(sum[:]); got != a.SHA256 || int64(len(b)) != a.Size {
+		return fmt.Errorf("%s in the slot is %d bytes with sha256 %s, the payload's is %d bytes with %s", a.Name, len(b), short(got), a.Size, short(a.SHA256))
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/efivar"
+)
+
+// Disk is the boot flow's environment on a real disk; Close releases it.
+type Disk struct {
+	Env
+	Disk  *disk.Disk
+	STAGE *disk.Region
+}
+
+// Open opens the disk at path for the boot flow: META (locked for writing),
+// STAGE, and the ESP's systemd-boot with EFI variables from vars. A mounted
+// ESP is written through its mount; otherwise through go-diskfs's FAT.
+func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
+	store, d, err := disk.OpenMETA(ctx, path, true)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Disk, error) {
+		d.Close()
+		return nil, err
+	}
+	stage, err := d.Find(disk.LabelSTAGE)
+	if err != nil {
+		return fail(err)
+	}
+	espPart, err := d.Find(disk.LabelESP)
+	if err != nil {
+		return fail(err)
+	}
+	var esp boot.FS
+	mnt, err := d.MountPoint(espPart.Index)
+	if err != nil {
+		return fail(err)
+	}
+	if mnt != "" {
+		esp = boot.Dir(mnt)
+	} else if esp, err = boot.OpenESP(espPart, espPart.Size); err != nil {
+		return fail(fmt.Errorf("%s: %w", espPart.Name(), err))
+	}
+	return &Disk{
+		Env: Env{
+			Store:     store,
+			Stage:     stage,
+			StageSize: stage.Size,
+			Loader:    boot.NewSystemdBoot(esp, boot.WithEFIVars(vars)),
+		},
+		Disk:  d,
+		STAGE: stage,
+	}, nil
+}
+
+// Close syncs and closes the disk, releasing its lock.
+func (d *Disk) Close() error {
+	err := d.Disk.Sync()
+	if cerr := d.Disk.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,282 @@
+// Command prestage is stagehand's pre-stage init: PID 1 of the initramfs
+// (rdinit=/prestage). Before any filesystem is mounted it reads META; when
+// an upgrade is staged it writes it to the inactive slot, arms a trial and
+// kexecs into the new kernel; a trial that never confirmed is rolled back.
+// Then, or on any error, it execs the OS's own init: it never leaves the
+// machine without a way to boot.
+//
+// Kernel parameters: stagehand.slot=a|b (the slot this kernel came from),
+// stagehand.next=PATH (init to exec, default /init), stagehand.kexec=0
+// (reboot through the firmware instead of kexec), stagehand.modules=m1,m2
+// (modules to load before looking for disks), stagehand.debug.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/siderolabs/go-kmsg"
+	"golang.org/x/sys/unix"
+
+	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/cmdline"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/initramfs"
+	"github.com/stagehand-dev/stagehand/kexec"
+	"github.com/stagehand-dev/stagehand/meta"
+)
+
+// Bounds on the waits; past Deadline the init is handed off whatever
+// prestage was doing (its writes are safe to cut).
+const (
+	diskWait = 15 * time.Second
+	deadline = 5 * time.Minute
+)
+
+// modulesList names the modules the initramfs builder put in for prestage.
+const modulesList = "/" + initramfs.PrestageList
+
+type prestage struct {
+	start   time.Time
+	log     *log.Logger
+	params  string
+	mounted []string
+	handoff sync.Once
+}
+
+func main() {
+	p := &prestage{start: time.Now(), log: log.New(os.Stderr, "stagehand: ", 0)}
+	defer func() {
+		if r := recover(); r != nil {
+			p.logf("internal error, booting on: %v", r)
+		}
+		p.handOff()
+	}()
+	p.setup()
+	time.AfterFunc(deadline, func() {
+		p.logf("still busy after %s: handing off now (every write so far is safe to cut)", deadline)
+		p.handOff()
+	})
+	d := p.run()
+	p.act(d)
+}
+
+func (p *prestage) logf(format string, args ...any) { p.log.Printf(format, args...) }
+
+func (p *prestage) param(key string) (string, bool) { return cmdline.Get(p.params, key) }
+
+// setup mounts devtmpfs, proc and sysfs, and logs to /dev/kmsg with the
+// kernel's rate limit off (it would drop all but 10 lines in 5 s).
+func (p *prestage) setup() {
+	for _, m := range []struct{ fs, dir string }{{"devtmpfs", "/dev"}, {"proc", "/proc"}, {"sysfs", "/sys"}} {
+		os.MkdirAll(m.dir, 0o755)
+		switch err := unix.Mount(m.fs, m.dir, m.fs, unix.MS_NOSUID|unix.MS_NOEXEC, ""); err {
+		case nil:
+			p.mounted = append(p.mounted, m.dir)
+		case unix.EBUSY:
+		default:
+			p.logf("mounting %s on %s: %v", m.fs, m.dir, err)
+		}
+	}
+	os.WriteFile("/proc/sys/kernel/printk_devkmsg", []byte("on\n"), 0)
+	if err := kmsg.SetupLogger(p.log, "stagehand:", nil); err != nil {
+		p.logf("logging to the console only: %v", err)
+	}
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		p.params = string(b)
+	}
+}
+
+// run decides what this boot does; any error means: boot on as it is.
+func (p *prestage) run() apply.Decision {
+	p.loadModules()
+	path, err := p.bootDisk()
+	if err != nil {
+		p.logf("%v; booting on", err)
+		return apply.Decision{Action: apply.Continue}
+	}
+	vars, err := p.efivars()
+	if err != nil {
+		p.logf("EFI variables: %v; booting on", err)
+		return apply.Decision{Action: apply.Continue}
+	}
+	ctx := context.Background()
+	dk, err := apply.Open(ctx, path, vars)
+	if err != nil {
+		p.logf("%v; booting on", err)
+		return apply.Decision{Action: apply.Continue}
+	}
+	slot, _ := p.param("stagehand.slot")
+	dk.Booted = meta.Slot(slot)
+	dk.Logf = p.logf
+	if d := dk.Store.Damaged(); d != "" {
+		p.logf("META on %s: %s; the next write repairs it", dk.Store.Name(), d)
+	}
+	d, err := apply.Boot(ctx, &dk.Env)
+	if err != nil {
+		p.logf("%v", err)
+	}
+	p.logf("%s: %s", d.Action, d.Reason)
+	if d.Action == apply.Kexec {
+		err = p.loadKexec(ctx, dk, d.Slot)
+	}
+	if cerr := dk.Close(); cerr != nil {
+		p.logf("closing %s: %v", path, cerr)
+	}
+	if err != nil {
+		p.logf("%v: rebooting through the firmware, which boots slot %s once", err, d.Slot)
+		d.Action = apply.Reboot
+	}
+	return d
+}
+
+// loadModules loads the storage modules the initramfs carries for prestage,
+// and those of stagehand.modules=.
+func (p *prestage) loadModules() {
+	var names []string
+	if b, err := os.ReadFile(modulesList); err == nil {
+		names = strings.Fields(string(b))
+	}
+	if v, ok := p.param("stagehand.modules"); ok && v != "" {
+		names = append(names, strings.Split(v, ",")...)
+	}
+	if len(names) == 0 {
+		return
+	}
+	var u unix.Utsname
+	unix.Uname(&u)
+	start := time.Now()
+	loaded, err := initramfs.LoadModules("/"+initramfs.PrestageModules+"/"+unix.ByteSliceToString(u.Release[:]), names...)
+	if err != nil {
+		p.logf("loading modules: %v", err)
+	}
+	p.logf("loaded %d modules in %s", len(loaded), time.Since(start).Round(time.Millisecond))
+}
+
+// bootDisk waits (bounded) for the disk the firmware booted from.
+func (p *prestage) bootDisk() (string, error) {
+	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
+		return "", errors.New("not booted through UEFI: no boot disk to look at")
+	}
+	// efivarfs is how the boot loader says which disk booted; it is the one
+	// more pseudo-filesystem mounted before the decision.
+	if err := unix.Mount("efivarfs", disk.EFIVarsDir, "efivarfs", unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV, ""); err == nil {
+		p.mounted = append(p.mounted, disk.EFIVarsDir)
+	} else if err != unix.EBUSY {
+		return "", fmt.Errorf("mounting efivarfs: %v", err)
+	}
+	uuid, err := disk.BootedPartUUID(disk.EFIVarsDir)
+	if err != nil {
+		return "", err
+	}
+	end := time.Now().Add(diskWait)
+	for {
+		path, err := disk.FindByPartUUID("/sys/block", "/dev", uuid)
+		if err == nil {
+			return path, nil
+		}
+		if time.Now().After(end) {
+			return "", fmt.Errorf("%w (waited %s)", err, diskWait)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *prestage) efivars() (efivar.Store, error) { return efivar.NewFS(disk.EFIVarsDir) }
+
+// loadKexec loads slot's kernel, initramfs and command line for Exec.
+func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot) error {
+	if v, _ := p.param("stagehand.kexec"); v == "0" {
+		return fmt.Errorf("stagehand.kexec=0")
+	}
+	k, i, entry, err := dk.Loader.ReadSlot(ctx, slot)
+	if err != nil {
+		return err
+	}
+	kf, err := kexec.MemFile("vmlinuz", bytes.NewReader(k))
+	if err != nil {
+		return err
+	}
+	defer kf.Close()
+	inf, err := kexec.MemFile("initramfs", bytes.NewReader(i))
+	if err != nil {
+		return err
+	}
+	defer inf.Close()
+	start := time.Now()
+	if err := kexec.Load(kf, inf, entry.Cmdline); err != nil {
+		if mode := kexec.Lockdown(); mode != "" && mode != "none" {
+			return fmt.Errorf("%w (kernel lockdown %q: only signed kernels load)", err, mode)
+		}
+		return err
+	}
+	p.logf("loaded slot %s's kernel for kexec in %s: %s", slot, time.Since(start).Round(time.Millisecond), entry.Cmdline)
+	return nil
+}
+
+// act does what the decision says; it returns only to hand off.
+func (p *prestage) act(d apply.Decision) {
+	switch d.Action {
+	case apply.Kexec:
+		p.unmount()
+		p.logf("kexec into slot %s after %s", d.Slot, time.Since(p.start).Round(time.Millisecond))
+		if err := kexec.Exec(); err != nil {
+			p.logf("%v: rebooting through the firmware", err)
+		}
+		p.reboot()
+	case apply.Reboot:
+		p.unmount()
+		p.reboot()
+	}
+}
+
+func (p *prestage) reboot() {
+	p.logf("rebooting through the firmware")
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+		p.logf("reboot: %v; booting on instead", err)
+	}
+}
+
+func (p *prestage) unmount() {
+	unix.Sync()
+	for i := len(p.mounted) - 1; i >= 0; i-- {
+		if err := unix.Unmount(p.mounted[i], unix.MNT_DETACH); err != nil && p.mounted[i] != "/dev" {
+			p.logf("unmounting %s: %v", p.mounted[i], err)
+		}
+	}
+	p.mounted = nil
+}
+
+// handOff execs the OS's init with prestage's own arguments and
+// environment, after unmounting what prestage mounted. It runs once.
+func (p *prestage) handOff() {
+	p.handoff.Do(func() {
+		next := "/init"
+		if v, ok := p.param("stagehand.next"); ok && v != "" {
+			next = v
+		}
+		p.logf("handing off to %s after %s", next, time.Since(p.start).Round(time.Millisecond))
+		p.unmount()
+		args := append([]string{next}, os.Args[1:]...)
+		err := unix.Exec(next, args, os.Environ())
+		p.logf("exec %s: %v", next, err)
+		for _, alt := range []string{"/sbin/init", "/init"} {
+			if alt != next {
+				unix.Exec(alt, append([]string{alt}, os.Args[1:]...), os.Environ())
+			}
+		}
+		p.logf("no init to hand off to: rebooting in 10 s")
+		time.Sleep(10 * time.Second)
+		p.reboot()
+		select {}
+	})
+}

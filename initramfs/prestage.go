@@ -1,0 +1,42 @@
+package initramfs
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Where the pre-stage init finds what the builder puts in for it. Its
+// modules live apart from lib/modules so that an archive appended to the
+// OS's initramfs never shadows the OS's own modules.dep.
+const (
+	PrestagePath    = "prestage"
+	PrestageModules = "stagehand/modules" // + /RELEASE/{modules.dep,kernel/...}
+	PrestageList    = "etc/stagehand/modules"
+)
+
+// PrestageOptions are the inputs of the pre-stage part of an initramfs.
+type PrestageOptions struct {
+	Binary  string   // the static prestage binary
+	Modules *Modules // the kernel's module tree; nil for none
+	Names   []string // modules to load before looking for disks
+}
+
+// AddPrestage adds the pre-stage init at /prestage (started with
+// rdinit=/prestage), the named modules with their dependencies under
+// stagehand/modules/RELEASE with a modules.dep, and the list of modules to
+// load at etc/stagehand/modules.
+func (a *Archive) AddPrestage(o PrestageOptions) error {
+	if err := a.AddFile(PrestagePath, o.Binary, 0o755); err != nil {
+		return fmt.Errorf("adding prestage: %w", err)
+	}
+	if len(o.Names) == 0 {
+		return nil
+	}
+	if o.Modules == nil {
+		return fmt.Errorf("modules %s asked for, but no module tree given", strings.Join(o.Names, ", "))
+	}
+	if _, err := a.addModules(PrestageModules, o.Modules, o.Names...); err != nil {
+		return err
+	}
+	return a.Add(File{Path: PrestageList, Data: []byte(strings.Join(o.Names, "\n") + "\n"), Mode: 0o644})
+}

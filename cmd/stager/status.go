@@ -9,12 +9,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/stage"
 )
 
 func newStatusCmd() *cobra.Command {
 	var asJSON bool
+	var efivars string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the slots, what is staged, and the last transitions with their reasons",
@@ -26,6 +30,8 @@ the pre-stage init.`,
 	}
 	diskPath := addDiskFlag(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
+	cmd.Flags().MarkHidden("efivars")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		path, err := diskPath()
 		if err != nil {
@@ -35,15 +41,28 @@ the pre-stage init.`,
 		if err != nil {
 			return err
 		}
-		if asJSON {
-			return writeJSON(cmd.OutOrStdout(), st)
+		var vars efivar.Store
+		if efivars != "" {
+			vars = efivar.Dir(efivars)
+		} else if fs, err := efivar.NewFS(disk.EFIVarsDir); err == nil {
+			vars = fs
 		}
-		return printStatus(cmd.OutOrStdout(), st)
+		loader, err := apply.ReadLoader(cmd.Context(), path, vars)
+		if err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: reading the bootloader: %v\n", err)
+		}
+		if asJSON {
+			return writeJSON(cmd.OutOrStdout(), struct {
+				*stage.Status
+				Loader *apply.LoaderStatus `json:"loader,omitempty"`
+			}{st, loader})
+		}
+		return printStatus(cmd.OutOrStdout(), st, loader)
 	}
 	return cmd
 }
 
-func printStatus(w io.Writer, st *stage.Status) error {
+func printStatus(w io.Writer, st *stage.Status, loader *apply.LoaderStatus) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	booted := string(st.Booted)
 	if booted == "" {
@@ -54,7 +73,14 @@ func printStatus(w io.Writer, st *stage.Status) error {
 		fmt.Fprintf(tw, "META:\t%s; the next write repairs it\n", st.Damaged)
 	}
 	fmt.Fprintf(tw, "booted:\t%s\n", booted)
-	fmt.Fprintf(tw, "default:\t%s\n", st.Slots.Active)
+	def := fmt.Sprintf("%s (META's active slot)", st.Slots.Active)
+	if loader != nil && loader.Default != st.Slots.Active {
+		def += fmt.Sprintf("; the bootloader's default is %s", loader.Default)
+	}
+	if loader != nil && loader.BootOnce != "" {
+		def += fmt.Sprintf("; boot once: %s", loader.BootOnce)
+	}
+	fmt.Fprintf(tw, "default:\t%s\n", def)
 	fmt.Fprintf(tw, "phase:\t%s\n", st.Slots.Phase)
 	for _, s := range []struct {
 		name meta.Slot
@@ -68,6 +94,17 @@ func printStatus(w io.Writer, st *stage.Status) error {
 			state = fmt.Sprintf("trial, %d tries left", st.Slots.TriesLeft)
 		}
 		line := strings.TrimSpace(strings.Join([]string{state, s.ss.Version, s.ss.Reason}, "  "))
+		if loader != nil {
+			for _, e := range loader.Entries {
+				if e.Slot == s.name {
+					line += fmt.Sprintf("  [entry %s, kernel %s", e.Description, e.Kernel)
+					if e.Counting {
+						line += fmt.Sprintf(", %d tries left, %d done", e.Left, e.Done)
+					}
+					line += "]"
+				}
+			}
+		}
 		fmt.Fprintf(tw, "slot %s:\t%s\n", s.name, line)
 	}
 	if s := st.Staged; s != nil {

@@ -1,0 +1,60 @@
+package apply
+
+import (
+	"context"
+	"errors"
+
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/meta"
+)
+
+// LoaderStatus is what the bootloader holds, for stager status.
+type LoaderStatus struct {
+	Entries  []boot.SlotEntry `json:"entries"`
+	Default  meta.Slot        `json:"default,omitempty"`
+	BootOnce meta.Slot        `json:"boot_once,omitempty"`
+}
+
+// ReadLoader reads the slots' entries, the default and the boot-once slot
+// from the disk at path, without writing; vars may be nil (no boot-once).
+func ReadLoader(ctx context.Context, path string, vars efivar.Store) (*LoaderStatus, error) {
+	d, err := disk.Open(path, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	espPart, err := d.Find(disk.LabelESP)
+	if err != nil {
+		return nil, err
+	}
+	var esp boot.FS
+	if mnt, err := d.MountPoint(espPart.Index); err != nil {
+		return nil, err
+	} else if mnt != "" {
+		esp = boot.Dir(mnt)
+	} else if esp, err = boot.OpenESP(espPart, espPart.Size); err != nil {
+		return nil, err
+	}
+	var opts []boot.SystemdBootOption
+	if vars != nil {
+		opts = append(opts, boot.WithEFIVars(vars))
+	}
+	l := boot.NewSystemdBoot(esp, opts...)
+	st := &LoaderStatus{}
+	if st.Entries, err = l.Slots(ctx); err != nil {
+		return nil, err
+	}
+	if st.Default, err = l.Default(ctx); err != nil {
+		return nil, err
+	}
+	if vars != nil {
+		if s, ok, err := l.BootOnce(ctx); err == nil && ok {
+			st.BootOnce = s
+		} else if err != nil && !errors.Is(err, boot.ErrNoEFIVars) {
+			return nil, err
+		}
+	}
+	return st, nil
+}

@@ -49,6 +49,7 @@ type prestage struct {
 	log     *log.Logger
 	params  string
 	mounted []string
+	debug   bool
 	handoff sync.Once
 }
 
@@ -70,6 +71,13 @@ func main() {
 }
 
 func (p *prestage) logf(format string, args ...any) { p.log.Printf(format, args...) }
+
+// debugf logs only with stagehand.debug.
+func (p *prestage) debugf(format string, args ...any) {
+	if p.debug {
+		p.log.Printf(format, args...)
+	}
+}
 
 func (p *prestage) param(key string) (string, bool) { return cmdline.Get(p.params, key) }
 
@@ -93,6 +101,8 @@ func (p *prestage) setup() {
 	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
 		p.params = string(b)
 	}
+	_, p.debug = p.param("stagehand.debug")
+	p.debugf("command line: %s", strings.TrimSpace(p.params))
 }
 
 // run decides what this boot does; any error means: boot on as it is.
@@ -116,6 +126,7 @@ func (p *prestage) run() apply.Decision {
 	}
 	slot, _ := p.param("stagehand.slot")
 	dk.Booted = meta.Slot(slot)
+	p.debugf("boot disk %s, META generation %d, booted slot %q", path, dk.Store.Generation(), slot)
 	dk.Logf = p.logf
 	if d := dk.Store.Damaged(); d != "" {
 		p.logf("META on %s: %s; the next write repairs it", dk.Store.Name(), d)
@@ -154,6 +165,7 @@ func (p *prestage) loadModules() {
 	var u unix.Utsname
 	unix.Uname(&u)
 	start := time.Now()
+	p.debugf("loading modules %s", strings.Join(names, ","))
 	loaded, err := initramfs.LoadModules("/"+initramfs.PrestageModules+"/"+unix.ByteSliceToString(u.Release[:]), names...)
 	if err != nil {
 		p.logf("loading modules: %v", err)

@@ -1,0 +1,31 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestDeps keeps the pre-stage init small and its attack surface narrow:
+// nothing that talks to registries, parses command lines for humans, or
+// draws progress bars belongs in PID 1 of the initramfs.
+func TestDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, banned := range []string{
+		"github.com/google/go-containerregistry",
+		"github.com/spf13/cobra",
+		"github.com/schollz/progressbar",
+		"net/http",
+		"github.com/stagehand-dev/stagehand/stage",
+		"github.com/stagehand-dev/stagehand/installer",
+	} {
+		for _, dep := range strings.Fields(string(out)) {
+			if dep == banned || strings.HasPrefix(dep, banned+"/") {
+				t.Errorf("prestage imports %s", dep)
+			}
+		}
+	}
+}

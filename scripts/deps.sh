@@ -5,6 +5,10 @@
 set -euo pipefail
 
 need_pkgs=(util-linux dosfstools mtools time)
+# make demo stages from a real registry: Debian's docker-registry.
+if [[ ${1:-} == demo ]]; then
+	need_pkgs+=(docker-registry)
+fi
 
 missing=()
 for p in "${need_pkgs[@]}"; do

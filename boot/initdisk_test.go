@@ -124,7 +124,7 @@ func TestInitDisk(t *testing.T) {
 	if d := cmp.Diff([]string{"EFI", "META", "STAGE", "ROOT"}, labels); d != "" {
 		t.Errorf("labels (-want, +got):\n%s", d)
 	}
-	if d := cmp.Diff([]int64{256 * mib, mib, 512 * mib, 64 * mib}, sizes); d != "" {
+	if d := cmp.Diff([]int64{disk.DefaultESPSize, mib, 512 * mib, 64 * mib}, sizes); d != "" {
 		t.Errorf("sizes (-want, +got):\n%s", d)
 	}
 

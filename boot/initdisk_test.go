@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -24,20 +24,9 @@ import (
 
 const mib = 1 << 20
 
-// fakeKernel is a file with a bzImage setup header naming release, padded
-// to size bytes.
+// fakeKernel is a file with a bzImage setup header naming release.
 func fakeKernel(t *testing.T, dir, release string, size int) string {
-	t.Helper()
-	b := make([]byte, size)
-	binary.LittleEndian.PutUint16(b[0x1fe:], 0xaa55)
-	copy(b[0x202:], "HdrS")
-	binary.LittleEndian.PutUint16(b[0x20e:], 0x200)
-	copy(b[0x400:], release+" (test@stagehand) #1 SMP\x00")
-	p := filepath.Join(dir, "vmlinuz-"+release)
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return boottest.FakeKernel(t, dir, release, size)
 }
 
 func TestKernelRelease(t *testing.T) {

@@ -58,20 +58,12 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, d, err := disk.OpenMETA(ctx, o.Disk, true)
+	w, err := openForWrite(ctx, o.Disk)
 	if err != nil {
 		return nil, err
 	}
-	defer d.Close()
-	stage, err := d.Find(disk.LabelSTAGE)
-	if err != nil {
-		return nil, err
-	}
-	b := store.Block()
-	slots, err := b.Slots()
-	if err != nil {
-		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
-	}
+	defer w.disk.Close()
+	store, stage, b, slots := w.store, w.stage, w.block, w.slots
 	switch slots.Phase {
 	case meta.PhaseApplying:
 		return nil, fmt.Errorf("%w: an upgrade to slot %s is being applied; boot to finish it", ErrBusy, slots.Active.Other())
@@ -160,6 +152,33 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// writable is a disk opened and locked for writing, with META's slot states.
+type writable struct {
+	disk  *disk.Disk
+	store *meta.Store
+	stage *disk.Region
+	block *meta.Block
+	slots *meta.Slots
+}
+
+func openForWrite(ctx context.Context, path string) (*writable, error) {
+	store, d, err := disk.OpenMETA(ctx, path, true)
+	if err != nil {
+		return nil, err
+	}
+	w := &writable{disk: d, store: store, block: store.Block()}
+	if w.stage, err = d.Find(disk.LabelSTAGE); err == nil {
+		if w.slots, err = w.block.Slots(); err != nil {
+			err = fmt.Errorf("META on %s: %w", store.Name(), err)
+		}
+	}
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return w, nil
 }
 
 func (o *Options) defaults() {

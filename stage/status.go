@@ -67,20 +67,12 @@ var ErrNothingStaged = fmt.Errorf("nothing is staged")
 // Cancel drops the staged payload: META first (synced), then the payload's
 // bytes in STAGE are zeroed.
 func Cancel(ctx context.Context, diskPath string, now time.Time) (*meta.Staged, error) {
-	store, d, err := disk.OpenMETA(ctx, diskPath, true)
+	w, err := openForWrite(ctx, diskPath)
 	if err != nil {
 		return nil, err
 	}
-	defer d.Close()
-	stage, err := d.Find(disk.LabelSTAGE)
-	if err != nil {
-		return nil, err
-	}
-	b := store.Block()
-	slots, err := b.Slots()
-	if err != nil {
-		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
-	}
+	defer w.disk.Close()
+	store, stage, b, slots := w.store, w.stage, w.block, w.slots
 	st, ok, err := b.Staged()
 	if err != nil {
 		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)

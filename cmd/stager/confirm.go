@@ -13,6 +13,39 @@ import (
 	"github.com/stagehand-dev/stagehand/stage"
 )
 
+// flowFlags are the flags of the commands that run the boot flow: the disk,
+// and, hidden, EFI variables from a directory and the running slot (for
+// tests and for working on an image from another machine).
+type flowFlags struct {
+	disk          func() (string, error)
+	efivars, slot string
+}
+
+func addFlowFlags(cmd *cobra.Command) *flowFlags {
+	f := &flowFlags{disk: addDiskFlag(cmd)}
+	cmd.Flags().StringVar(&f.efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
+	cmd.Flags().StringVar(&f.slot, "slot", "", "the slot this system runs from (default: stagehand.slot= of the running kernel)")
+	cmd.Flags().MarkHidden("efivars")
+	cmd.Flags().MarkHidden("slot")
+	return f
+}
+
+// open opens the disk for the boot flow.
+func (f *flowFlags) open(ctx context.Context) (*apply.Disk, error) {
+	path, err := f.disk()
+	if err != nil {
+		return nil, err
+	}
+	dk, err := openFlow(ctx, path, f.efivars)
+	if err != nil {
+		return nil, err
+	}
+	if f.slot != "" {
+		dk.Booted = meta.Slot(f.slot)
+	}
+	return dk, nil
+}
+
 // openFlow opens the disk for the boot flow with the running kernel's slot
 // and this machine's EFI variables (--efivars for tests and images).
 func openFlow(ctx context.Context, path, efivars string) (*apply.Disk, error) {
@@ -35,7 +68,6 @@ func openFlow(ctx context.Context, path, efivars string) (*apply.Disk, error) {
 }
 
 func newConfirmCmd() *cobra.Command {
-	var efivars, slot string
 	cmd := &cobra.Command{
 		Use:   "confirm",
 		Short: "Mark the running slot good and make it the default",
@@ -46,24 +78,13 @@ ordered after boot-complete.target (see contrib/stagehand-confirm.service).
 Confirming a slot that already is is a no-op.`,
 		Args: exactArgs(0, "no arguments"),
 	}
-	diskPath := addDiskFlag(cmd)
-	cmd.Flags().StringVar(&efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
-	cmd.Flags().StringVar(&slot, "slot", "", "the slot this system runs from (default: stagehand.slot= of the running kernel)")
-	cmd.Flags().MarkHidden("efivars")
-	cmd.Flags().MarkHidden("slot")
+	flags := addFlowFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		path, err := diskPath()
-		if err != nil {
-			return err
-		}
-		dk, err := openFlow(cmd.Context(), path, efivars)
+		dk, err := flags.open(cmd.Context())
 		if err != nil {
 			return err
 		}
 		defer dk.Close()
-		if slot != "" {
-			dk.Booted = meta.Slot(slot)
-		}
 		res, err := apply.Confirm(cmd.Context(), &dk.Env)
 		if err != nil {
 			return err
@@ -80,7 +101,6 @@ Confirming a slot that already is is a no-op.`,
 }
 
 func newRollbackCmd() *cobra.Command {
-	var efivars, slot string
 	var reboot bool
 	cmd := &cobra.Command{
 		Use:   "rollback",
@@ -90,23 +110,12 @@ on trial, give the trial up (the slot is marked bad and the confirmed slot
 stays the default). With --reboot, reboot into it at once.`,
 		Args: exactArgs(0, "no arguments"),
 	}
-	diskPath := addDiskFlag(cmd)
+	flags := addFlowFlags(cmd)
 	cmd.Flags().BoolVar(&reboot, "reboot", false, "reboot once the default is switched")
-	cmd.Flags().StringVar(&efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
-	cmd.Flags().StringVar(&slot, "slot", "", "the slot this system runs from (default: stagehand.slot= of the running kernel)")
-	cmd.Flags().MarkHidden("efivars")
-	cmd.Flags().MarkHidden("slot")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		path, err := diskPath()
+		dk, err := flags.open(cmd.Context())
 		if err != nil {
 			return err
-		}
-		dk, err := openFlow(cmd.Context(), path, efivars)
-		if err != nil {
-			return err
-		}
-		if slot != "" {
-			dk.Booted = meta.Slot(slot)
 		}
 		res, err := apply.Rollback(cmd.Context(), &dk.Env)
 		if cerr := dk.Close(); err == nil {

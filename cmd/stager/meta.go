@@ -89,11 +89,22 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// warnDamaged says on stderr that a copy is corrupt and will be repaired.
-func warnDamaged(cmd *cobra.Command, s *meta.Store) {
-	if d := s.Damaged(); d != "" {
-		fmt.Fprintf(cmd.ErrOrStderr(), "warning: META on %s: %s; the next write repairs it\n", s.Name(), d)
+// readMETA loads META without writing, says on stderr when a copy is
+// damaged, and releases the disk: the store keeps what it read.
+func readMETA(cmd *cobra.Command, diskPath func() (string, error)) (*meta.Store, error) {
+	path, err := diskPath()
+	if err != nil {
+		return nil, err
 	}
+	s, d, err := disk.OpenMETA(cmd.Context(), path, false)
+	if err != nil {
+		return nil, err
+	}
+	d.Close()
+	if dmg := s.Damaged(); dmg != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: META on %s: %s; the next write repairs it\n", s.Name(), dmg)
+	}
+	return s, nil
 }
 
 func newMetaListCmd() *cobra.Command {
@@ -106,16 +117,10 @@ func newMetaListCmd() *cobra.Command {
 	diskPath := addDiskFlag(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		path, err := diskPath()
+		s, err := readMETA(cmd, diskPath)
 		if err != nil {
 			return err
 		}
-		s, d, err := disk.OpenMETA(cmd.Context(), path, false)
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		warnDamaged(cmd, s)
 		entries := s.Block().Entries()
 		out := cmd.OutOrStdout()
 		if asJSON {
@@ -187,16 +192,10 @@ func newMetaGetCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		path, err := diskPath()
+		s, err := readMETA(cmd, diskPath)
 		if err != nil {
 			return err
 		}
-		s, d, err := disk.OpenMETA(cmd.Context(), path, false)
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		warnDamaged(cmd, s)
 		v, ok := s.Block().Get(tag)
 		if !ok {
 			return fmt.Errorf("tag 0x%02x is not set in META on %s", tag, s.Name())

@@ -65,10 +65,26 @@ func (d *Disk) Sync() error {
 }
 
 // Zero makes [off, off+n) of the region read as zeros: a punched hole in an
-// image file, BLKZEROOUT on a block device. It does not sync.
+// image file, BLKZEROOUT on a block device (whose unaligned head and tail,
+// which BLKZEROOUT refuses with EINVAL, are written). It does not sync.
 func (r *Region) Zero(off, n int64) error {
 	if off < 0 || n < 0 || off+n > r.Size {
 		return fmt.Errorf("zeroing %d bytes at offset %d is outside %s (%d bytes)", n, off, r.Name(), r.Size)
+	}
+	if r.d.block && n > 0 {
+		ss := int64(r.d.sectorSize)
+		from := (r.Offset+off+ss-1)/ss*ss - r.Offset
+		to := (r.Offset+off+n)/ss*ss - r.Offset
+		if to <= from {
+			return r.writeZeros(off, n)
+		}
+		if err := r.writeZeros(off, from-off); err != nil {
+			return err
+		}
+		if err := r.writeZeros(to, off+n-to); err != nil {
+			return err
+		}
+		off, n = from, to-from
 	}
 	if n == 0 {
 		return nil

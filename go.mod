@@ -12,6 +12,7 @@ require (
 	github.com/siderolabs/go-kmsg v0.1.4
 	github.com/spf13/cobra v1.10.2
 	github.com/u-root/u-root v0.16.0
+	golang.org/x/crypto v0.53.0
 	golang.org/x/sys v0.49.0
 	golang.org/x/term v0.44.0
 )

@@ -73,8 +73,13 @@ type Artifact struct {
 
 // Staged is the record of a staged payload (tag 0x41).
 type Staged struct {
-	Image     string     `json:"image"`  // reference as given
-	Digest    string     `json:"digest"` // resolved manifest digest
+	Image  string `json:"image"`  // reference as given
+	Digest string `json:"digest"` // resolved manifest digest
+	// SignedBy is the fingerprint (SHA-256 of the PKIX DER, hex) of the key
+	// whose cosign signature was verified before staging; several,
+	// comma-separated, when --verify-key and a policy rule were met by
+	// different keys; empty when no signature was checked.
+	SignedBy  string     `json:"signed_by,omitempty"`
 	Target    Slot       `json:"target"` // slot the payload goes to
 	Time      time.Time  `json:"time"`
 	Artifacts []Artifact `json:"artifacts"`

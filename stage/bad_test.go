@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto"
 	"io"
 	"net"
 	"os"
@@ -78,6 +79,20 @@ func TestStageBadInput(t *testing.T) {
 	flip(t, blobPath(dir+"/tampered", ld), 3*mib)
 	os.Truncate(blobPath(dir+"/truncated", ld), 4*mib)
 
+	// Signatures: good is unsigned; signed-by-other carries a signature by
+	// another key; replayed carries other's signature image, whose payload
+	// names other's digest.
+	release, stranger := newSigningKey(t), newSigningKey(t)
+	push(t, registryAddr+"/os:signed-by-stranger", buildImage(t, newArtifacts(24, mib, mib, "stranger's"), "amd64"), nil)
+	signImage(t, registryAddr+"/os:signed-by-stranger", stranger)
+	otherImg := buildImage(t, newArtifacts(23, mib, mib, "replayed"), "amd64")
+	push(t, registryAddr+"/os:replayed", otherImg, nil)
+	replaySignature(t, registryAddr+"/os:other", registryAddr+"/os:replayed", release)
+	verifyKey := func(o *Options) { o.VerifyKeys = []crypto.PublicKey{&release.PublicKey} }
+	policyFor := func(prefix string) func(*Options) {
+		return func(o *Options) { o.Policy = writePolicy(t, prefix, &release.PublicKey) }
+	}
+
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")
 	deadAddr := dead.Addr().String()
 	dead.Close()
@@ -114,6 +129,13 @@ func TestStageBadInput(t *testing.T) {
 			want: `artifact is a symlink to "/boot/vmlinuz"`},
 		{name: "artifact over the cap", ref: add("cap", goodImg), opts: func(o *Options) { o.MaxArtifact = 2*mib + 100 }, want: "artifact initramfs.xz is 3145728 bytes, more than the limit"},
 		{name: "decompression bomb", ref: add("bomb", imageOf(t, goodLayer(t, good), gzipBombLayer(t, 40*mib))), opts: func(o *Options) { o.MaxUnpacked = 32 * mib }, want: "decompression bomb"},
+		{name: "no signature", ref: registryAddr + "/os:good", opts: verifyKey, want: "no signature: " + registryAddr + "/os has no cosign signature for sha256:"},
+		{name: "wrong key", ref: registryAddr + "/os:signed-by-stranger", opts: verifyKey, want: "not signed by the key: none of the 1 signatures of sha256:"},
+		{name: "payload for another digest", ref: registryAddr + "/os:replayed", opts: verifyKey, want: "signed payload is for another digest"},
+		{name: "policy requires a signature", ref: registryAddr + "/os:good", opts: policyFor(registryAddr + "/os"), want: `" requires a signature): no signature`},
+		{name: "policy rule, wrong key", ref: registryAddr + "/os:signed-by-stranger", opts: policyFor(registryAddr), want: "not signed by the key"},
+		{name: "verify key on an OCI layout", ref: add("local", goodImg), opts: verifyKey, want: "signatures need a registry reference: a oci source carries none, and --verify-key requires one"},
+		{name: "policy for every image, OCI layout", ref: add("local2", goodImg), opts: policyFor("*"), want: `signatures need a registry reference: a oci source carries none, and policy `},
 		{name: "META full", ref: add("full", goodImg), setup: func(t *testing.T, d string) { fillMETA(t, d, meta.Capacity-100) }, want: "META full"},
 		{name: "staging during a trial", ref: add("trial", goodImg), setup: func(t *testing.T, d string) { setPhase(t, d, meta.PhaseTrial) }, want: "is on trial"},
 		{name: "locked by another stager", ref: add("locked", goodImg), setup: lockFor(2 * time.Second), want: "locked by another stagehand process"},

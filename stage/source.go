@@ -83,7 +83,8 @@ func ParseSource(ref string, insecure bool) (*Source, error) {
 // image is a resolved installer image and what is needed to verify it.
 type image struct {
 	img    v1.Image
-	digest v1.Hash // manifest digest; for docker-archive the image ID (config digest)
+	digest v1.Hash  // manifest digest; for docker-archive the image ID (config digest)
+	index  *v1.Hash // registry: the multi-platform index it was picked from, read by this digest
 	layers []layerSource
 	total  int64 // bytes to read, for progress; -1 when unknown
 }
@@ -117,7 +118,22 @@ func (s *Source) resolve(ctx context.Context, platform v1.Platform, kc authn.Key
 			if err != nil {
 				return nil, describeRegistryError(s.Ref, err)
 			}
-			return verifiedByTransport(fromManifest(img, s.raw))
+			out, err := verifiedByTransport(fromManifest(img, s.raw))
+			if err != nil {
+				return nil, err
+			}
+			// A signature of the index vouches for the image: the index's
+			// bytes hash to its digest, and the image was fetched by the
+			// digest the index lists.
+			raw, err := idx.RawManifest()
+			if err != nil {
+				return nil, describeRegistryError(s.Ref, err)
+			}
+			if got := sha256Hash(raw); got != desc.Digest {
+				return nil, fmt.Errorf("index of %s: digest is %s, expected %s", s.raw, got, desc.Digest)
+			}
+			out.index = &desc.Digest
+			return out, nil
 		}
 		img, err := desc.Image()
 		if err != nil {

@@ -2,6 +2,7 @@ package stage
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
+	"github.com/stagehand-dev/stagehand/sign"
 )
 
 // Defaults for the limits of Options.
@@ -24,13 +26,20 @@ const (
 
 // Options says what to stage where.
 type Options struct {
-	Disk        string         // image file or block device
-	Image       string         // the reference, see ParseSource
-	Insecure    bool           // plain HTTP to the registry
-	Platform    *v1.Platform   // default: this machine's
-	Keychain    authn.Keychain // default: the Docker config
-	MaxArtifact int64          // largest artifact accepted (default DefaultMaxArtifact)
-	MaxUnpacked int64          // most uncompressed bytes read (default DefaultMaxUnpacked)
+	Disk     string         // image file or block device
+	Image    string         // the reference, see ParseSource
+	Insecure bool           // plain HTTP to the registry
+	Platform *v1.Platform   // default: this machine's
+	Keychain authn.Keychain // default: the Docker config
+	// VerifyKeys, when set, require a cosign signature of the image by one
+	// of them; Policy may require one for given registries and
+	// repositories (nil: no policy). Signatures are checked once the
+	// manifest is read, before anything is written; an image from a local
+	// source cannot carry one and is refused (ErrUnverifiable).
+	VerifyKeys  []crypto.PublicKey
+	Policy      *sign.Policy
+	MaxArtifact int64 // largest artifact accepted (default DefaultMaxArtifact)
+	MaxUnpacked int64 // most uncompressed bytes read (default DefaultMaxUnpacked)
 	// Progress is told the bytes read so far and the total (-1 when unknown).
 	Progress func(done, total int64)
 	Logf     func(format string, args ...any) // default: discard
@@ -58,6 +67,10 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	reqs := o.requirements(src)
+	if err := checkSignable(src, reqs); err != nil {
+		return nil, err
+	}
 	w, err := openForWrite(ctx, o.Disk)
 	if err != nil {
 		return nil, err
@@ -80,12 +93,23 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	signedBy, err := verify(ctx, src, img, reqs, o.Keychain)
+	if err != nil {
+		return nil, err
+	}
 	digest := img.digest.String()
 	if old != nil && old.Digest == digest {
+		if signedBy != "" && old.SignedBy != signedBy {
+			// Staged before without this verification: record it.
+			old.SignedBy = signedBy
+			if err := store.Update(func(b *meta.Block) error { return b.SetStaged(old) }); err != nil {
+				return nil, err
+			}
+		}
 		return &Result{Staged: old, AlreadyStaged: true, Half: payload.HalfOf(old.Artifacts, stage.Size)}, nil
 	}
 	target := slots.Active.Other()
-	if err := checkRoom(b, slots, src.String(), digest, target); err != nil {
+	if err := checkRoom(b, slots, src.String(), digest, signedBy, target); err != nil {
 		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
 	}
 
@@ -121,7 +145,7 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 
-	st := &meta.Staged{Image: src.String(), Digest: digest, Target: target, Time: o.Now().UTC(), Artifacts: arts}
+	st := &meta.Staged{Image: src.String(), Digest: digest, Target: target, Time: o.Now().UTC(), Artifacts: arts, SignedBy: signedBy}
 	err = store.Update(func(b *meta.Block) error {
 		if err := b.SetStaged(st); err != nil {
 			return err
@@ -245,9 +269,9 @@ func zero(stage *disk.Region, start, end int64) error {
 
 // checkRoom refuses, before anything is written, a staged record that META
 // could not hold: a record for the largest artifact list there can be.
-func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest string, target meta.Slot) error {
+func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, target meta.Slot) error {
 	probe := b.Clone()
-	st := &meta.Staged{Image: ref, Digest: digest, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)}
+	st := &meta.Staged{Image: ref, Digest: digest, SignedBy: signedBy, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)}
 	for _, name := range []string{payload.Kernel, payload.Initramfs, payload.Cmdline, payload.Version} {
 		st.Artifacts = append(st.Artifacts, meta.Artifact{Name: name, Offset: 1 << 60, Size: 1 << 60, SHA256: fmt.Sprintf("%064d", 0)})
 	}

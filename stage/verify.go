@@ -1,0 +1,79 @@
+package stage
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/stagehand-dev/stagehand/sign"
+)
+
+// ErrUnverifiable marks a signature requirement on an image from a local
+// source (oci:, docker-archive:), which carries no signature.
+var ErrUnverifiable = errors.New("signatures need a registry reference")
+
+// requirement is one demand for a signature: by --verify-key or a policy
+// rule.
+type requirement struct {
+	what string
+	keys []crypto.PublicKey
+}
+
+// requirements lists what src must be signed by.
+func (o *Options) requirements(src *Source) []requirement {
+	var reqs []requirement
+	if len(o.VerifyKeys) > 0 {
+		reqs = append(reqs, requirement{"--verify-key", o.VerifyKeys})
+	}
+	if r := o.Policy.Rule(src.Ref); r != nil {
+		reqs = append(reqs, requirement{fmt.Sprintf("policy %s %s", o.Policy.Path(), r), r.PublicKeys()})
+	}
+	return reqs
+}
+
+// checkSignable refuses a requirement that src cannot meet, before the disk
+// is opened.
+func checkSignable(src *Source, reqs []requirement) error {
+	if len(reqs) == 0 || src.Transport == Registry {
+		return nil
+	}
+	return fmt.Errorf("%s: %w: a %s source carries none, and %s requires one (stage from REGISTRY/REPO:TAG or @sha256:DIGEST)", src, ErrUnverifiable, src.Transport, reqs[0].what)
+}
+
+// verify checks every requirement against img's signatures and returns the
+// fingerprints of the keys that met them, comma-separated.
+func verify(ctx context.Context, src *Source, img *image, reqs []requirement, kc authn.Keychain) (string, error) {
+	var fps []string
+	for _, r := range reqs {
+		opts := []sign.Option{sign.WithKeychain(kc)}
+		if img.index != nil {
+			opts = append(opts, sign.WithIndex(*img.index))
+		}
+		v, err := sign.VerifyAny(ctx, src.Ref, img.digest, r.keys, opts...)
+		if err != nil {
+			switch {
+			case errors.Is(err, sign.ErrNoSignature), errors.Is(err, sign.ErrWrongKey), errors.Is(err, sign.ErrOtherDigest), errors.Is(err, sign.ErrKey):
+			default:
+				err = describeRegistryError(src.Ref, err)
+			}
+			return "", fmt.Errorf("refusing %s (%s requires a signature): %w", src, r.what, err)
+		}
+		if !contains(fps, v.Fingerprint) {
+			fps = append(fps, v.Fingerprint)
+		}
+	}
+	return strings.Join(fps, ","), nil
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -68,54 +68,124 @@ func checkHost(t testing.TB) {
 	}
 }
 
-var testOS struct {
+// shared holds what the tests build once per test binary run (binaries,
+// initramfs archives); TestMain removes it.
+var shared struct {
+	mu     sync.Mutex
+	dir    string
+	builds map[string]*onceFile
+}
+
+// onceFile is a file made once per test binary run.
+type onceFile struct {
 	once sync.Once
 	path string
 	err  error
 }
 
+// sharedFile returns the onceFile of key and the directory to make it in.
+func sharedFile(key string) (*onceFile, string, error) {
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.dir == "" {
+		dir, err := os.MkdirTemp("", "stagehand-vmtests-")
+		if err != nil {
+			return nil, "", err
+		}
+		shared.dir = dir
+		shared.builds = map[string]*onceFile{}
+	}
+	f := shared.builds[key]
+	if f == nil {
+		f = &onceFile{}
+		shared.builds[key] = f
+	}
+	return f, shared.dir, nil
+}
+
+// once makes the file of key once per test binary run: build is given the
+// path to write and returns an error; every caller gets the same path, or
+// fails with the same error.
+func once(t testing.TB, key string, build func(path string) error) string {
+	t.Helper()
+	f, dir, err := sharedFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.once.Do(func() {
+		f.path = filepath.Join(dir, strings.NewReplacer("/", "_", ".", "_").Replace(key))
+		f.err = build(f.path)
+	})
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	return f.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
+}
+
+// buildStatic builds the command in the package pkg (a path relative to
+// the repository, "./cmd/prestage"), static for linux/amd64 with
+// CGO_ENABLED=0, once per test binary run.
+func buildStatic(t testing.TB, pkg string) string {
+	t.Helper()
+	return once(t, "bin"+pkg, func(out string) error {
+		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+		cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+		cmd.Dir = repoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %v: %s", pkg, err, b)
+		}
+		return nil
+	})
+}
+
 // buildTestOS builds qemu-tests/testos, static, once per test binary.
 func buildTestOS(t testing.TB) string {
 	t.Helper()
-	testOS.once.Do(func() {
-		dir, err := os.MkdirTemp("", "stagehand-testos-")
-		if err != nil {
-			testOS.err = err
-			return
-		}
-		testOS.path = filepath.Join(dir, "testos")
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags=-s -w", "-o", testOS.path, "./qemu-tests/testos")
-		cmd.Dir = repoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			testOS.err = fmt.Errorf("building the test OS: %v: %s", err, out)
-		}
-	})
-	if testOS.err != nil {
-		t.Fatal(testOS.err)
+	return buildStatic(t, "./qemu-tests/testos")
+}
+
+// testOSModules are the modules the test OS loads: the virtio disk and
+// efivarfs.
+var testOSModules = []string{"virtio_pci", "virtio_blk", "efivarfs"}
+
+// testOSArchive is the test OS's initramfs: the test OS (binary testos) as
+// /init, its version, /dev/console, the modules of testOSModules from k,
+// and extra files.
+func testOSArchive(testos string, k Kernel, version string, extra ...initramfs.File) (*initramfs.Archive, error) {
+	mods, err := initramfs.OpenModules(k.Modules)
+	if err != nil {
+		return nil, err
 	}
-	return testOS.path
+	a := initramfs.New()
+	err = a.Add(append([]initramfs.File{
+		{Path: "init", Source: testos, Mode: 0o755},
+		{Path: "etc/testos-version", Data: []byte(version + "\n"), Mode: 0o644},
+		{Path: "dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Major: 5, Minor: 1},
+	}, extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.AddModules(mods, testOSModules...); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // testInitramfs writes the initramfs of a slot: the test OS as /init, its
 // version, and the virtio and efivarfs modules of k.
 func testInitramfs(t testing.TB, k Kernel, version string) string {
 	t.Helper()
-	mods, err := initramfs.OpenModules(k.Modules)
+	a, err := testOSArchive(buildTestOS(t), k, version)
 	if err != nil {
-		t.Fatal(err)
-	}
-	a := initramfs.New()
-	err = a.Add(
-		initramfs.File{Path: "init", Source: buildTestOS(t), Mode: 0o755},
-		initramfs.File{Path: "etc/testos-version", Data: []byte(version + "\n"), Mode: 0o644},
-		initramfs.File{Path: "dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Major: 5, Minor: 1},
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.AddModules(mods, "virtio_pci", "virtio_blk", "efivarfs"); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(t.TempDir(), "initramfs-"+version)
@@ -130,13 +200,19 @@ func testInitramfs(t testing.TB, k Kernel, version string) string {
 	return p
 }
 
+// testLayout is the layout of the test disks: the default partition sizes
+// on the smallest disk that holds them.
+func testLayout() disk.Layout {
+	return disk.Layout{Size: disk.Layout{}.MinSize()}
+}
+
 // newDisk makes a stagehand disk image with slot A holding k and an
 // initramfs of the test OS at version, as `stager disk init` does.
 func newDisk(t testing.TB, k Kernel, version, cmdline string) string {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "disk.img")
 	_, err := boot.InitDisk(context.Background(), img, boot.DiskConfig{
-		Layout:    disk.Layout{Size: 800 << 20},
+		Layout:    testLayout(),
 		Kernel:    k.Vmlinuz,
 		Initramfs: testInitramfs(t, k, version),
 		Cmdline:   cmdline,

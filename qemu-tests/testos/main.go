@@ -3,7 +3,9 @@
 // kernel modules its initramfs carries (in modules.dep order, with
 // finit_module), prints one line saying which version, kernel and slot
 // booted, runs the scenario steps given by stagehand.testos.steps=, and
-// powers the machine off.
+// powers the machine off. In the pre-stage scenarios it is the /init that
+// prestage hands off to, and its steps run the stager the initramfs
+// carries at /usr/bin/stager (confirm, status) or crash the kernel (panic).
 //
 // Its output starts with "stagehand-testos: " so that the tests can tell it
 // from the kernel's.
@@ -85,6 +87,16 @@ func run(step string) error {
 		return bootOnce(meta.SlotB)
 	case "reboot":
 		return reboot()
+	case "confirm":
+		return stager("confirm", "--disk", "/dev/vda")
+	case "status":
+		return stager("status")
+	case "panic":
+		return crash()
+	case "poweroff":
+		say("powering off")
+		powerOff()
+		return nil
 	}
 	if v, ok := strings.CutPrefix(step, "oneshot:"); ok {
 		return setOneShot(v)

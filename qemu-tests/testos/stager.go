@@ -1,0 +1,47 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// StagerPath is where the test initramfs carries the stager binary.
+const StagerPath = "/usr/bin/stager"
+
+// stager runs the real stager with args, as a user of the running slot
+// would, and prints each line of its output and its exit status. efivarfs
+// is mounted first: stager finds the boot disk and sets boot variables
+// through it.
+func stager(args ...string) error {
+	if err := waitDisks(10 * time.Second); err != nil {
+		return err
+	}
+	if _, err := efiVars(); err != nil {
+		return err
+	}
+	cmd := exec.Command(StagerPath, args...)
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/"}
+	out, err := cmd.CombinedOutput()
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		say("stager %s: %s", args[0], sc.Text())
+	}
+	if err != nil {
+		return fmt.Errorf("stager %s: %w", args[0], err)
+	}
+	return nil
+}
+
+// crash panics the kernel through sysrq; with panic=N on the command line
+// the kernel resets the machine N seconds later, as a watchdog would.
+func crash() error {
+	unix.Sync()
+	say("crashing the kernel (sysrq c)")
+	return os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0)
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/stagehand-dev/stagehand/sign"
 )
@@ -41,7 +42,8 @@ func checkSignable(src *Source, reqs []requirement) error {
 	if len(reqs) == 0 || src.Transport == Registry {
 		return nil
 	}
-	return fmt.Errorf("%s: %w: a %s source carries none, and %s requires one (stage from REGISTRY/REPO:TAG or @sha256:DIGEST)", src, ErrUnverifiable, src.Transport, reqs[0].what)
+	kind := map[Transport]string{OCILayout: "an OCI layout", DockerArchive: "a docker archive"}[src.Transport]
+	return fmt.Errorf("%s: %w: %s carries none, and %s requires one (stage from REGISTRY/REPO:TAG or @sha256:DIGEST)", src, ErrUnverifiable, kind, reqs[0].what)
 }
 
 // verify checks every requirement against img's signatures and returns the
@@ -76,4 +78,10 @@ func contains(l []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// DescribeRegistryError says a registry failure about ref in the user's
+// terms (credentials refused, not found, unreachable), as staging does.
+func DescribeRegistryError(ref name.Reference, err error) error {
+	return describeRegistryError(ref, err)
 }

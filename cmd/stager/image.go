@@ -14,9 +14,9 @@ import (
 func newImageCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
-		Short: "Build installer images",
+		Short: "Build and sign installer images",
 	}
-	cmd.AddCommand(newImageBuildCmd())
+	cmd.AddCommand(newImageBuildCmd(), newImageSignCmd())
 	return groupOnly(cmd)
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -22,7 +23,9 @@ func addStageFlags(root *cobra.Command) {
 	root.Flags().BoolVar(&reboot, "reboot", false, "reboot once the upgrade is staged")
 	root.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	diskPath := addDiskFlag(root)
+	trust := addTrustFlags(root)
 	root.Example = `  stager --image 127.0.0.1:5000/stagehand/os:v2 --disk /dev/vda
+  stager --image 127.0.0.1:5000/stagehand/os:v2 --verify-key /etc/stagehand/keys/release.pub
   stager --image oci:/var/lib/images/os:v2 --reboot
   stager --image docker-archive:os-v2.tar --disk disk.img --json`
 	root.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -40,6 +43,9 @@ func addStageFlags(root *cobra.Command) {
 			return usageError{err}
 		}
 		var err error
+		if o.VerifyKeys, o.Policy, err = trust(); err != nil {
+			return err
+		}
 		if o.Disk, err = diskPath(); err != nil {
 			return err
 		}
@@ -49,6 +55,9 @@ func addStageFlags(root *cobra.Command) {
 		start := time.Now()
 		res, err := stage.Stage(cmd.Context(), o)
 		bar.finish(err == nil)
+		if errors.Is(err, stage.ErrUnverifiable) && len(o.VerifyKeys) > 0 {
+			return usageError{err}
+		}
 		if err != nil {
 			return err
 		}
@@ -67,6 +76,9 @@ func addStageFlags(root *cobra.Command) {
 		default:
 			fmt.Fprintf(out, "staged %s (%s) for slot %s: %d artifacts, %s in %s; it is applied at the next boot\n",
 				st.Image, st.Digest, st.Target, len(st.Artifacts), humanBytes(res.Bytes), time.Since(start).Round(time.Millisecond))
+		}
+		if st.SignedBy != "" && !asJSON {
+			fmt.Fprintf(out, "verified: cosign signature by key %s\n", st.SignedBy)
 		}
 		if reboot {
 			return rebootSystem(cmd)

@@ -114,6 +114,11 @@ func printStatus(w io.Writer, st *stage.Status, loader *apply.LoaderStatus) erro
 			parts = append(parts, fmt.Sprintf("%s %s", a.Name, humanBytes(a.Size)))
 		}
 		fmt.Fprintf(tw, "\t%s\n", strings.Join(parts, ", "))
+		if s.SignedBy != "" {
+			fmt.Fprintf(tw, "signed:\tby key %s (cosign signature verified before staging)\n", s.SignedBy)
+		} else {
+			fmt.Fprintf(tw, "signed:\tnot checked (staged without --verify-key or a policy rule)\n")
+		}
 	} else {
 		fmt.Fprintf(tw, "staged:\tnothing\n")
 	}

@@ -12,7 +12,7 @@ import (
 func TestRecordsRoundTrip(t *testing.T) {
 	now := time.Date(2026, 11, 25, 1, 2, 3, 0, time.UTC)
 	b := &Block{}
-	st := &Staged{Image: "127.0.0.1:5000/os:v2", Digest: "sha256:abcd", Target: SlotB, Time: now,
+	st := &Staged{Image: "127.0.0.1:5000/os:v2", Digest: "sha256:abcd", SignedBy: "d274d18b", Target: SlotB, Time: now,
 		Artifacts: []Artifact{{Name: "vmlinuz", Offset: 4096, Size: 100, SHA256: "00"}}}
 	if err := b.SetStaged(st); err != nil {
 		t.Fatal(err)

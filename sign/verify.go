@@ -117,10 +117,14 @@ func VerifyAny(ctx context.Context, ref name.Reference, digest v1.Hash, keys []c
 	}
 	what := digest.String()
 	if len(digests) > 1 {
-		what += " (nor its index " + digests[1].String() + ")"
+		what += " or its index " + digests[1].String()
 	}
 	if len(found) == 0 {
-		return nil, fmt.Errorf("%w: %s has no cosign signature for %s (no tag %s)", ErrNoSignature, ref.Context(), what, SignatureTag(ref.Context(), digest).TagStr())
+		tags := SignatureTag(ref.Context(), digest).TagStr()
+		if len(digests) > 1 {
+			tags += " nor " + SignatureTag(ref.Context(), digests[1]).TagStr()
+		}
+		return nil, fmt.Errorf("%w: %s has no cosign signature for %s (no tag %s)", ErrNoSignature, ref.Context(), what, tags)
 	}
 	n := 0
 	for _, s := range found {

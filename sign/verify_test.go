@@ -119,7 +119,7 @@ func TestVerify(t *testing.T) {
 		{name: "index signature", ref: idxRef, digest: childD, keys: []crypto.PublicKey{&release.PublicKey}, opts: []Option{WithIndex(idxD)}},
 		{name: "no signature", ref: unsigned, digest: unsignedD, keys: []crypto.PublicKey{&release.PublicKey}, err: ErrNoSignature, msg: "no tag sha256-" + unsignedD.Hex + ".sig"},
 		{name: "index not trusted without WithIndex", ref: idxRef, digest: childD, keys: []crypto.PublicKey{&release.PublicKey}, err: ErrNoSignature, msg: "has no cosign signature"},
-		{name: "index signature, wrong key", ref: idxRef, digest: childD, keys: []crypto.PublicKey{&other.PublicKey}, opts: []Option{WithIndex(idxD)}, err: ErrWrongKey, msg: "nor its index"},
+		{name: "index signature, wrong key", ref: idxRef, digest: childD, keys: []crypto.PublicKey{&other.PublicKey}, opts: []Option{WithIndex(idxD)}, err: ErrWrongKey, msg: "of " + childD.String() + " or its index " + idxD.String() + " in "},
 		{name: "wrong key", ref: byOther, digest: byOtherD, keys: []crypto.PublicKey{&release.PublicKey}, err: ErrWrongKey, msg: "none of the 1 signatures"},
 		{name: "payload for another digest", ref: replayed, digest: replayedD, keys: []crypto.PublicKey{&release.PublicKey}, err: ErrOtherDigest, msg: "for " + signedD.String() + ", not for " + replayedD.String()},
 		{name: "tampered signatures", ref: tampered, digest: tamperedD, keys: []crypto.PublicKey{&release.PublicKey}, err: ErrWrongKey, msg: "none of the 3 signatures"},

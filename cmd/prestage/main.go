@@ -239,7 +239,7 @@ func (p *prestage) act(d apply.Decision) {
 	switch d.Action {
 	case apply.Kexec:
 		p.unmount()
-		p.logf("kexec into slot %s after %s", d.Slot, time.Since(p.start).Round(time.Millisecond))
+		p.logf("kexec into slot %s after %s (peak memory %s)", d.Slot, time.Since(p.start).Round(time.Millisecond), peakRSS())
 		if err := kexec.Exec(); err != nil {
 			p.logf("%v: rebooting through the firmware", err)
 		}
@@ -276,7 +276,7 @@ func (p *prestage) handOff() {
 		if v, ok := p.param("stagehand.next"); ok && v != "" {
 			next = v
 		}
-		p.logf("handing off to %s after %s", next, time.Since(p.start).Round(time.Millisecond))
+		p.logf("handing off to %s after %s (peak memory %s)", next, time.Since(p.start).Round(time.Millisecond), peakRSS())
 		p.unmount()
 		args := append([]string{next}, os.Args[1:]...)
 		err := unix.Exec(next, args, os.Environ())
@@ -291,4 +291,19 @@ func (p *prestage) handOff() {
 		p.reboot()
 		select {}
 	})
+}
+
+// peakRSS is the process's peak resident memory (VmHWM), as the kernel
+// counts it.
+func peakRSS() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	return "unknown"
 }

@@ -157,7 +157,7 @@ func (m *machine) checkSettled(slot meta.Slot) {
 	if def, err := dk.Loader.Default(ctx); err != nil || def != slot {
 		m.t.Fatalf("default %s, %v; want %s", def, err, slot)
 	}
-	if _, _, e, err := dk.Loader.ReadSlot(ctx, slot); err != nil || e.Counting {
+	if _, _, e, err := readSlot(ctx, dk.Loader, slot); err != nil || e.Counting {
 		m.t.Fatalf("slot %s: %+v, %v", slot, e, err)
 	}
 	m.checkESP()

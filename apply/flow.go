@@ -248,14 +248,16 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 	if err := s.env.Loader.InstallSlot(ctx, target, img); err != nil {
 		return fail("writing the slot", err)
 	}
-	k, i, _, err := s.env.Loader.ReadSlot(ctx, target)
+	f, err := s.env.Loader.OpenSlot(ctx, target)
 	if err != nil {
 		return fail("reading the slot back", err)
 	}
-	if err := sameSHA(k, kernel); err != nil {
-		return fail("checking the slot", err)
+	err = sameSHA(f.Kernel, kernel)
+	if err == nil {
+		err = sameSHA(f.Initramfs, initrd)
 	}
-	if err := sameSHA(i, initrd); err != nil {
+	f.Close()
+	if err != nil {
 		return fail("checking the slot", err)
 	}
 	// Boot once into the target: what the firmware does if kexec cannot,
@@ -361,10 +363,15 @@ func short(digest string) string {
 	return d
 }
 
-func sameSHA(b []byte, a meta.Artifact) error {
-	sum := sha256.Sum256(b)
-	if got := hex.EncodeToString(sum[:]); got != a.SHA256 || int64(len(b)) != a.Size {
-		return fmt.Errorf("%s in the slot is %d bytes with sha256 %s, the payload's is %d bytes with %s", a.Name, len(b), short(got), a.Size, short(a.SHA256))
+// sameSHA reads r to its end and checks it is artifact a, byte for byte.
+func sameSHA(r io.Reader, a meta.Artifact) error {
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, r, make([]byte, 1<<20))
+	if err != nil {
+		return fmt.Errorf("reading %s back: %w", a.Name, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != a.SHA256 || n != a.Size {
+		return fmt.Errorf("%s in the slot is %d bytes with sha256 %s, the payload's is %d bytes with %s", a.Name, n, short(got), a.Size, short(a.SHA256))
 	}
 	return nil
 }

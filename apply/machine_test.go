@@ -171,7 +171,7 @@ func TestApplyTrialConfirm(t *testing.T) {
 		t.Fatalf("after apply: %+v", sl)
 	}
 	dk := m.open("")
-	k, i, e, err := dk.Loader.ReadSlot(ctx, meta.SlotB)
+	k, i, e, err := readSlot(ctx, dk.Loader, meta.SlotB)
 	once, onceSet, _ := dk.Loader.BootOnce(ctx)
 	def, _ := dk.Loader.Default(ctx)
 	dk.Close()

@@ -75,10 +75,28 @@ type Blesser interface {
 // SlotReader gives back what a slot holds, to verify it after writing and
 // to kexec it.
 type SlotReader interface {
-	// ReadSlot returns the kernel and initramfs named by slot's entry (its
-	// initrds concatenated, as the loader passes them), and the entry.
-	// ErrSlotEmpty when slot has no entry.
-	ReadSlot(ctx context.Context, slot meta.Slot) (kernel, initramfs []byte, entry SlotEntry, err error)
+	// OpenSlot opens slot's kernel and initramfs for reading, without
+	// holding them in memory; close the result.
+	OpenSlot(ctx context.Context, slot meta.Slot) (*SlotFiles, error)
+}
+
+// SlotFiles are a slot's kernel and initramfs, open for reading.
+type SlotFiles struct {
+	Entry     SlotEntry
+	Kernel    io.Reader
+	Initramfs io.Reader // the entry's initrds, one after the other
+	closers   []io.Closer
+}
+
+// Close closes the files.
+func (f *SlotFiles) Close() error {
+	var err error
+	for _, c := range f.closers {
+		if cerr := c.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
 }
 
 // ErrSlotEmpty marks a slot that holds no entry.

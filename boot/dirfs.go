@@ -24,6 +24,9 @@ func (d Dir) path(name string) string {
 // ReadFile implements FS.
 func (d Dir) ReadFile(name string) ([]byte, error) { return os.ReadFile(d.path(name)) }
 
+// Open implements FS.
+func (d Dir) Open(name string) (io.ReadCloser, error) { return os.Open(d.path(name)) }
+
 // WriteFile implements FS: it writes a temporary file, syncs it and renames
 // it into place.
 func (d Dir) WriteFile(name string, r io.Reader) error {

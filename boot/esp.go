@@ -19,6 +19,8 @@ import (
 type FS interface {
 	// ReadFile returns a file's contents; fs.ErrNotExist when it is absent.
 	ReadFile(name string) ([]byte, error)
+	// Open opens a file for reading; fs.ErrNotExist when it is absent.
+	Open(name string) (io.ReadCloser, error)
 	// WriteFile creates or replaces a file, creating its directories.
 	WriteFile(name string, r io.Reader) error
 	// ReadDir lists a directory's names, sorted; fs.ErrNotExist when it is
@@ -143,9 +145,27 @@ func (f *FAT) ReadFile(name string) ([]byte, error) {
 	return b, nil
 }
 
-// writeChunk bounds the memory WriteFile uses; go-diskfs writes the whole
-// FAT at each allocation, so chunks are large.
-const writeChunk = 16 << 20
+// Open implements FS.
+func (f *FAT) Open(name string) (io.ReadCloser, error) {
+	if ok, err := f.exists(name); err != nil || !ok {
+		if err == nil {
+			err = notExist("open", name)
+		}
+		return nil, err
+	}
+	r, err := f.fs.OpenFile(espPath(name), os.O_RDONLY)
+	if err != nil {
+		return nil, fmt.Errorf("ESP: opening %s: %w", espPath(name), err)
+	}
+	return r, nil
+}
+
+// writeChunk bounds the memory WriteFile uses. go-diskfs writes the whole
+// FAT at each allocation, so chunks are not small; with the 4 KiB clusters
+// of a 300 MiB ESP, 4 MiB chunks wrote a 64 MiB slot faster than 16 MiB
+// ones (BenchmarkInstallSlot: 637 against 488 MB/s) in a quarter of the
+// memory.
+const writeChunk = 4 << 20
 
 // WriteFile implements FS.
 func (f *FAT) WriteFile(name string, r io.Reader) error {

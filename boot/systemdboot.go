@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -422,31 +423,54 @@ func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
 	return nil
 }
 
-// ReadSlot implements SlotReader.
-func (s *SystemdBoot) ReadSlot(ctx context.Context, slot meta.Slot) ([]byte, []byte, SlotEntry, error) {
+// OpenSlot implements SlotReader: it opens the kernel and the initrds
+// named by the slot's entry.
+func (s *SystemdBoot) OpenSlot(ctx context.Context, slot meta.Slot) (*SlotFiles, error) {
 	if err := checkSlot(slot); err != nil {
-		return nil, nil, SlotEntry{}, err
+		return nil, err
 	}
 	se, e, err := s.slotEntry(slot)
 	if err != nil {
-		return nil, nil, SlotEntry{}, err
+		return nil, err
 	}
-	kernel, err := s.esp.ReadFile(entryPath(e.Linux))
+	f := &SlotFiles{Entry: se}
+	kernel, err := s.esp.Open(entryPath(e.Linux))
 	if err != nil {
-		return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's kernel: %w", slot, err)
+		return nil, fmt.Errorf("reading slot %s's kernel: %w", slot, err)
 	}
-	var initramfs []byte
+	f.Kernel, f.closers = kernel, append(f.closers, kernel)
+	var initrds []io.Reader
 	for _, p := range e.Initrd {
 		if err := ctx.Err(); err != nil {
-			return nil, nil, SlotEntry{}, err
+			f.Close()
+			return nil, err
 		}
-		b, err := s.esp.ReadFile(entryPath(p))
+		r, err := s.esp.Open(entryPath(p))
 		if err != nil {
-			return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's initramfs: %w", slot, err)
+			f.Close()
+			return nil, fmt.Errorf("reading slot %s's initramfs: %w", slot, err)
 		}
-		initramfs = append(initramfs, b...)
+		initrds, f.closers = append(initrds, r), append(f.closers, r)
 	}
-	return kernel, initramfs, se, nil
+	f.Initramfs = io.MultiReader(initrds...)
+	return f, nil
+}
+
+// ReadSlot reads what OpenSlot opens into memory: for tests and small
+// slots.
+func (s *SystemdBoot) ReadSlot(ctx context.Context, slot meta.Slot) (kernel, initramfs []byte, entry SlotEntry, err error) {
+	f, err := s.OpenSlot(ctx, slot)
+	if err != nil {
+		return nil, nil, SlotEntry{}, err
+	}
+	defer f.Close()
+	if kernel, err = io.ReadAll(f.Kernel); err != nil {
+		return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's kernel: %w", slot, err)
+	}
+	if initramfs, err = io.ReadAll(f.Initramfs); err != nil {
+		return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's initramfs: %w", slot, err)
+	}
+	return kernel, initramfs, f.Entry, nil
 }
 
 // entryPath turns a path of an entry ("/stagehand/a/vmlinuz", from the

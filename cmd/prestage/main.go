@@ -12,7 +12,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -209,16 +208,18 @@ func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot
 	if v, _ := p.param("stagehand.kexec"); v == "0" {
 		return fmt.Errorf("stagehand.kexec=0")
 	}
-	k, i, entry, err := dk.Loader.ReadSlot(ctx, slot)
+	f, err := dk.Loader.OpenSlot(ctx, slot)
 	if err != nil {
 		return err
 	}
-	kf, err := kexec.MemFile("vmlinuz", bytes.NewReader(k))
+	defer f.Close()
+	entry := f.Entry
+	kf, err := kexec.MemFile("vmlinuz", f.Kernel)
 	if err != nil {
 		return err
 	}
 	defer kf.Close()
-	inf, err := kexec.MemFile("initramfs", bytes.NewReader(i))
+	inf, err := kexec.MemFile("initramfs", f.Initramfs)
 	if err != nil {
 		return err
 	}

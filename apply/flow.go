@@ -159,7 +159,11 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 		return s.trialBoot(ctx, booted)
 	}
 	if booted != s.slots.Active {
-		return Decision{Action: Continue, Reason: fmt.Sprintf("booted slot %s, the default is %s: chosen by hand, left alone", booted, s.slots.Active)}, nil
+		why := fmt.Sprintf("booted slot %s, the default is %s: chosen by hand, left alone", booted, s.slots.Active)
+		if st := s.slotState(booted); st.State == "bad" {
+			why += fmt.Sprintf(" (slot %s is marked bad: %s)", booted, st.Reason)
+		}
+		return Decision{Action: Continue, Reason: why}, nil
 	}
 	return Decision{Action: Continue, Reason: "nothing staged"}, nil
 }

@@ -374,3 +374,19 @@ func TestManualRollback(t *testing.T) {
 	}
 	m.checkESP()
 }
+
+// TestBadSlotChosenByHand: after a rollback, booting the bad slot from the
+// menu is left alone (someone chose it), and the log says it is bad.
+func TestBadSlotChosenByHand(t *testing.T) {
+	m := newMachine(t)
+	m.prestage(meta.SlotA)
+	m.prestage(meta.SlotA) // the trial never came up: rolled back
+	before := hashFile(t, m.img)
+	d := m.prestage(meta.SlotB)
+	if d.Action != Continue || !strings.Contains(d.Reason, "chosen by hand") || !strings.Contains(d.Reason, "slot b is marked bad: slot b did not confirm") {
+		t.Fatalf("%+v", d)
+	}
+	if hashFile(t, m.img) != before {
+		t.Error("a boot chosen by hand changed the disk")
+	}
+}

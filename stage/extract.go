@@ -34,7 +34,7 @@ var ErrTooLarge = errors.New("too large")
 // STAGE, hashing as it goes.
 type extractor struct {
 	ctx         context.Context
-	dst         *disk.Region       // the STAGE partition
+	dst         sink               // the STAGE partition, or a file
 	direct      *disk.DirectWriter // the same, without the page cache; nil where unsupported
 	next, end   int64              // next free offset, end of the half
 	high        int64              // highest offset written
@@ -47,6 +47,14 @@ type extractor struct {
 	install     map[string]bool // paths seen under usr/install, for messages
 	progress    func(n int64)
 	buf         []byte
+}
+
+// sink is where the artifacts go: the STAGE partition (a *disk.Region), or
+// a plain file for Fetch.
+type sink interface {
+	io.WriterAt
+	Sync() error
+	StartWriteback(off, n int64)
 }
 
 // countingHash counts and hashes what passes through it, and reports

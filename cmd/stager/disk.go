@@ -2,12 +2,15 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/payload"
+	"github.com/stagehand-dev/stagehand/stage"
 )
 
 func newDiskCmd() *cobra.Command {
@@ -24,37 +27,50 @@ func newDiskInitCmd() *cobra.Command {
 		path                               string
 		size, espSize, stageSize, rootSize string
 		cfg                                boot.DiskConfig
+		install                            stage.Options
 	)
 	cmd := &cobra.Command{
-		Use:   "init --disk FILE|DEV --kernel F --initramfs F [--size S]",
+		Use:   "init --disk FILE|DEV (--install REF | --kernel F --initramfs F) [--size S]",
 		Short: "Write the stagehand layout, systemd-boot and slot A to a disk or image file",
 		Long: `Write a GPT with the stagehand layout (EFI system partition, META of
 exactly 1 MiB, STAGE, and optionally a root partition), install systemd-boot
-on the ESP with slot A (the given kernel, initramfs and command line) as the
-default entry, and record slot A as good and active in META.
+on the ESP with slot A as the default entry, and record slot A as good and
+active in META. Slot A is the given kernel, initramfs and command line, or
+those of an installer image (--install REF, pulled and checked as stager
+--image does; --cmdline and --version override the image's).
 
 An image file is created with --size (or keeps its size with --force); a
 block device keeps its own size. A disk with a mounted partition is refused,
 and so is a disk or file that holds data, unless --force is given.`,
 		Example: `  stager disk init --disk disk.img --size 2G --kernel vmlinuz --initramfs initramfs.img --cmdline console=ttyS0 --version v1
+  stager disk init --disk disk.img --size 2G --install 127.0.0.1:5000/stagehand/os:v1
   stager disk init --disk /dev/vdb --kernel vmlinuz --initramfs initramfs.img --force`,
 		Args: exactArgs(0, "no arguments"),
 	}
 	f := cmd.Flags()
 	f.StringVar(&path, "disk", "", "image file or whole-disk block device to write (required)")
 	f.StringVar(&size, "size", "", "size of the image file (e.g. 2G, 1536M)")
-	f.StringVar(&cfg.Kernel, "kernel", "", "slot A's kernel (required)")
-	f.StringVar(&cfg.Initramfs, "initramfs", "", "slot A's initramfs (required)")
+	f.StringVar(&install.Image, "install", "", "installer image for slot A: REGISTRY/REPO[:TAG|@sha256:DIGEST], oci:DIR[:TAG] or docker-archive:FILE")
+	f.BoolVar(&install.Insecure, "insecure", false, "with --install: talk plain HTTP to the registry")
+	f.StringVar(&cfg.Kernel, "kernel", "", "slot A's kernel (or --install)")
+	f.StringVar(&cfg.Initramfs, "initramfs", "", "slot A's initramfs (or --install)")
 	f.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line (stagehand.slot=a is added)")
 	f.StringVar(&cfg.Version, "version", "", "slot A's OS version (default: the kernel's release)")
-	f.StringVar(&espSize, "esp-size", "256M", "size of the EFI system partition (at least 256M)")
+	f.StringVar(&espSize, "esp-size", "300M", "size of the EFI system partition (at least 256M; above 260M FAT32 has 4 KiB clusters, and slots write faster)")
 	f.StringVar(&stageSize, "stage-size", "512M", "size of STAGE (at least twice the largest payload)")
 	f.StringVar(&rootSize, "root-size", "0", "size of a ROOT partition after STAGE (0: none)")
 	f.BoolVar(&cfg.Force, "force", false, "overwrite a disk or image file that holds data")
+	trust := addTrustFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		for _, req := range []struct{ name, v string }{{"--disk", path}, {"--kernel", cfg.Kernel}, {"--initramfs", cfg.Initramfs}} {
-			if req.v == "" {
-				return usageError{fmt.Errorf("%s is required (see --help)", req.name)}
+		if path == "" {
+			return usageError{fmt.Errorf("--disk is required (see --help)")}
+		}
+		if (install.Image != "") == (cfg.Kernel != "" || cfg.Initramfs != "") || (install.Image == "" && (cfg.Kernel == "" || cfg.Initramfs == "")) {
+			return usageError{fmt.Errorf("give either --install REF or both --kernel and --initramfs (see --help)")}
+		}
+		if install.Image != "" {
+			if _, err := stage.ParseSource(install.Image, install.Insecure); err != nil {
+				return usageError{err}
 			}
 		}
 		for _, s := range []struct {
@@ -71,6 +87,31 @@ and so is a disk or file that holds data, unless --force is given.`,
 			}
 			*s.dst = n
 		}
+		if install.Image != "" {
+			var err error
+			if install.VerifyKeys, install.Policy, err = trust(); err != nil {
+				return err
+			}
+			dir, err := os.MkdirTemp("", "stagehand-install-*")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			bar := newProgress(cmd.ErrOrStderr(), "pulling")
+			install.Progress = bar.update
+			fetched, err := stage.Fetch(cmd.Context(), install, dir)
+			bar.finish(err == nil)
+			if err != nil {
+				return err
+			}
+			cfg.Kernel, cfg.Initramfs = fetched.Files[payload.Kernel], fetched.Files[payload.Initramfs]
+			if cfg.Cmdline == "" {
+				cfg.Cmdline = readArtifact(fetched, payload.Cmdline)
+			}
+			if cfg.Version == "" {
+				cfg.Version = readArtifact(fetched, payload.Version)
+			}
+		}
 		info, err := boot.InitDisk(cmd.Context(), path, cfg)
 		if err != nil {
 			return err
@@ -84,6 +125,19 @@ and so is a disk or file that holds data, unless --force is given.`,
 		return nil
 	}
 	return cmd
+}
+
+// readArtifact returns a small text artifact of a fetched image, or "".
+func readArtifact(f *stage.Fetched, name string) string {
+	p, ok := f.Files[name]
+	if !ok {
+		return ""
+	}
+	b, err := os.ReadFile(p)
+	if err != nil || len(b) > 4096 {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // parseSize reads a size in bytes, or with a K, M, G or T suffix (powers

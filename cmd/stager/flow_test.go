@@ -72,3 +72,37 @@ func TestConfirmAndRollback(t *testing.T) {
 		}
 	}
 }
+
+// TestDiskInitInstall makes a disk from an installer image: slot a takes
+// the image's kernel, initramfs, command line and version.
+func TestDiskInitInstall(t *testing.T) {
+	dir := t.TempDir()
+	k := boottest.FakeKernel(t, dir, "6.1.0-inst", 1<<20)
+	initrd := filepath.Join(dir, "initrd")
+	os.WriteFile(initrd, []byte(strings.Repeat("initramfs", 1000)), 0o644)
+	layout := "oci:" + filepath.Join(dir, "layout") + ":v9"
+	if code, _, e := stager(t, "image", "build", "--kernel", k, "--initramfs", initrd, "--version", "v9", "--cmdline", "console=ttyS0 quiet", "--output", layout); code != 0 {
+		t.Fatal(e)
+	}
+	img := filepath.Join(dir, "disk.img")
+	code, out, e := stager(t, "disk", "init", "--disk", img, "--size", "600M", "--stage-size", "64M", "--install", layout)
+	if code != 0 || !strings.Contains(out, "slot a (version v9, kernel 6.1.0-inst)") {
+		t.Fatalf("disk init --install: %d %q %q", code, out, e)
+	}
+	code, out, _ = stager(t, "status", "--disk", img)
+	if code != 0 || !strings.Contains(out, "slot a:   good  v9") {
+		t.Errorf("status:\n%s", out)
+	}
+	l, err := apply.ReadLoader(context.Background(), img, nil)
+	if err != nil || len(l.Entries) != 1 || !strings.Contains(l.Entries[0].Cmdline, "console=ttyS0 quiet") {
+		t.Errorf("loader %+v, %v", l, err)
+	}
+	for _, bad := range [][]string{
+		{"disk", "init", "--disk", img + "2", "--install", layout, "--kernel", k},
+		{"disk", "init", "--disk", img + "2", "--install", "not a ref!"},
+	} {
+		if code, _, e := stager(t, bad...); code != 2 {
+			t.Errorf("stager %s: %d %q", strings.Join(bad, " "), code, e)
+		}
+	}
+}

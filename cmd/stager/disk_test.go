@@ -62,7 +62,7 @@ func TestDiskInit(t *testing.T) {
 	}
 
 	code, out, errOut := stager(t, append(base, "--disk", img, "--size", "1G", "--cmdline", "console=ttyS0", "--version", "v1", "--root-size", "100M")...)
-	if code != 0 || !strings.Contains(out, "initialized "+img+" (1 GiB: EFI 256 MiB, META 1 MiB, STAGE 512 MiB, ROOT 100 MiB) with systemd-boot and slot a (version v1, kernel 6.1.0-test)") {
+	if code != 0 || !strings.Contains(out, "initialized "+img+" (1 GiB: EFI 300 MiB, META 1 MiB, STAGE 512 MiB, ROOT 100 MiB) with systemd-boot and slot a (version v1, kernel 6.1.0-test)") {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 	code, out, _ = stager(t, "meta", "list", "--disk", img)

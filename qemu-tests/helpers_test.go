@@ -29,6 +29,7 @@ func repoRoot() string {
 
 // Kernel is a Debian kernel unpacked by scripts/vm-deps.sh.
 type Kernel struct {
+	Flavor  string // "cloud" or "generic"
 	Vmlinuz string
 	Release string
 	Modules string // lib/modules/RELEASE
@@ -47,7 +48,7 @@ func kernel(t testing.TB, flavor string) Kernel {
 	if err != nil {
 		t.Fatalf("no %s kernel in %s (%v): %s", flavor, dir, err, vm.Fix)
 	}
-	k := Kernel{Vmlinuz: filepath.Join(dir, "vmlinuz"), Release: strings.TrimSpace(string(rel))}
+	k := Kernel{Flavor: flavor, Vmlinuz: filepath.Join(dir, "vmlinuz"), Release: strings.TrimSpace(string(rel))}
 	k.Modules = filepath.Join(dir, "lib", "modules", k.Release)
 	for _, p := range []string{k.Vmlinuz, k.Modules} {
 		if _, err := os.Stat(p); err != nil {
@@ -153,12 +154,21 @@ func buildTestOS(t testing.TB) string {
 	return buildStatic(t, "./qemu-tests/testos")
 }
 
-// testOSModules are the modules the test OS loads: the virtio disk and
-// efivarfs.
-var testOSModules = []string{"virtio_pci", "virtio_blk", "efivarfs"}
+// testOSModules are the modules the test OS loads: the virtio disk,
+// efivarfs, the kernel's FAT with the code pages an ESP mount uses
+// (esp-hold) and ext4 for the images disk (mount-images; built into the
+// cloud kernel).
+var testOSModules = []string{"virtio_pci", "virtio_blk", "efivarfs",
+	"vfat", "nls_cp437", "nls_ascii", "nls_iso8859-1", "ext4"}
+
+// flavorModules are more modules the test OS loads on a kernel flavor: the
+// i6300esb watchdog's driver (the watchdog step) is in the generic kernel
+// only.
+var flavorModules = map[string][]string{"generic": {"i6300esb"}}
 
 // testOSArchive is the test OS's initramfs: the test OS (binary testos) as
-// /init, its version, /dev/console, the modules of testOSModules from k,
+// /init, its version, /dev/console, the modules of testOSModules (and of
+// flavorModules) from k,
 // and extra files.
 func testOSArchive(testos string, k Kernel, version string, extra ...initramfs.File) (*initramfs.Archive, error) {
 	mods, err := initramfs.OpenModules(k.Modules)
@@ -174,7 +184,7 @@ func testOSArchive(testos string, k Kernel, version string, extra ...initramfs.F
 	if err != nil {
 		return nil, err
 	}
-	if _, err := a.AddModules(mods, testOSModules...); err != nil {
+	if _, err := a.AddModules(mods, append(testOSModules, flavorModules[k.Flavor]...)...); err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -224,15 +234,16 @@ func newDisk(t testing.TB, k Kernel, version, cmdline string) string {
 	return img
 }
 
-// newMachine prepares a VM on img. Its directory (variable store, console
-// logs) is the test's, or STAGEHAND_VM_LOGS/TEST-NAME to keep it.
-func newMachine(t testing.TB, img string) *vm.Machine {
+// newMachine prepares a VM on img, with more QEMU arguments args. Its
+// directory (variable store, console logs) is the test's, or
+// STAGEHAND_VM_LOGS/TEST-NAME to keep it.
+func newMachine(t testing.TB, img string, args ...string) *vm.Machine {
 	t.Helper()
 	dir := t.TempDir()
 	if keep := os.Getenv("STAGEHAND_VM_LOGS"); keep != "" {
 		dir = filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
 	}
-	m, err := vm.New(vm.Config{Dir: dir, Disk: img})
+	m, err := vm.New(vm.Config{Dir: dir, Disk: img, Args: args})
 	if err != nil {
 		t.Fatal(err)
 	}

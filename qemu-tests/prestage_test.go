@@ -124,10 +124,8 @@ func newUpgrade(t *testing.T, v1Params, v1Steps, v2Steps string) *upgrade {
 		t.Fatal(err)
 	}
 	if v2Steps != "" {
-		layout := "oci:" + filepath.Join(dir, "images") + ":v2"
-		out := hostStager(t, "image", "build", "--kernel", u.k2.Vmlinuz, "--initramfs", slotInitramfs(t, "generic", "v2"),
-			"--cmdline", slotCmdline+" stagehand.testos.steps="+v2Steps, "--version", "v2", "--output", layout)
-		out += hostStager(t, "--image", layout, "--disk", u.img)
+		layout := buildV2(t, filepath.Join(dir, "images"), v2Steps)
+		out := hostStager(t, "--image", layout, "--disk", u.img)
 		t.Logf("staged v2 on the host:\n%s", strings.TrimSpace(out))
 		if st := status(t, u.img); st.Slots.Phase != meta.PhaseStaged || st.Staged == nil || st.Staged.Target != meta.SlotB {
 			t.Fatalf("after stager --image: phase %s, staged %+v", st.Slots.Phase, st.Staged)
@@ -135,6 +133,18 @@ func newUpgrade(t *testing.T, v1Params, v1Steps, v2Steps string) *upgrade {
 	}
 	u.m = newMachine(t, u.img)
 	return u
+}
+
+// buildV2 builds v2's installer image (the generic kernel, its command
+// line slotCmdline with the test OS steps v2Steps) with `stager image
+// build` into the OCI layout dir, and returns its reference oci:DIR:v2.
+func buildV2(t testing.TB, dir, v2Steps string) string {
+	t.Helper()
+	layout := "oci:" + dir + ":v2"
+	out := hostStager(t, "image", "build", "--kernel", kernel(t, "generic").Vmlinuz, "--initramfs", slotInitramfs(t, "generic", "v2"),
+		"--cmdline", slotCmdline+" stagehand.testos.steps="+v2Steps, "--version", "v2", "--output", layout)
+	t.Logf("%s", strings.TrimSpace(out))
+	return layout
 }
 
 // status decodes META of img on the host.

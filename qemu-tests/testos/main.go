@@ -5,7 +5,12 @@
 // booted, runs the scenario steps given by stagehand.testos.steps=, and
 // powers the machine off. In the pre-stage scenarios it is the /init that
 // prestage hands off to, and its steps run the stager the initramfs
-// carries at /usr/bin/stager (confirm, status) or crash the kernel (panic).
+// carries at /usr/bin/stager (confirm, status, rollback, stage-reboot:REF),
+// crash the kernel (panic), or hang under an armed watchdog (watchdog,
+// hang); esp-hold mounts the ESP with the kernel's vfat and keeps files on
+// it open, mount-images mounts the second disk holding installer images.
+// Each step is announced ("step NAME: start") and its end said ("step
+// NAME: ok" or "step NAME: error: ...").
 //
 // Its output starts with "stagehand-testos: " so that the tests can tell it
 // from the kernel's.
@@ -23,6 +28,9 @@ import (
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/meta"
 )
+
+// WatchdogTimeout is the timeout, in seconds, the watchdog step arms.
+const WatchdogTimeout = 3
 
 // VersionFile holds the version of the test OS, written into the initramfs
 // by the test that builds it.
@@ -65,6 +73,7 @@ func main() {
 		if step == "" {
 			continue
 		}
+		say("step %s: start", step)
 		if err := run(step); err != nil {
 			say("step %s: error: %v", step, err)
 		} else {
@@ -91,6 +100,16 @@ func run(step string) error {
 		return stager("confirm", "--disk", "/dev/vda")
 	case "status":
 		return stager("status")
+	case "rollback":
+		return stager("rollback", "--disk", "/dev/vda")
+	case "watchdog":
+		return watchdog(WatchdogTimeout)
+	case "hang":
+		hang()
+	case "esp-hold":
+		return holdESP()
+	case "mount-images":
+		return mountImages()
 	case "panic":
 		return crash()
 	case "poweroff":
@@ -100,6 +119,9 @@ func run(step string) error {
 	}
 	if v, ok := strings.CutPrefix(step, "oneshot:"); ok {
 		return setOneShot(v)
+	}
+	if ref, ok := strings.CutPrefix(step, "stage-reboot:"); ok {
+		return stager("--image", ref, "--disk", "/dev/vda", "--reboot")
 	}
 	return fmt.Errorf("unknown step")
 }

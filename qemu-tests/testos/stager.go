@@ -2,10 +2,11 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,9 +16,10 @@ import (
 const StagerPath = "/usr/bin/stager"
 
 // stager runs the real stager with args, as a user of the running slot
-// would, and prints each line of its output and its exit status. efivarfs
-// is mounted first: stager finds the boot disk and sets boot variables
-// through it.
+// would, and prints each line of its output as it comes (a stager that
+// reboots the machine has said what it did by then), then its exit
+// status. efivarfs is mounted first: stager finds the boot disk and sets
+// boot variables through it.
 func stager(args ...string) error {
 	if err := waitDisks(10 * time.Second); err != nil {
 		return err
@@ -27,11 +29,21 @@ func stager(args ...string) error {
 	}
 	cmd := exec.Command(StagerPath, args...)
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/"}
-	out, err := cmd.CombinedOutput()
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		say("stager %s: %s", args[0], sc.Text())
-	}
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			say("stager %s: %s", args[0], sc.Text())
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	err := cmd.Run()
+	pw.Close()
+	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("stager %s: %w", args[0], err)
 	}

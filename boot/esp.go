@@ -11,7 +11,11 @@ import (
 	"strings"
 
 	"github.com/diskfs/go-diskfs/backend"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/filesystem/fat12"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
+
+	"github.com/stagehand-dev/stagehand/disk"
 )
 
 // FS is an ESP's file system as the backends use it. Names are
@@ -130,22 +134,26 @@ func notExist(op, name string) error {
 	return &fs.PathError{Op: op, Path: "ESP:" + espPath(name), Err: fs.ErrNotExist}
 }
 
-// ReadFile implements FS.
+// ReadFile implements FS. It reads through Open: go-diskfs's ReadFile
+// returns bytes past the end of a file whose reads do not fall on cluster
+// boundaries (its Read does not cap a read that starts inside a cluster at
+// the file's size).
 func (f *FAT) ReadFile(name string) ([]byte, error) {
-	if ok, err := f.exists(name); err != nil || !ok {
-		if err == nil {
-			err = notExist("read", name)
-		}
+	r, err := f.Open(name)
+	if err != nil {
 		return nil, err
 	}
-	b, err := f.fs.ReadFile(espPath(name))
+	defer r.Close()
+	b, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("ESP: reading %s: %w", espPath(name), err)
 	}
 	return b, nil
 }
 
-// Open implements FS.
+// Open implements FS. The file is read from its cluster runs, each read as
+// large as the caller's buffer (go-diskfs reads a cluster at a time and
+// walks the file's whole cluster chain at every read).
 func (f *FAT) Open(name string) (io.ReadCloser, error) {
 	if ok, err := f.exists(name); err != nil || !ok {
 		if err == nil {
@@ -153,21 +161,88 @@ func (f *FAT) Open(name string) (io.ReadCloser, error) {
 		}
 		return nil, err
 	}
-	r, err := f.fs.OpenFile(espPath(name), os.O_RDONLY)
+	fl, err := f.fs.OpenFile(espPath(name), os.O_RDONLY)
 	if err != nil {
 		return nil, fmt.Errorf("ESP: opening %s: %w", espPath(name), err)
 	}
-	return r, nil
+	defer fl.Close()
+	fi, err := fl.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("ESP: opening %s: %w", espPath(name), err)
+	}
+	var runs []fat12.DiskRange
+	if fi.Size() > 0 {
+		if runs, err = diskRanges(fl); err != nil {
+			return nil, fmt.Errorf("ESP: opening %s: %w", espPath(name), err)
+		}
+	}
+	return &runReader{dev: f.dev, runs: runs, left: fi.Size()}, nil
 }
 
-// writeChunk bounds the memory WriteFile uses. go-diskfs writes the whole
-// FAT at each allocation, so chunks are not small; with the 4 KiB clusters
-// of a 300 MiB ESP, 4 MiB chunks wrote a 64 MiB slot faster than 16 MiB
-// ones (BenchmarkInstallSlot: 637 against 488 MB/s) in a quarter of the
-// memory.
+// diskRanges returns the runs of clusters a go-diskfs file occupies.
+func diskRanges(fl filesystem.File) ([]fat12.DiskRange, error) {
+	r, ok := fl.(interface {
+		GetDiskRanges() ([]fat12.DiskRange, error)
+	})
+	if !ok {
+		return nil, fmt.Errorf("go-diskfs file %T does not say where its clusters are", fl)
+	}
+	return r.GetDiskRanges()
+}
+
+// runReader reads the first left bytes of runs of a device.
+type runReader struct {
+	dev  io.ReaderAt
+	runs []fat12.DiskRange
+	off  uint64 // read so far of runs[0]
+	left int64
+}
+
+func (r *runReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, io.EOF
+	}
+	for len(r.runs) > 0 && r.off >= r.runs[0].Length {
+		r.runs, r.off = r.runs[1:], 0
+	}
+	if len(r.runs) == 0 {
+		return 0, fmt.Errorf("ESP: the file's clusters end %d bytes before its size: %w", r.left, io.ErrUnexpectedEOF)
+	}
+	n := min(int64(len(p)), r.left, int64(r.runs[0].Length-r.off))
+	k, err := r.dev.ReadAt(p[:n], int64(r.runs[0].Offset+r.off))
+	r.off += uint64(k)
+	r.left -= int64(k)
+	if err == io.EOF && int64(k) == n {
+		err = nil
+	} else if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return k, err
+}
+
+func (r *runReader) Close() error { return nil }
+
+// writeChunk is the size of the writes of file data, and bounds the memory
+// WriteFile uses.
 const writeChunk = 4 << 20
 
-// WriteFile implements FS.
+// maxFileSize is the largest file FAT32 holds.
+const maxFileSize = 1<<32 - 1
+
+// directDevice is a Device that also writes bypassing the page cache
+// (*disk.Region).
+type directDevice interface {
+	OpenDirect() (*disk.DirectWriter, error)
+}
+
+// WriteFile implements FS. A reader that says how much it holds (Len, as
+// *bytes.Reader and *strings.Reader have, or Size and Seek, as
+// *io.SectionReader has) gets its clusters in one allocation, and its bytes
+// go straight to them in writeChunk writes, bypassing the page cache where
+// the device can (see writeRuns); it must hold exactly that much. Any other
+// reader is written through go-diskfs in writeChunk pieces (go-diskfs
+// allocates clusters and writes the whole FAT at each write, and writes a
+// cluster at a time).
 func (f *FAT) WriteFile(name string, r io.Reader) error {
 	p := espPath(name)
 	if dir := path.Dir(p); dir != "/" {
@@ -178,7 +253,12 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 	if ok, err := f.exists(name); err != nil {
 		return err
 	} else if ok {
-		// Free the old clusters first: opening with O_TRUNC keeps them.
+		// go-diskfs's Remove leaves the file's clusters allocated (until
+		// repairFAT at the next Sync): truncating first frees all but the
+		// first, so that the new file can take the old one's place.
+		if t, err := f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC); err == nil {
+			t.Close()
+		}
 		if err := f.fs.Remove(p); err != nil {
 			return fmt.Errorf("ESP: replacing %s: %w", p, err)
 		}
@@ -187,27 +267,198 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("ESP: creating %s: %w", p, err)
 	}
+	if n, ok := readerSize(r); ok {
+		err = f.writeSized(w, r, n)
+	} else {
+		err = writeChunked(w, r)
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("ESP: writing %s: %w", p, err)
+	}
+	return nil
+}
+
+// readerSize returns how many bytes r has left to read, when it says.
+func readerSize(r io.Reader) (int64, bool) {
+	switch v := r.(type) {
+	case interface{ Len() int }:
+		return int64(v.Len()), true
+	case interface {
+		Size() int64
+		io.Seeker
+	}:
+		pos, err := v.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return 0, false
+		}
+		return v.Size() - pos, true
+	}
+	return 0, false
+}
+
+// writeSized writes the n bytes of r into the new, empty file w.
+func (f *FAT) writeSized(w filesystem.File, r io.Reader, n int64) error {
+	if n > maxFileSize {
+		return fmt.Errorf("%d bytes is more than a FAT32 file holds (4 GiB - 1)", n)
+	}
+	if n > 0 {
+		// Writing the last byte makes go-diskfs allocate every cluster up
+		// to it at once, first fit: one run on an ESP whose free space is.
+		if _, err := w.Seek(n-1, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := w.Write([]byte{0}); err != nil {
+			return err
+		}
+		runs, err := diskRanges(w)
+		if err != nil {
+			return err
+		}
+		if err := f.writeRuns(runs, r, n); err != nil {
+			return err
+		}
+	}
+	if k, err := r.Read(make([]byte, 1)); k > 0 || (err != nil && err != io.EOF) {
+		if err == nil {
+			err = fmt.Errorf("the reader holds more than the %d bytes it said", n)
+		}
+		return err
+	}
+	return nil
+}
+
+// writeRuns copies the n bytes of r into the runs of the device, in file
+// order, in writeChunk writes, reading the next chunk while the last one is
+// written. Where the device can, the writes bypass the page cache
+// (O_DIRECT): no copy, and nothing left for a sync to flush but the device's
+// cache. Direct writes need aligned offsets, and go-diskfs's FAT32 does not
+// align its data area (a 300 MiB ESP's clusters start 3 KiB past a 4 KiB
+// boundary): the head of each run up to the first aligned offset, and any
+// tail shorter than the alignment, go through the page cache. A device that
+// refuses direct I/O gets it all through the page cache.
+func (f *FAT) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
+	var dw *disk.DirectWriter
+	if d, ok := f.dev.(directDevice); ok {
+		if w, err := d.OpenDirect(); err == nil {
+			dw = w
+			defer func() {
+				if dw != nil {
+					dw.Close()
+				}
+			}()
+		}
+	}
+	pieces, short := plan(runs, n, dw != nil)
+	if short > 0 {
+		return fmt.Errorf("the file's clusters hold %d bytes less than its size", short)
+	}
+	// Two buffers: one filled from r while the other is written.
+	type filled struct {
+		buf []byte
+		err error
+	}
+	free, full, stop := make(chan []byte, 2), make(chan filled, 2), make(chan struct{})
+	free <- disk.AlignedBuffer(writeChunk)
+	free <- disk.AlignedBuffer(writeChunk)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, p := range pieces {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			_, err := io.ReadFull(r, buf[:p.n])
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				err = fmt.Errorf("the reader ended short of the %d bytes it said", n)
+			}
+			full <- filled{buf, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for _, p := range pieces {
+		c := <-full
+		if c.err != nil {
+			return c.err
+		}
+		var err error
+		direct := p.direct && dw != nil
+		if direct {
+			if _, err = dw.WriteAt(c.buf[:p.n], p.off); err != nil {
+				// Refused (an unaligned partition, a file system
+				// without direct I/O): the page cache from here on.
+				dw.Close()
+				dw, direct = nil, false
+			}
+		}
+		if !direct {
+			_, err = f.dev.WriteAt(c.buf[:p.n], p.off)
+		}
+		if err != nil {
+			return err
+		}
+		free <- c.buf
+	}
+	return nil
+}
+
+// piece is one write of writeRuns.
+type piece struct {
+	off    int64
+	n      int64
+	direct bool // aligned for a direct write
+}
+
+// plan cuts the first n bytes of runs into writes of at most writeChunk,
+// aligned for direct writes when direct is set. It returns how many of the
+// n bytes the runs do not hold.
+func plan(runs []fat12.DiskRange, n int64, direct bool) ([]piece, int64) {
+	var out []piece
+	for _, run := range runs {
+		off, left := int64(run.Offset), min(int64(run.Length), n)
+		n -= left
+		for left > 0 {
+			p := piece{off: off, n: min(left, writeChunk)}
+			if direct {
+				if head := (disk.DirectAlign - off%disk.DirectAlign) % disk.DirectAlign; head > 0 {
+					p.n = min(p.n, head)
+				} else if p.n >= disk.DirectAlign {
+					p.n, p.direct = p.n/disk.DirectAlign*disk.DirectAlign, true
+				}
+			}
+			out = append(out, p)
+			off += p.n
+			left -= p.n
+		}
+	}
+	return out, n
+}
+
+// writeChunked copies r into the new, empty file w through go-diskfs.
+func writeChunked(w filesystem.File, r io.Reader) error {
 	buf := make([]byte, writeChunk)
 	for {
 		n, rerr := io.ReadFull(r, buf)
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
-				w.Close()
-				return fmt.Errorf("ESP: writing %s: %w", p, err)
+				return err
 			}
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
+			return nil
 		}
 		if rerr != nil {
-			w.Close()
-			return fmt.Errorf("ESP: writing %s: %w", p, rerr)
+			return rerr
 		}
 	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("ESP: writing %s: %w", p, err)
-	}
-	return nil
 }
 
 // ReadDir implements FS.

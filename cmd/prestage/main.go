@@ -252,7 +252,7 @@ func (p *prestage) act(d apply.Decision) {
 }
 
 func (p *prestage) reboot() {
-	p.logf("rebooting through the firmware")
+	p.logf("rebooting through the firmware after %s (peak memory %s)", time.Since(p.start).Round(time.Millisecond), peakRSS())
 	unix.Sync()
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
 		p.logf("reboot: %v; booting on instead", err)

@@ -206,6 +206,9 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		return s.refuse("META says an upgrade is staged but holds no staged record")
 	}
 	target := st.Target
+	if target == booted && s.slots.Phase == meta.PhaseApplying {
+		return s.backToActive(ctx, target)
+	}
 	if target == booted {
 		return s.refuse(fmt.Sprintf("the staged upgrade targets slot %s, the slot this system booted from: not applied", target))
 	}
@@ -276,6 +279,22 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
 	return Decision{Action: Kexec, Slot: target, Reason: "trying slot " + string(target)}, nil
+}
+
+// backToActive handles a boot of the slot an apply was writing: the power
+// failed after boot-once was set and before META recorded the trial, or the
+// slot was picked by hand. META holds it bad, so it does not run: boot-once
+// is cleared and the machine reboots through the firmware into the active
+// slot, whose prestage applies the payload again.
+func (s *state) backToActive(ctx context.Context, target meta.Slot) (Decision, error) {
+	reason := fmt.Sprintf("booted slot %s while it was being written (interrupted apply): rebooting into slot %s to apply again", target, s.slots.Active)
+	if err := s.commit(meta.PhaseApplying, target, reason); err != nil {
+		s.env.Logf("recording it: %v", err)
+	}
+	if err := s.env.Loader.ClearBootOnce(ctx); err != nil {
+		s.env.Logf("clearing boot-once: %v", err)
+	}
+	return Decision{Action: Reboot, Slot: s.slots.Active, Reason: reason}, nil
 }
 
 // trialBoot counts a boot of the trial slot, or rolls a failed trial back.

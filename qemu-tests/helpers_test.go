@@ -167,7 +167,7 @@ var testOSModules = []string{"virtio_pci", "virtio_blk", "efivarfs",
 var flavorModules = map[string][]string{"generic": {"i6300esb"}}
 
 // testOSArchive is the test OS's initramfs: the test OS (binary testos) as
-// /init, its version, /dev/console, the modules of testOSModules (and of
+// /init and /sbin/reboot, its version, /dev/console, the modules of testOSModules (and of
 // flavorModules) from k,
 // and extra files.
 func testOSArchive(testos string, k Kernel, version string, extra ...initramfs.File) (*initramfs.Archive, error) {
@@ -180,6 +180,9 @@ func testOSArchive(testos string, k Kernel, version string, extra ...initramfs.F
 		{Path: "init", Source: testos, Mode: 0o755},
 		{Path: "etc/testos-version", Data: []byte(version + "\n"), Mode: 0o644},
 		{Path: "dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Major: 5, Minor: 1},
+		// The test OS is also the init system's reboot command, which
+		// `stager --reboot` uses to reboot cleanly.
+		{Path: "sbin/reboot", Data: []byte("/init"), Mode: fs.ModeSymlink | 0o777},
 	}, extra...)...)
 	if err != nil {
 		return nil, err

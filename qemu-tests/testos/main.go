@@ -8,7 +8,8 @@
 // carries at /usr/bin/stager (confirm, status, rollback, stage-reboot:REF),
 // crash the kernel (panic), or hang under an armed watchdog (watchdog,
 // hang); esp-hold mounts the ESP with the kernel's vfat and keeps files on
-// it open, mount-images mounts the second disk holding installer images.
+// it open, mount-images mounts the second disk holding installer images,
+// iowatch prints the disk's write and flush counters as they change.
 // Each step is announced ("step NAME: start") and its end said ("step
 // NAME: ok" or "step NAME: error: ...").
 //
@@ -41,6 +42,16 @@ func say(format string, args ...any) {
 }
 
 func main() {
+	if filepath.Base(os.Args[0]) == "reboot" {
+		// The init system's reboot command, as `stager --reboot` finds
+		// it: ask init (PID 1, this program) to reboot, as busybox does.
+		if err := unix.Kill(1, unix.SIGTERM); err != nil {
+			fmt.Fprintf(os.Stderr, "reboot: signalling init: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	rebootOnSIGTERM()
 	defer func() {
 		if r := recover(); r != nil {
 			say("panic: %v", r)
@@ -110,6 +121,8 @@ func run(step string) error {
 		return holdESP()
 	case "mount-images":
 		return mountImages()
+	case "iowatch":
+		return ioWatch("vda")
 	case "panic":
 		return crash()
 	case "poweroff":
@@ -121,7 +134,7 @@ func run(step string) error {
 		return setOneShot(v)
 	}
 	if ref, ok := strings.CutPrefix(step, "stage-reboot:"); ok {
-		return stager("--image", ref, "--disk", "/dev/vda", "--reboot")
+		return stageReboot(ref)
 	}
 	return fmt.Errorf("unknown step")
 }

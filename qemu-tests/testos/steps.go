@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,8 +14,40 @@ import (
 
 // held keeps open what the steps open for the rest of the boot (the
 // watchdog, files on the ESP): a closed watchdog or file would not test
-// anything.
-var held []*os.File
+// anything. mounted lists what the steps mounted, in order.
+var (
+	held    []*os.File
+	mounted []string
+)
+
+// rebooting is closed once init has been asked to reboot.
+var rebooting = make(chan struct{})
+
+// rebootOnSIGTERM makes the test OS, as init, reboot cleanly when asked by
+// SIGTERM (the reboot command, as busybox's init): close what the steps
+// hold open, unmount what they mounted, sync, reboot.
+func rebootOnSIGTERM() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, unix.SIGTERM)
+	go func() {
+		<-ch
+		close(rebooting)
+		say("init: reboot requested: closing %d held files, unmounting %v", len(held), mounted)
+		for _, f := range held {
+			f.Close()
+		}
+		for i := len(mounted) - 1; i >= 0; i-- {
+			if err := unix.Unmount(mounted[i], 0); err != nil {
+				say("init: unmounting %s: %v", mounted[i], err)
+			}
+		}
+		unix.Sync()
+		say("rebooting")
+		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+			say("error: reboot: %v", err)
+		}
+	}()
+}
 
 // watchdog arms the first watchdog device (i6300esb: QEMU's -device
 // i6300esb, its module in the initramfs) with a timeout of timeout
@@ -61,6 +95,21 @@ func hang() {
 	}
 }
 
+// stageReboot runs `stager --image ref --disk /dev/vda --reboot` and, once
+// it returns, waits for the reboot it asked for: this boot does nothing
+// more.
+func stageReboot(ref string) error {
+	if err := stager("--image", ref, "--disk", "/dev/vda", "--reboot"); err != nil {
+		return err
+	}
+	select {
+	case <-rebooting:
+		select {}
+	case <-time.After(30 * time.Second):
+		return errors.New("stager --reboot succeeded, but no reboot came in 30 s")
+	}
+}
+
 // ESPMount is where the esp-hold step mounts the ESP.
 const ESPMount = "/boot/efi"
 
@@ -82,6 +131,7 @@ func holdESP() error {
 	if err := unix.Mount("/dev/vda1", ESPMount, "vfat", 0, ""); err != nil {
 		return fmt.Errorf("mounting /dev/vda1 (vfat) on %s: %w", ESPMount, err)
 	}
+	mounted = append(mounted, ESPMount)
 	f, err := os.OpenFile(filepath.Join(ESPMount, HeldFile), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -129,6 +179,7 @@ func mountImages() error {
 	if err := unix.Mount("/dev/vdb", ImagesMount, "ext4", unix.MS_RDONLY, "noload"); err != nil {
 		return fmt.Errorf("mounting /dev/vdb (ext4) on %s: %w", ImagesMount, err)
 	}
+	mounted = append(mounted, ImagesMount)
 	ents, _ := os.ReadDir(ImagesMount)
 	var names []string
 	for _, e := range ents {
@@ -143,4 +194,43 @@ func trimSpace(b []byte) string {
 		b = b[:len(b)-1]
 	}
 	return string(b)
+}
+
+// ioWatch prints the counters of disk's completed writes and flushes
+// (/sys/block/DISK/stat) each time they change, polling every millisecond,
+// for the rest of the boot: console markers for cutting the power between
+// two writes of a step that follows.
+func ioWatch(disk string) error {
+	path := filepath.Join("/sys/block", disk, "stat")
+	read := func() (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", err
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 17 {
+			return "", fmt.Errorf("%s: %d fields, want 17 (writes in field 5, flushes in 16)", path, len(f))
+		}
+		return fmt.Sprintf("writes=%s flushes=%s", f[4], f[15]), nil
+	}
+	last, err := read()
+	if err != nil {
+		return err
+	}
+	say("io: %s %s (watching)", disk, last)
+	go func() {
+		for {
+			time.Sleep(time.Millisecond)
+			now, err := read()
+			if err != nil {
+				say("io: %v", err)
+				return
+			}
+			if now != last {
+				say("io: %s %s", disk, now)
+				last = now
+			}
+		}
+	}()
+	return nil
 }

@@ -1,0 +1,339 @@
+//go:build vm
+
+package qemutests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/meta"
+)
+
+// The power-cut campaign: QEMU is killed (SIGKILL, by its pid) at a moment
+// of the upgrade found from a console line and a fixed delay, then the
+// machine is powered on again with the same disk and firmware variables
+// until it settles. What the guest had handed to the virtual disk survives
+// the cut (QEMU wrote it to the image file), what it still held in its own
+// page cache does not: a power cut for a disk without a volatile cache.
+//
+// The v1 test OS powers off at once; v2 confirms itself and powers off.
+// Every cut must end on v1 in slot A or v2 in slot B, with META idle, its
+// active slot good and the one running, that slot the loader's default
+// with an uncounted entry, and an ESP that fsck.fat -n passes; no boot on
+// the way may run a slot that META holds neither active nor on trial.
+
+// cutPoint is a moment of the upgrade at which the power is cut: delay
+// after the console shows markers, in order.
+type cutPoint struct {
+	name    string
+	during  string // "apply" or "confirm"
+	markers []*regexp.Regexp
+	delay   time.Duration
+}
+
+var (
+	trialCount    = regexp.MustCompile(`stagehand: trial → trial \(slot b\): trial boot 1 of 2`)
+	confirmStart  = regexp.MustCompile(`stagehand-testos: step confirm: start`)
+	confirmedLine = regexp.MustCompile(`stagehand-testos: stager confirm: confirmed slot b`)
+	ioLine        = regexp.MustCompile(`stagehand-testos: io: vda writes=\d+ flushes=\d+\r?\n`)
+	powerDownLine = regexp.MustCompile(`reboot: Power down`)
+	firmwareBoot  = regexp.MustCompile(`BdsDxe: starting`)
+	kexecBoot     = regexp.MustCompile(`kexec_core: Starting new kernel`)
+)
+
+// afterIO is the confirm's n-th disk I/O line (the test OS's iowatch
+// step runs in v2 before confirm).
+func afterIO(n int) []*regexp.Regexp {
+	m := []*regexp.Regexp{confirmStart}
+	for range n {
+		m = append(m, ioLine)
+	}
+	return m
+}
+
+// cutPoints: in the apply, the META commit of applying (its line is logged
+// before the write), the slot write (1.7 to 4 s here, with fixed delays),
+// the commit of trial (boot-once is already set), the kexec. In the
+// confirm: v2's prestage counting its trial boot, then stager confirm,
+// whose disk writes the test OS reports as they complete: about two for
+// each META copy with a flush after each, the bless of b's entry (a rename
+// on the ESP, five writes and a flush), loader.conf's default, the
+// clearing of STAGE; and the power off after it.
+var cutPoints = []cutPoint{
+	{"applying +0", "apply", []*regexp.Regexp{toApplying}, 0},
+	{"applying +0.4s", "apply", []*regexp.Regexp{toApplying}, 400 * time.Millisecond},
+	{"applying +1.2s", "apply", []*regexp.Regexp{toApplying}, 1200 * time.Millisecond},
+	{"trial +0", "apply", []*regexp.Regexp{toTrial}, 0},
+	{"kexec +0", "apply", []*regexp.Regexp{kexecInto}, 0},
+	{"trial boot 1 +0", "confirm", []*regexp.Regexp{trialCount}, 0},
+	{"confirm start +0", "confirm", []*regexp.Regexp{confirmStart}, 0},
+	{"confirm I/O 1", "confirm", afterIO(1), 0},
+	{"confirm I/O 2", "confirm", afterIO(2), 0},
+	{"confirm I/O 3", "confirm", afterIO(3), 0},
+	{"confirmed +0", "confirm", []*regexp.Regexp{confirmedLine}, 0},
+}
+
+// maxRuns bounds the power-ons after a cut; settleTimeout bounds each.
+const (
+	maxRuns       = 3
+	settleTimeout = 4 * time.Minute
+)
+
+// cutResult is one row of the matrix.
+type cutResult struct {
+	cut      cutPoint
+	atCut    string // the state on disk right after the cut
+	lastLine string // the last line of prestage or the test OS before it
+	runs     int
+	boots    string // firmware boots and kexecs over the runs
+	ended    string
+	took     time.Duration
+}
+
+func TestPowerCuts(t *testing.T) {
+	checkHost(t)
+	var rows []cutResult
+	for _, c := range cutPoints {
+		t.Run(c.name, func(t *testing.T) {
+			res := &cutResult{cut: c}
+			defer func() {
+				if t.Failed() {
+					res.ended = "FAILED " + res.ended
+				}
+				rows = append(rows, *res)
+			}()
+			powerCut(t, res)
+		})
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "power-cut matrix (%d cuts):\n", len(rows))
+	fmt.Fprintf(&b, "%-20s %-8s %-62s %-5s %-20s %-10s %s\n", "cut", "during", "state at the cut", "runs", "boots after", "ended", "time")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "%-20s %-8s %-62s %-5d %-20s %-10s %s\n", r.cut.name, r.cut.during, r.atCut, r.runs, r.boots, r.ended, round(r.took))
+	}
+	t.Log(b.String())
+	if dir := os.Getenv("STAGEHAND_VM_LOGS"); dir != "" {
+		os.WriteFile(filepath.Join(dir, "powercut-matrix.txt"), []byte(b.String()), 0o644)
+	}
+}
+
+// powerCut runs one cut: boot until the marker, wait the delay, kill QEMU;
+// then power on until the machine settles, and check where it ended.
+func powerCut(t *testing.T, res *cutResult) {
+	begin := time.Now()
+	c := res.cut
+	u := newUpgrade(t, "", "", "iowatch,confirm")
+	r := start(t, u.m)
+	for _, m := range c.markers {
+		expect(t, r, "the cut's marker", bootTimeout, m)
+	}
+	time.Sleep(c.delay)
+	if err := r.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	res.lastLine = lastFlowLine(r.Console())
+	res.atCut = diskState(u.img)
+	t.Logf("cut %s after %s; last line: %s", c.name, round(r.Elapsed()), res.lastLine)
+	t.Logf("on disk at the cut: %s", res.atCut)
+
+	var firmware, kexecs int
+	var running meta.Slot
+	var version, release string
+	for res.runs < maxRuns {
+		res.runs++
+		r := start(t, u.m)
+		what := fmt.Sprintf("run %d after the cut", res.runs)
+		if _, err := r.Expect(context.Background(), settleTimeout, powerDownLine); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if err := r.Wait(poweroffTimeout); err != nil {
+			t.Fatalf("%s: QEMU after power off: %v", what, err)
+		}
+		con := ansi.ReplaceAllString(r.Console(), "")
+		firmware += len(firmwareBoot.FindAllString(con, -1))
+		kexecs += len(kexecBoot.FindAllString(con, -1))
+		for _, l := range stagerTrouble.FindAllString(con, -1) {
+			t.Errorf("%s: %s", what, l)
+		}
+		all := testosLine.FindAllStringSubmatch(con, -1)
+		if len(all) == 0 {
+			t.Fatalf("%s: the test OS never ran", what)
+		}
+		last := all[len(all)-1]
+		version, release, running = last[1], last[2], meta.Slot(last[3])
+		st := status(t, u.img)
+		sl := st.Slots
+		t.Logf("%s: %d test OS boot(s), the last %s in slot %s; META %s, active %s, trial %s, a %s, b %s",
+			what, len(all), version, running, sl.Phase, sl.Active, sl.Trial, sl.A.State, sl.B.State)
+		switch {
+		case sl.Phase == meta.PhaseIdle && sl.Active == running && stateOf(sl, running) == "good":
+		case sl.Phase == meta.PhaseTrial && sl.Trial == running:
+			continue // on trial still: power on again
+		default:
+			t.Errorf("%s: the test OS ran in slot %s, but META says phase %s, active %s (%s), trial %q:%s",
+				what, running, sl.Phase, sl.Active, stateOf(sl, sl.Active), sl.Trial, lastReasons(st, 4))
+			continue
+		}
+		break
+	}
+	res.boots = fmt.Sprintf("%d firmware, %d kexec", firmware, kexecs)
+	res.took = time.Since(begin)
+
+	st := status(t, u.img)
+	sl := st.Slots
+	wantVersion, wantKernel := "v1", u.k1
+	if running == meta.SlotB {
+		wantVersion, wantKernel = "v2", u.k2
+	}
+	res.ended = wantVersion + " on " + string(running)
+	if version != wantVersion || release != wantKernel.Release {
+		t.Errorf("slot %s ran version %s on %s, want %s on %s", running, version, release, wantVersion, wantKernel.Release)
+	}
+	if sl.Phase != meta.PhaseIdle || sl.Active != running || stateOf(sl, running) != "good" || st.Staged != nil && running == meta.SlotB {
+		t.Errorf("after %d runs: not settled: running slot %s, META %+v, staged %+v%s", res.runs, running, sl, st.Staged, lastReasons(st, 6))
+		res.ended += " (not settled)"
+	}
+	if d := damaged(u.img); d != "" {
+		t.Errorf("META: %s", d)
+	}
+	want := "stagehand-" + string(running) + ".conf"
+	if got := entries(t, u.img); !contains(got, want) {
+		t.Errorf("entries %v: no uncounted %s for the active slot", got, want)
+	}
+	if def := defaultSlot(t, u.img); def != running {
+		t.Errorf("loader.conf's default is slot %s, the machine settled on %s", def, running)
+	}
+	fsckESP(t, u.img)
+	t.Logf("settled: %s after %d run(s) (%s); %s", res.ended, res.runs, res.boots, lastReasons(st, 3))
+}
+
+// stateOf is the state of slot s in sl.
+func stateOf(sl *meta.Slots, s meta.Slot) string {
+	switch s {
+	case meta.SlotA:
+		return sl.A.State
+	case meta.SlotB:
+		return sl.B.State
+	}
+	return ""
+}
+
+// lastFlowLine is the last line of prestage or of the test OS in con.
+func lastFlowLine(con string) string {
+	con = ansi.ReplaceAllString(con, "")
+	lines := strings.Split(con, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "stagehand: ") || strings.Contains(lines[i], "stagehand-testos: ") || strings.Contains(lines[i], "kexec_core") {
+			l := lines[i]
+			if j := strings.Index(l, "stagehand"); j >= 0 {
+				l = l[j:]
+			}
+			if len(l) > 110 {
+				l = l[:110] + "…"
+			}
+			return l
+		}
+	}
+	return "(none)"
+}
+
+// diskState describes META, the loader entries and the ESP of img as a cut
+// left them, read-only; it never fails (a cut may leave anything).
+func diskState(img string) string {
+	var parts []string
+	s, d, err := disk.OpenMETA(context.Background(), img, false)
+	if err != nil {
+		return "META: " + err.Error()
+	}
+	sl, err := s.Block().Slots()
+	if err != nil {
+		parts = append(parts, "META: "+err.Error())
+	} else {
+		m := fmt.Sprintf("META %s", sl.Phase)
+		if sl.Trial != "" {
+			m += fmt.Sprintf(" b×%d", sl.TriesLeft)
+		}
+		m += " active " + string(sl.Active)
+		parts = append(parts, m)
+	}
+	if dm := s.Damaged(); dm != "" {
+		parts = append(parts, "torn: "+dm)
+	}
+	r, err := d.Find(disk.LabelESP)
+	if err == nil {
+		var esp *boot.FAT
+		if esp, err = boot.OpenESP(r, r.Size); err == nil {
+			var names []string
+			if names, err = esp.ReadDir("loader/entries"); err == nil {
+				parts = append(parts, strings.Join(trimEntries(names), ","))
+			}
+			if def, derr := boot.NewSystemdBoot(esp).Default(context.Background()); derr == nil {
+				parts = append(parts, "default "+string(def))
+			}
+		}
+	}
+	if err != nil {
+		parts = append(parts, "ESP: "+err.Error())
+	}
+	if err == nil {
+		parts = append(parts, "fsck "+fsckVerdict(r))
+	}
+	d.Close()
+	return strings.Join(parts, "; ")
+}
+
+func trimEntries(names []string) []string {
+	var out []string
+	for _, n := range names {
+		out = append(out, strings.TrimSuffix(strings.TrimPrefix(n, "stagehand-"), ".conf"))
+	}
+	return out
+}
+
+// fsckVerdict runs fsck.fat -n on a copy of the ESP and sums it up.
+func fsckVerdict(r *disk.Region) string {
+	f, err := os.CreateTemp("", "esp-*.img")
+	if err != nil {
+		return err.Error()
+	}
+	defer os.Remove(f.Name())
+	_, err = io.Copy(f, io.NewSectionReader(r, 0, r.Size))
+	f.Close()
+	if err != nil {
+		return err.Error()
+	}
+	out, err := exec.Command("fsck.fat", "-n", f.Name()).CombinedOutput()
+	if err == nil && strings.Count(strings.TrimSpace(string(out)), "\n") == 1 {
+		return "clean"
+	}
+	return "dirty"
+}
+
+// damaged says which META copies of img are invalid.
+func damaged(img string) string {
+	s, d, err := disk.OpenMETA(context.Background(), img, false)
+	if err != nil {
+		return err.Error()
+	}
+	d.Close()
+	return s.Damaged()
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

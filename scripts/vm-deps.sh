@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what stagehand's VM tests need on a Debian machine, as root:
-# QEMU, OVMF, systemd-boot, the FAT and cpio tools, and two different Debian
+# QEMU, OVMF, systemd-boot, the FAT, ext4 and cpio tools, and two different Debian
 # kernels unpacked into build/kernels/{cloud,generic}/ (vmlinuz, release,
 # package, lib/modules/RELEASE/...).
 # Idempotent: packages already installed are not touched, apt-get update runs
@@ -15,7 +15,7 @@ die() {
 	exit 1
 }
 
-need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk)
+need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs)
 need_files=(
 	/usr/bin/qemu-system-x86_64
 	/usr/share/OVMF/OVMF_CODE_4M.fd
@@ -25,6 +25,7 @@ need_files=(
 	/usr/bin/mdir
 	/usr/bin/cpio
 	/usr/sbin/sgdisk
+	/usr/sbin/mkfs.ext4
 )
 
 updated=0

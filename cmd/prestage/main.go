@@ -45,6 +45,7 @@ const modulesList = "/" + initramfs.PrestageList
 
 type prestage struct {
 	start   time.Time
+	peak    string // peak memory noted before /proc went away
 	log     *log.Logger
 	params  string
 	mounted []string
@@ -135,6 +136,9 @@ func (p *prestage) run() apply.Decision {
 		p.logf("%v", err)
 	}
 	p.logf("%s: %s", d.Action, d.Reason)
+	if d.Dropped != nil {
+		p.clearDropped(dk, d.Dropped)
+	}
 	if d.Action == apply.Kexec {
 		err = p.loadKexec(ctx, dk, d.Slot)
 	}
@@ -208,6 +212,9 @@ func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot
 	if v, _ := p.param("stagehand.kexec"); v == "0" {
 		return fmt.Errorf("stagehand.kexec=0")
 	}
+	if err := checkKexecMemory(dk); err != nil {
+		return err
+	}
 	f, err := dk.Loader.OpenSlot(ctx, slot)
 	if err != nil {
 		return err
@@ -240,7 +247,7 @@ func (p *prestage) act(d apply.Decision) {
 	switch d.Action {
 	case apply.Kexec:
 		p.unmount()
-		p.logf("kexec into slot %s after %s (peak memory %s)", d.Slot, time.Since(p.start).Round(time.Millisecond), peakRSS())
+		p.logf("kexec into slot %s after %s (peak memory %s)", d.Slot, time.Since(p.start).Round(time.Millisecond), p.peakRSS())
 		if err := kexec.Exec(); err != nil {
 			p.logf("%v: rebooting through the firmware", err)
 		}
@@ -252,14 +259,17 @@ func (p *prestage) act(d apply.Decision) {
 }
 
 func (p *prestage) reboot() {
-	p.logf("rebooting through the firmware after %s (peak memory %s)", time.Since(p.start).Round(time.Millisecond), peakRSS())
+	p.logf("rebooting through the firmware after %s (peak memory %s)", time.Since(p.start).Round(time.Millisecond), p.peakRSS())
 	unix.Sync()
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
 		p.logf("reboot: %v; booting on instead", err)
 	}
 }
 
+// unmount unmounts what prestage mounted, after noting its peak memory
+// (read from /proc).
 func (p *prestage) unmount() {
+	p.peak = peakRSS()
 	unix.Sync()
 	for i := len(p.mounted) - 1; i >= 0; i-- {
 		if err := unix.Unmount(p.mounted[i], unix.MNT_DETACH); err != nil && p.mounted[i] != "/dev" {
@@ -277,7 +287,7 @@ func (p *prestage) handOff() {
 		if v, ok := p.param("stagehand.next"); ok && v != "" {
 			next = v
 		}
-		p.logf("handing off to %s after %s (peak memory %s)", next, time.Since(p.start).Round(time.Millisecond), peakRSS())
+		p.logf("handing off to %s after %s (peak memory %s)", next, time.Since(p.start).Round(time.Millisecond), p.peakRSS())
 		p.unmount()
 		args := append([]string{next}, os.Args[1:]...)
 		err := unix.Exec(next, args, os.Environ())
@@ -292,6 +302,15 @@ func (p *prestage) handOff() {
 		p.reboot()
 		select {}
 	})
+}
+
+// peakRSS is the process's peak resident memory, from /proc while it is
+// mounted, else as noted when it was unmounted.
+func (p *prestage) peakRSS() string {
+	if s := peakRSS(); s != "unknown" || p.peak == "" {
+		return s
+	}
+	return p.peak
 }
 
 // peakRSS is the process's peak resident memory (VmHWM), as the kernel

@@ -16,7 +16,7 @@ type Result struct {
 	Slot    meta.Slot // the slot now active
 	Changed bool      // false when it already was
 	Message string
-	Staged  *meta.Staged // the payload confirmed, whose bytes in STAGE may now be cleared
+	Staged  *meta.Staged // the payload confirmed or given up, whose bytes in STAGE may now be cleared
 }
 
 // Confirm marks the running slot good and makes it the default: META first
@@ -88,10 +88,11 @@ func Rollback(ctx context.Context, env *Env) (*Result, error) {
 	}
 	if s.slots.Phase == meta.PhaseTrial {
 		trial := s.slots.Trial
-		if _, err := s.rollback(ctx, fmt.Sprintf("slot %s given up by stager rollback", trial), Continue); err != nil {
+		d, err := s.rollback(ctx, fmt.Sprintf("slot %s given up by stager rollback", trial), Continue)
+		if err != nil {
 			return nil, err
 		}
-		return &Result{Slot: s.slots.Active, Changed: true, Message: fmt.Sprintf("gave up the trial of slot %s; slot %s stays the default", trial, s.slots.Active)}, nil
+		return &Result{Slot: s.slots.Active, Changed: true, Staged: d.Dropped, Message: fmt.Sprintf("gave up the trial of slot %s; slot %s stays the default", trial, s.slots.Active)}, nil
 	}
 	if s.slots.Phase != meta.PhaseIdle {
 		return nil, fmt.Errorf("%w: an upgrade is %s; cancel it (stager cancel) first", ErrRefused, s.slots.Phase)

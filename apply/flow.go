@@ -77,6 +77,9 @@ type Decision struct {
 	Action Action
 	Slot   meta.Slot // for Kexec
 	Reason string
+	// Dropped is a payload META no longer refers to (refused, or rolled
+	// back), whose bytes in STAGE the caller clears.
+	Dropped *meta.Staged
 }
 
 // state is one loaded META block with its records, changed and committed
@@ -191,12 +194,13 @@ func (s *state) reconcileDefault(ctx context.Context) error {
 
 // refuse drops the staged payload, records why, and lets this slot boot.
 func (s *state) refuse(reason string) (Decision, error) {
+	dropped := s.staged
 	s.staged = nil
 	s.block.Delete(meta.TagTalosStagedImageRef)
 	if err := s.commit(meta.PhaseIdle, "", reason); err != nil {
 		return Decision{Action: Continue, Reason: reason}, err
 	}
-	return Decision{Action: Continue, Reason: reason}, nil
+	return Decision{Action: Continue, Reason: reason, Dropped: dropped}, nil
 }
 
 // apply writes the staged payload to its target slot and arms the trial.
@@ -325,6 +329,7 @@ func (s *state) rollback(ctx context.Context, reason string, action Action) (Dec
 	ts := s.slotState(trial)
 	ts.State, ts.Reason = "bad", reason
 	s.slots.Trial, s.slots.TriesLeft = "", 0
+	dropped := s.staged
 	s.staged = nil
 	if err := s.commit(meta.PhaseIdle, trial, "rolled back: "+reason); err != nil {
 		return Decision{Action: Continue, Reason: reason}, err
@@ -335,7 +340,7 @@ func (s *state) rollback(ctx context.Context, reason string, action Action) (Dec
 	if err := s.env.Loader.SetDefault(ctx, s.slots.Active); err != nil {
 		s.env.Logf("setting the default back to slot %s: %v", s.slots.Active, err)
 	}
-	return Decision{Action: action, Slot: s.slots.Active, Reason: reason}, nil
+	return Decision{Action: action, Slot: s.slots.Active, Reason: reason, Dropped: dropped}, nil
 }
 
 // cmdlineFor is the new slot's command line: the image's own, else the

@@ -118,6 +118,11 @@ stays the default). With --reboot, reboot into it at once.`,
 			return err
 		}
 		res, err := apply.Rollback(cmd.Context(), &dk.Env)
+		if err == nil && res.Staged != nil {
+			if err := stage.Clear(dk.STAGE, res.Staged); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: clearing the given-up payload from STAGE: %v\n", err)
+			}
+		}
 		if cerr := dk.Close(); err == nil {
 			err = cerr
 		}

@@ -78,6 +78,7 @@ func patchPartition(t testing.TB, img, label string, off int64, b []byte) {
 // rolls the trial back.
 func TestScenarioWatchdog(t *testing.T) {
 	u := newUpgrade(t, "", "status,efivars", "watchdog,hang")
+	staged := status(t, u.img).Staged
 	u.m = newMachine(t, u.img, watchdogArgs...)
 	r := start(t, u.m)
 	applied(t, r)
@@ -97,6 +98,7 @@ func TestScenarioWatchdog(t *testing.T) {
 	_, reset2 := expect(t, r, "trial boot 2: the watchdog resets the machine", stepTimeout, firmware)
 	got, _ = expect(t, r, "back on a: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → idle \(slot b\): rolled back: (.*)`))
 	t.Logf("v1's prestage: rolled back: %s", got[1])
+	expect(t, r, "back on a: prestage", stepTimeout, clearedLine)
 	expectTestOS(t, r, "back on a", "v1", u.k1, meta.SlotA)
 	expect(t, r, "stager status on a", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: slot b:\s+bad\s+v2\s+slot b did not confirm`))
 	got, _ = expect(t, r, "efivars on a", stepTimeout, efivarsLine)
@@ -120,8 +122,14 @@ func TestScenarioWatchdog(t *testing.T) {
 	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b+1-1.conf"}, entries(t, u.img)); d != "" {
 		t.Errorf("entries (-want, +got):\n%s", d)
 	}
+	if b := stageBytes(t, u.img, staged.Artifacts); bytes.Count(b, []byte{0}) != len(b) || st.Staged != nil {
+		t.Errorf("after the rollback, META's staged record is %+v and %d bytes of the rolled back payload are left in STAGE", st.Staged, len(b)-bytes.Count(b, []byte{0}))
+	}
 	fsckESP(t, u.img)
 }
+
+// clearedLine is prestage's line when it clears a payload META dropped.
+var clearedLine = regexp.MustCompile(`stagehand: cleared the dropped payload from STAGE`)
 
 // TestScenarioRollback: v2 is kexec'd into and confirmed; then `stager
 // rollback` in v2 makes slot A the default again and the test OS reboots:
@@ -168,7 +176,7 @@ func TestScenarioRollback(t *testing.T) {
 // TestScenarioCorruptPayload: after `stager --image` on the host, bytes in
 // the middle of the staged kernel are flipped in STAGE. v1's prestage
 // checks the payload against META before writing anything, refuses it,
-// records why and boots v1; slot B is never touched.
+// records why, clears it from STAGE and boots v1; slot B is never touched.
 func TestScenarioCorruptPayload(t *testing.T) {
 	u := newUpgrade(t, "", "status", "status")
 	staged := status(t, u.img).Staged
@@ -204,6 +212,7 @@ func TestScenarioCorruptPayload(t *testing.T) {
 		t.Errorf("refusal %q does not name the kernel's sha256 mismatch", got[1])
 	}
 	expect(t, r, "prestage", stepTimeout, regexp.MustCompile(`stagehand: continue: staged payload refused`))
+	expect(t, r, "prestage", stepTimeout, clearedLine)
 	expectTestOS(t, r, "v1 boots on", "v1", u.k1, meta.SlotA)
 	expect(t, r, "stager status", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: staged:\s+nothing`))
 	powerDown(t, r, "v1")
@@ -233,7 +242,7 @@ func TestScenarioCorruptPayload(t *testing.T) {
 		}
 	})
 	if b := stageBytes(t, u.img, staged.Artifacts); bytes.Count(b, []byte{0}) != len(b) {
-		t.Logf("STAGE still holds %d non-zero bytes of the refused payload (META no longer refers to them)", len(b)-bytes.Count(b, []byte{0}))
+		t.Errorf("STAGE still holds %d non-zero bytes of the refused payload, which META no longer refers to", len(b)-bytes.Count(b, []byte{0}))
 	}
 	fsckESP(t, u.img)
 }

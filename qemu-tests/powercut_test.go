@@ -128,8 +128,19 @@ func TestPowerCuts(t *testing.T) {
 		fmt.Fprintf(&b, "%-20s %-8s %-100s %-5d %-20s %-10s %s\n", r.cut.name, r.cut.during, r.atCut, r.runs, r.boots, r.ended, round(r.took))
 	}
 	t.Log(b.String())
-	if dir := os.Getenv("STAGEHAND_VM_LOGS"); dir != "" {
-		os.WriteFile(filepath.Join(dir, "powercut-matrix.txt"), []byte(b.String()), 0o644)
+	// go test shows the log of a passing test only with -v: the matrix
+	// is also kept in a file.
+	dir := os.Getenv("STAGEHAND_VM_LOGS")
+	if dir == "" {
+		dir = filepath.Join(repoRoot(), "build", "qemu-tests")
+	}
+	out := filepath.Join(dir, "powercut-matrix.txt")
+	err := os.MkdirAll(dir, 0o755)
+	if err == nil {
+		err = os.WriteFile(out, []byte(b.String()), 0o644)
+	}
+	if err != nil {
+		t.Errorf("keeping the matrix: %v", err)
 	}
 }
 

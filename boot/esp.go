@@ -56,6 +56,7 @@ type FAT struct {
 	dev  Device
 	fs   *fat32.FileSystem
 	size int64
+	bufs [2][]byte // writeRuns's buffers, kept from one file to the next
 }
 
 var _ FS = (*FAT)(nil)
@@ -82,7 +83,11 @@ func FormatESP(dev Device, size int64) (*FAT, error) {
 // clean file system is not written. On a device opened read-only the repair
 // cannot write and is skipped: reading does not need it.
 func OpenESP(dev Device, size int64) (*FAT, error) {
-	_ = repairFAT(dev)
+	if changed, err := repairFAT(dev); err == nil && changed {
+		if err := dev.Sync(); err != nil {
+			return nil, fmt.Errorf("reading ESP: syncing its repair: %w", err)
+		}
+	}
 	f, err := fat32.Read(&storage{dev: dev, size: size}, size, 0, 512)
 	if err != nil {
 		return nil, fmt.Errorf("reading ESP: %w", err)
@@ -355,14 +360,23 @@ func (f *FAT) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
 	if short > 0 {
 		return fmt.Errorf("the file's clusters hold %d bytes less than its size", short)
 	}
-	// Two buffers: one filled from r while the other is written.
+	// Two buffers, as large as the largest write: one filled from r while
+	// the other is written (one for a file written at once).
 	type filled struct {
 		buf []byte
 		err error
 	}
 	free, full, stop := make(chan []byte, 2), make(chan filled, 2), make(chan struct{})
-	free <- disk.AlignedBuffer(writeChunk)
-	free <- disk.AlignedBuffer(writeChunk)
+	size := int64(0)
+	for _, p := range pieces {
+		size = max(size, p.n)
+	}
+	for i := range min(len(pieces), 2) {
+		if int64(len(f.bufs[i])) < size {
+			f.bufs[i] = disk.AlignedBuffer(int(size))
+		}
+		free <- f.bufs[i]
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -523,10 +537,18 @@ func (f *FAT) Remove(name string) error {
 }
 
 // Sync implements FS: it repairs what go-diskfs leaves wrong (see
-// repairFAT), syncs the device and reads the file system again.
+// repairFAT), syncs the device, and reads the file system again when the
+// repair changed it.
 func (f *FAT) Sync() error {
-	if err := repairFAT(f.dev); err != nil {
+	changed, err := repairFAT(f.dev)
+	if err != nil {
 		return fmt.Errorf("ESP: %w", err)
+	}
+	if err := f.dev.Sync(); err != nil {
+		return fmt.Errorf("ESP: %w", err)
+	}
+	if !changed {
+		return nil
 	}
 	fs, err := fat32.Read(&storage{dev: f.dev, size: f.size}, f.size, 0, 512)
 	if err != nil {

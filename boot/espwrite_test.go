@@ -205,3 +205,41 @@ func TestPlan(t *testing.T) {
 		}
 	}
 }
+
+// countingDevice counts its syncs.
+type countingDevice struct {
+	*os.File
+	syncs int
+}
+
+func (c *countingDevice) Sync() error { c.syncs++; return c.File.Sync() }
+
+// TestFATSyncSyncs: Sync makes the writes durable whether or not the
+// repair found anything to put right (it synced only after a repair).
+func TestFATSyncSyncs(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "esp.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Truncate(100 << 20)
+	dev := &countingDevice{File: f}
+	esp, err := FormatESP(dev, 100<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, write := range []bool{false, true, false} {
+		if write {
+			if err := esp.WriteFile("loader/loader.conf", strings.NewReader("timeout 0\n")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := dev.syncs
+		if err := esp.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if dev.syncs == before {
+			t.Errorf("Sync %d (after a write: %v) did not sync the device", i, write)
+		}
+	}
+}

@@ -11,18 +11,19 @@ import (
 // that it does not free are freed, the ".." entries of directories in the
 // root point to cluster 0 (go-diskfs writes the root's cluster), and the
 // FSInfo sector gets the true free cluster count. It reads and writes dev
-// directly; the go-diskfs file system must be read again afterwards.
-func repairFAT(dev Device) error {
+// directly, and says whether it wrote anything: then the go-diskfs file
+// system must be read again, and dev synced. It does not sync.
+func repairFAT(dev Device) (bool, error) {
 	bs := make([]byte, 512)
 	if _, err := dev.ReadAt(bs, 0); err != nil {
-		return fmt.Errorf("reading the boot sector: %w", err)
+		return false, fmt.Errorf("reading the boot sector: %w", err)
 	}
 	le16 := func(b []byte, off int) int64 { return int64(binary.LittleEndian.Uint16(b[off:])) }
 	le32 := func(b []byte, off int) int64 { return int64(binary.LittleEndian.Uint32(b[off:])) }
 	bps, spc, reserved, nfats := le16(bs, 11), int64(bs[13]), le16(bs, 14), int64(bs[16])
 	total, fatSectors, root, fsinfo := le32(bs, 32), le32(bs, 36), uint32(le32(bs, 44)), le16(bs, 48)
 	if bps < 512 || spc == 0 || nfats == 0 || fatSectors == 0 || binary.LittleEndian.Uint16(bs[510:]) != 0xaa55 {
-		return errors.New("not a FAT32 boot sector")
+		return false, errors.New("not a FAT32 boot sector")
 	}
 	dataStart := (reserved + nfats*fatSectors) * bps
 	clusterSize := spc * bps
@@ -31,7 +32,7 @@ func repairFAT(dev Device) error {
 
 	fatBytes := make([]byte, fatSectors*bps)
 	if _, err := dev.ReadAt(fatBytes, reserved*bps); err != nil {
-		return fmt.Errorf("reading the FAT: %w", err)
+		return false, fmt.Errorf("reading the FAT: %w", err)
 	}
 	next := func(c uint32) uint32 { return binary.LittleEndian.Uint32(fatBytes[4*c:]) & 0x0fffffff }
 	used := make([]bool, maxCluster+1)
@@ -97,7 +98,7 @@ func repairFAT(dev Device) error {
 		return nil
 	}
 	if err := walk(root, false, 0); err != nil {
-		return err
+		return false, err
 	}
 
 	changed := false
@@ -117,7 +118,7 @@ func repairFAT(dev Device) error {
 	if changed {
 		for i := int64(0); i < nfats; i++ {
 			if _, err := dev.WriteAt(fatBytes, (reserved+i*fatSectors)*bps); err != nil {
-				return fmt.Errorf("writing FAT %d: %w", i+1, err)
+				return false, fmt.Errorf("writing FAT %d: %w", i+1, err)
 			}
 		}
 	}
@@ -128,7 +129,7 @@ func repairFAT(dev Device) error {
 			continue
 		}
 		if _, err := dev.ReadAt(fi, sector*bps); err != nil {
-			return fmt.Errorf("reading FSInfo: %w", err)
+			return false, fmt.Errorf("reading FSInfo: %w", err)
 		}
 		if binary.LittleEndian.Uint32(fi) != 0x41615252 {
 			continue
@@ -139,12 +140,9 @@ func repairFAT(dev Device) error {
 		binary.LittleEndian.PutUint32(fi[488:], uint32(free))
 		binary.LittleEndian.PutUint32(fi[492:], firstFree)
 		if _, err := dev.WriteAt(fi, sector*bps); err != nil {
-			return fmt.Errorf("writing FSInfo: %w", err)
+			return false, fmt.Errorf("writing FSInfo: %w", err)
 		}
 		changed = true
 	}
-	if !changed && !wrote {
-		return nil // nothing to put right: nothing written
-	}
-	return dev.Sync()
+	return changed || wrote, nil
 }

@@ -7,7 +7,7 @@ BUILD     := build
 FUZZTIME  ?= 30s
 CMDS      := stager
 
-.PHONY: all build test unit qemu-test demo bench fuzz deps lint clean
+.PHONY: all build test unit qemu-test demo bench bench-go fuzz deps lint clean
 
 all: build
 
@@ -39,7 +39,15 @@ demo: deps build
 	@scripts/deps.sh demo
 	$(GO) run ./qemu-tests/demo -root . -out $(BUILD)/demo
 
+# Measures stagehand against baselines run in the same invocation and
+# against its budgets: Go benchmarks on the host, boots under QEMU (OVMF,
+# systemd-boot, Debian kernels). Writes build/bench/report.md and
+# report.json; fails when a budget is missed. About 15 minutes.
 bench: deps
+	$(GO) run ./qemu-tests/bench -root . -out $(BUILD)/bench $(BENCHFLAGS)
+
+# Every Go benchmark, once, without budgets.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # Runs every fuzz target for FUZZTIME each.

@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -573,8 +574,52 @@ func (s *storage) Sys() (*os.File, error)                  { return nil, backend
 func (s *storage) Writable() (backend.WritableFile, error) { return s, nil }
 func (s *storage) Path() string                            { return "" }
 
-func (s *storage) ReadAt(p []byte, off int64) (int, error)  { return s.dev.ReadAt(p, off) }
-func (s *storage) WriteAt(p []byte, off int64) (int, error) { return s.dev.WriteAt(p, off) }
+func (s *storage) ReadAt(p []byte, off int64) (int, error) { return s.dev.ReadAt(p, off) }
+
+// WriteAt writes through writeChanged: go-diskfs writes both copies of the
+// whole FAT at every allocation, and most of it is as it was.
+func (s *storage) WriteAt(p []byte, off int64) (int, error) {
+	if err := writeChanged(s.dev, p, off); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// diffBlock is the unit in which writeChanged compares.
+const diffBlock = 4096
+
+// writeChanged writes p at off, leaving out the diffBlock blocks that the
+// device already holds: of a large write (the whole FAT, rewritten by
+// go-diskfs at every allocation, and by repairFAT) only what changed
+// reaches the page cache, and a sync has that much to flush. Small writes
+// go through as they are.
+func writeChanged(dev Device, p []byte, off int64) error {
+	if len(p) < 16*diffBlock {
+		_, err := dev.WriteAt(p, off)
+		return err
+	}
+	cur := make([]byte, len(p))
+	if n, _ := dev.ReadAt(cur, off); n < len(p) {
+		_, err := dev.WriteAt(p, off) // not all readable: write it all
+		return err
+	}
+	for i := 0; i < len(p); {
+		if bytes.Equal(p[i:min(i+diffBlock, len(p))], cur[i:min(i+diffBlock, len(p))]) {
+			i += diffBlock
+			continue
+		}
+		j := i + diffBlock
+		for j < len(p) && !bytes.Equal(p[j:min(j+diffBlock, len(p))], cur[j:min(j+diffBlock, len(p))]) {
+			j += diffBlock
+		}
+		j = min(j, len(p))
+		if _, err := dev.WriteAt(p[i:j], off+int64(i)); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
 
 func (s *storage) Read(p []byte) (int, error) {
 	n, err := s.dev.ReadAt(p, s.off)

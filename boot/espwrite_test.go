@@ -243,3 +243,53 @@ func TestFATSyncSyncs(t *testing.T) {
 		}
 	}
 }
+
+// recordingDevice records the bytes written to it.
+type recordingDevice struct {
+	*os.File
+	written int
+}
+
+func (r *recordingDevice) WriteAt(p []byte, off int64) (int, error) {
+	r.written += len(p)
+	return r.File.WriteAt(p, off)
+}
+
+// TestWriteChanged: of a large write only the blocks that differ reach the
+// device, and it then holds exactly what was written.
+func TestWriteChanged(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "dev"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	old := randomBytes(1, 600<<10)
+	f.WriteAt(old, 4096)
+	dev := &recordingDevice{File: f}
+	p := bytes.Clone(old)
+	p[0] ^= 1              // first block
+	p[100000] ^= 1         // a block in the middle
+	p[len(p)-1] ^= 1       // the last block
+	p[diffBlock*50+7] ^= 1 // two blocks in a row
+	p[diffBlock*51+diffBlock-1] ^= 1
+	if err := writeChanged(dev, p, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if dev.written != 5*diffBlock {
+		t.Errorf("wrote %d bytes, want the 5 changed blocks (%d)", dev.written, 5*diffBlock)
+	}
+	got := make([]byte, len(p))
+	f.ReadAt(got, 4096)
+	if !bytes.Equal(got, p) {
+		t.Error("the device does not hold what was written")
+	}
+	// Small writes, and writes past the end of what the device holds, go through whole.
+	dev.written = 0
+	if err := writeChanged(dev, old[:1000], 4096); err != nil || dev.written != 1000 {
+		t.Errorf("a small write wrote %d bytes (%v), want all 1000", dev.written, err)
+	}
+	dev.written = 0
+	if err := writeChanged(dev, p, 1<<20); err != nil || dev.written != len(p) {
+		t.Errorf("a write past the end wrote %d bytes (%v), want all %d", dev.written, err, len(p))
+	}
+}

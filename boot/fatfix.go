@@ -117,7 +117,7 @@ func repairFAT(dev Device) (bool, error) {
 	}
 	if changed {
 		for i := int64(0); i < nfats; i++ {
-			if _, err := dev.WriteAt(fatBytes, (reserved+i*fatSectors)*bps); err != nil {
+			if err := writeChanged(dev, fatBytes, (reserved+i*fatSectors)*bps); err != nil {
 				return false, fmt.Errorf("writing FAT %d: %w", i+1, err)
 			}
 		}

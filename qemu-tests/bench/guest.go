@@ -252,7 +252,11 @@ func (g *guest) noop(m *vm.Machine, variant, log string) (*noopBoot, error) {
 	if err == nil {
 		_, _, err = p.wait(osVersion, time.Minute)
 	}
-	if offErr := p.off(time.Minute); err == nil {
+	grace := time.Minute
+	if err != nil {
+		grace = 0
+	}
+	if offErr := p.off(grace); err == nil {
 		err = offErr
 	}
 	if err != nil {
@@ -360,7 +364,12 @@ func (g *guest) upgrade(template, variant, dir string, memMB int) (*upgrade, err
 		u.Version, u.Uname = vv[1], vv[2]
 		return nil
 	}()
-	if offErr := p.off(time.Minute); err == nil {
+	// A boot that went nowhere is not waited for.
+	grace := time.Minute
+	if err != nil {
+		grace = 0
+	}
+	if offErr := p.off(grace); err == nil {
 		err = offErr
 	}
 	if err != nil {

@@ -165,6 +165,7 @@ func benchApply(b *testing.B, size int) {
 		verify = append(verify, t.writeStart.Sub(start).Seconds())
 		direct = append(direct, d.Seconds())
 		ratio = append(ratio, d.Seconds()/t.writeEnd.Sub(t.writeStart).Seconds())
+		b.Logf("run %d: apply %v, write %v, direct write %v", len(total), end.Sub(start).Round(time.Millisecond), t.writeEnd.Sub(t.writeStart).Round(100*time.Microsecond), d.Round(100*time.Microsecond))
 	}
 	b.StopTimer()
 	run(false)

@@ -90,7 +90,12 @@ func median(xs []float64) float64 {
 // num formats a value of unit.
 func num(v float64, unit string) string {
 	switch unit {
-	case "MB/s", "ms", "kB":
+	case "ms":
+		if v < 10 {
+			return fmt.Sprintf("%.1f", v)
+		}
+		return fmt.Sprintf("%.0f", v)
+	case "MB/s", "kB":
 		return fmt.Sprintf("%.0f", v)
 	case "s":
 		return fmt.Sprintf("%.2f", v)

@@ -42,7 +42,7 @@ demo: deps build
 # Measures stagehand against baselines run in the same invocation and
 # against its budgets: Go benchmarks on the host, boots under QEMU (OVMF,
 # systemd-boot, Debian kernels). Writes build/bench/report.md and
-# report.json; fails when a budget is missed. About 15 minutes.
+# report.json; fails when a budget is missed. 6-13 minutes here.
 bench: deps
 	$(GO) run ./qemu-tests/bench -root . -out $(BUILD)/bench $(BENCHFLAGS)
 

@@ -226,7 +226,15 @@ func ms(s string) float64 {
 	return float64(d) / float64(time.Millisecond)
 }
 
+// waitStep bounds each wait for the next line of a boot.
 const waitStep = 4 * time.Minute
+
+// bootWait bounds the wait for v2's init once prestage has left through
+// kexec or the firmware: 12 s here through the firmware with the VM tests'
+// slot, 30 s with a 128 MiB slot in a 512 MiB VM; a firmware that hangs
+// silently (a 128 MiB slot in a 256 MiB VM, at times) is not waited for
+// longer.
+const bootWait = 100 * time.Second
 
 // noopBoot is one boot of a disk with nothing staged, up to the OS init's
 // first line.
@@ -352,7 +360,7 @@ func (g *guest) upgrade(template, variant, dir string, memMB int) (*upgrade, err
 		if _, nm, ok := find(lines, noKexec); ok {
 			u.Why = nm[1]
 		}
-		v2, _, err := p.wait(osFirstLine, waitStep)
+		v2, _, err := p.wait(osFirstLine, bootWait)
 		if err != nil {
 			return err
 		}

@@ -214,7 +214,7 @@ func (b *bench) noop(g *guest) {
 		machines[v] = m
 	}
 	var runs []*noopBoot
-	var pre, init, ownMS, modMS, totalMS, peak, pair, preMain []float64
+	var pre, plain, ownMS, modMS, totalMS, peak, pair, preMain []float64
 	for i := range *boots {
 		order := []string{"init", "prestage"}
 		if i%2 == 1 {
@@ -235,7 +235,7 @@ func (b *bench) noop(g *guest) {
 				ownMS, modMS, totalMS, peak = append(ownMS, nb.Own), append(modMS, nb.Modules), append(totalMS, nb.Prestage), append(peak, nb.PeakKB)
 				preMain = append(preMain, nb.PreMain)
 			} else {
-				init = append(init, nb.ToInit)
+				plain = append(plain, nb.ToInit)
 			}
 			b.logf("  boot %d rdinit=/%s: kernel start → init's first line %.2f s (kernel started %.2f s after power on; guest clock rate %.3f)%s", i+1, v, nb.ToInit, nb.KernelAt, nb.ClockRate,
 				map[bool]string{true: fmt.Sprintf("; prestage %.0f ms, modules %.0f ms, own %.0f ms", nb.Prestage, nb.Modules, nb.Own), false: ""}[v == "prestage"])
@@ -246,9 +246,9 @@ func (b *bench) noop(g *guest) {
 	load := b.watch.during(t0, b.now())
 	fig.Load, own.Load = load, load
 	fig.Measured = measure("rdinit=/prestage", "s", pre)
-	base := measure("rdinit=/init", "s", init)
+	base := measure("rdinit=/init", "s", plain)
 	fig.Baseline = &base
-	over := (median(pre)/median(init) - 1) * 100
+	over := (median(pre)/median(plain) - 1) * 100
 	fig.Ratio = &Measure{Label: "overhead", Value: over, Min: slices.Min(pair), Max: slices.Max(pair), Unit: "%", Runs: len(pair)}
 	fig.Pass = over <= 5
 	fig.Note = fmt.Sprintf("overhead = median(prestage)/median(init) − 1; its spread is boot pair by boot pair. Kernel start is read from the kernel's console timestamps (the smallest arrival − timestamp over its lines); the guest clock ran at %.3f host s per guest s (median). prestage's peak memory %.0f kB (median)",

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -250,5 +254,60 @@ func TestFindByPartUUID(t *testing.T) {
 	}
 	if _, err := FindByPartUUID("/sys/block", "/dev", "00000000-0000-0000-0000-000000000001"); !errors.Is(err, ErrBootDiskUnknown) {
 		t.Errorf("unknown GUID: %v", err)
+	}
+}
+
+// TestMountPoint mounts a loop device's ESP and finds it, and nothing for
+// the partitions not mounted, nor for an image file.
+func TestMountPoint(t *testing.T) {
+	img := disktest.Image(t, filepath.Join(t.TempDir(), "d.img"), disktest.Layout())
+	dev := disktest.Loop(t, img)
+	d, err := Open(dev, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	esp, err := d.Find(LabelESP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stagePart, err := d.Find(LabelSTAGE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// losetup --partscan makes no partition devices on some kernels
+	// (this CI's among them); partx adds them.
+	if b, err := exec.Command("partx", "--add", dev).CombinedOutput(); err != nil {
+		t.Fatalf("partx --add %s: %v: %s", dev, err, b)
+	}
+	defer exec.Command("partx", "--delete", dev).Run()
+	part := dev + "p" + strconv.Itoa(esp.Index)
+	// ext4, not vfat: any file system does, and some CI kernels lack vfat.
+	if b, err := exec.Command("mkfs.ext4", "-q", part).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 %s: %v: %s", part, err, b)
+	}
+	dir := filepath.Join(t.TempDir(), "esp dir") // a space, escaped in mountinfo
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(part, dir, "ext4", 0, ""); err != nil {
+		t.Fatalf("mounting %s: %v", part, err)
+	}
+	defer unix.Unmount(dir, 0)
+	for _, tc := range []struct {
+		index int
+		want  string
+	}{{esp.Index, dir}, {stagePart.Index, ""}, {99, ""}} {
+		if got, err := d.MountPoint(tc.index); err != nil || got != tc.want {
+			t.Errorf("MountPoint(%d) = %q, %v; want %q", tc.index, got, err, tc.want)
+		}
+	}
+	fd, err := Open(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	if got, err := fd.MountPoint(esp.Index); err != nil || got != "" {
+		t.Errorf("image file: MountPoint = %q, %v; want \"\"", got, err)
 	}
 }

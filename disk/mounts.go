@@ -28,8 +28,18 @@ func (d *Disk) MountPoint(index int) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", sys, err)
 	}
+	// The disk's partitions are the directories named after it (vda1,
+	// nvme0n1p1); only those are read, not every attribute: prestage asks
+	// at every boot.
+	name := ""
+	if l, err := os.Readlink(sys); err == nil {
+		name = filepath.Base(l)
+	}
 	dev := ""
 	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), name) || e.Name() == name {
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(sys, e.Name(), "partition"))
 		if err != nil {
 			continue

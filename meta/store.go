@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,21 +53,31 @@ type Store struct {
 func Load(dev Device, name string) (*Store, error) {
 	s := &Store{dev: dev, name: name, newest: -1}
 	blocks := [2]*Block{}
-	buf := make([]byte, BlockSize)
+	// One read for both copies; a copy the same as the first (as both are
+	// after a clean commit) is not checked twice: the boot path reads
+	// META at every boot.
+	buf := make([]byte, 2*BlockSize)
+	if n, err := dev.ReadAt(buf, 0); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("reading META copy %d on %s at offset %d: %w", n/BlockSize+1, name, int64(n/BlockSize)*BlockSize, err)
+	}
 	for i := range s.copies {
 		c := &s.copies[i]
 		c.Offset = int64(i) * BlockSize
-		if _, err := dev.ReadAt(buf, c.Offset); err != nil {
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return nil, fmt.Errorf("reading META copy %d on %s at offset %d: %w", i+1, name, c.Offset, err)
-		}
-		if allZero(buf) {
+		b := buf[c.Offset : c.Offset+BlockSize]
+		switch {
+		case i == 1 && bytes.Equal(b, buf[:BlockSize]):
+			c.Valid, c.Blank, c.Generation, c.Err = s.copies[0].Valid, s.copies[0].Blank, s.copies[0].Generation, s.copies[0].Err
+			blocks[i] = blocks[0]
+		case allZero(b):
 			c.Valid, c.Blank, blocks[i] = true, true, &Block{}
-		} else if blocks[i], c.Err = Unmarshal(buf); c.Err == nil {
-			c.Generation, c.Err = generation(blocks[i])
-			c.Valid = c.Err == nil
+		default:
+			if blocks[i], c.Err = Unmarshal(b); c.Err == nil {
+				c.Generation, c.Err = generation(blocks[i])
+				c.Valid = c.Err == nil
+			}
 		}
 		if c.Valid && (s.newest < 0 || c.Generation > s.copies[s.newest].Generation) {
 			s.newest = i

@@ -4,7 +4,7 @@
 # runs only when something is missing.
 set -euo pipefail
 
-need_pkgs=(util-linux dosfstools mtools time)
+need_pkgs=(util-linux dosfstools mtools time e2fsprogs)
 # make demo stages from a real registry: Debian's docker-registry.
 if [[ ${1:-} == demo ]]; then
 	need_pkgs+=(docker-registry)

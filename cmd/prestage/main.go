@@ -50,6 +50,7 @@ type prestage struct {
 	params  string
 	mounted []string
 	debug   bool
+	last    time.Time // when the last step logged by stepf ended
 	handoff sync.Once
 }
 
@@ -79,6 +80,20 @@ func (p *prestage) debugf(format string, args ...any) {
 	}
 }
 
+// stepf logs, with stagehand.debug, a step that just ended and how long
+// it took: where a slow boot spends its time.
+func (p *prestage) stepf(format string, args ...any) {
+	if !p.debug {
+		return
+	}
+	now := time.Now()
+	if p.last.IsZero() {
+		p.last = p.start
+	}
+	p.log.Printf("%s (%s)", fmt.Sprintf(format, args...), now.Sub(p.last).Round(10*time.Microsecond))
+	p.last = now
+}
+
 func (p *prestage) param(key string) (string, bool) { return cmdline.Get(p.params, key) }
 
 // setup mounts devtmpfs, proc and sysfs, and logs to /dev/kmsg with the
@@ -102,12 +117,13 @@ func (p *prestage) setup() {
 		p.params = string(b)
 	}
 	_, p.debug = p.param("stagehand.debug")
-	p.debugf("command line: %s", strings.TrimSpace(p.params))
+	p.stepf("set up; command line: %s", strings.TrimSpace(p.params))
 }
 
 // run decides what this boot does; any error means: boot on as it is.
 func (p *prestage) run() apply.Decision {
 	p.loadModules()
+	p.stepf("modules loaded")
 	path, err := p.bootDisk()
 	if err != nil {
 		p.logf("%v; booting on", err)
@@ -118,6 +134,7 @@ func (p *prestage) run() apply.Decision {
 		p.logf("EFI variables: %v; booting on", err)
 		return apply.Decision{Action: apply.Continue}
 	}
+	p.stepf("EFI variables opened")
 	ctx := context.Background()
 	dk, err := apply.Open(ctx, path, vars)
 	if err != nil {
@@ -126,7 +143,7 @@ func (p *prestage) run() apply.Decision {
 	}
 	slot, _ := p.param("stagehand.slot")
 	dk.Booted = meta.Slot(slot)
-	p.debugf("boot disk %s, META generation %d, booted slot %q", path, dk.Store.Generation(), slot)
+	p.stepf("opened boot disk %s: META generation %d, booted slot %q", path, dk.Store.Generation(), slot)
 	dk.Logf = p.logf
 	if d := dk.Store.Damaged(); d != "" {
 		p.logf("META on %s: %s; the next write repairs it", dk.Store.Name(), d)
@@ -135,6 +152,7 @@ func (p *prestage) run() apply.Decision {
 	if err != nil {
 		p.logf("%v", err)
 	}
+	p.stepf("decided")
 	p.logf("%s: %s", d.Action, d.Reason)
 	if d.Dropped != nil {
 		p.clearDropped(dk, d.Dropped)
@@ -145,6 +163,7 @@ func (p *prestage) run() apply.Decision {
 	if cerr := dk.Close(); cerr != nil {
 		p.logf("closing %s: %v", path, cerr)
 	}
+	p.stepf("closed %s", path)
 	if err != nil {
 		p.logf("%v: rebooting through the firmware, which boots slot %s once", err, d.Slot)
 		d.Action = apply.Reboot
@@ -188,14 +207,17 @@ func (p *prestage) bootDisk() (string, error) {
 	} else if err != unix.EBUSY {
 		return "", fmt.Errorf("mounting efivarfs: %v", err)
 	}
+	p.stepf("mounted efivarfs")
 	uuid, err := disk.BootedPartUUID(disk.EFIVarsDir)
 	if err != nil {
 		return "", err
 	}
+	p.stepf("read the booted partition: %s", uuid)
 	end := time.Now().Add(diskWait)
 	for {
 		path, err := disk.FindByPartUUID("/sys/block", "/dev", uuid)
 		if err == nil {
+			p.stepf("found the boot disk")
 			return path, nil
 		}
 		if time.Now().After(end) {

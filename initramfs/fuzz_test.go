@@ -30,38 +30,3 @@ func FuzzModinfo(f *testing.F) {
 		}
 	})
 }
-
-// FuzzModulesDep: whatever ParseModulesDep accepts marshals to a file that
-// parses to the same map, and LoadOrder never loads a module twice.
-func FuzzModulesDep(f *testing.F) {
-	f.Add([]byte("kernel/a.ko:\nkernel/b.ko: kernel/a.ko\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := ParseModulesDep(b)
-		if err != nil {
-			return
-		}
-		again, err := ParseModulesDep(m.Marshal())
-		if err != nil {
-			t.Fatalf("re-parsing %q: %v", m.Marshal(), err)
-		}
-		if d := cmp.Diff(m, again, cmp.Transformer("nilEmpty", func(s []string) []string {
-			if len(s) == 0 {
-				return nil
-			}
-			return s
-		})); d != "" {
-			t.Fatalf("round trip (-first, +second):\n%s", d)
-		}
-		order, err := m.LoadOrder()
-		if err != nil {
-			return
-		}
-		seen := map[string]bool{}
-		for _, p := range order {
-			if seen[p] {
-				t.Fatalf("%s loaded twice", p)
-			}
-			seen[p] = true
-		}
-	})
-}

@@ -3,7 +3,7 @@ package initramfs
 import (
 	"bytes"
 	"fmt"
-	"sort"
+	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"strings"
 )
 
@@ -36,7 +36,7 @@ func ParseModinfo(b []byte) (Modinfo, error) {
 			if err := checkModName(string(v)); err != nil {
 				return Modinfo{}, fmt.Errorf("modinfo: name: %w", err)
 			}
-			mi.Name = ModuleName(string(v))
+			mi.Name = kmod.Name(string(v))
 		case "depends":
 			if seenDeps {
 				return Modinfo{}, fmt.Errorf("modinfo: two depends= entries")
@@ -64,7 +64,7 @@ func ParseDepends(v string) ([]string, error) {
 		if err := checkModName(d); err != nil {
 			return nil, fmt.Errorf("modinfo: depends=%q: %w", v, err)
 		}
-		d = ModuleName(d)
+		d = kmod.Name(d)
 		if !seen[d] {
 			seen[d] = true
 			deps = append(deps, d)
@@ -83,13 +83,6 @@ func (mi Modinfo) Marshal() []byte {
 	return b.Bytes()
 }
 
-// ModuleName normalises a module or file name to the kernel's form:
-// without .ko and with underscores for dashes.
-func ModuleName(s string) string {
-	s = strings.TrimSuffix(s, ".ko")
-	return strings.ReplaceAll(s, "-", "_")
-}
-
 func checkModName(s string) error {
 	if s == "" {
 		return fmt.Errorf("empty module name")
@@ -100,78 +93,4 @@ func checkModName(s string) error {
 		}
 	}
 	return nil
-}
-
-// ModulesDep is a parsed modules.dep: for each module path (relative to
-// lib/modules/RELEASE), the paths of all the modules it needs, the one to
-// load first last (depmod's order).
-type ModulesDep map[string][]string
-
-// Marshal writes modules.dep, sorted by module path.
-func (m ModulesDep) Marshal() []byte {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b bytes.Buffer
-	for _, k := range keys {
-		b.WriteString(k + ":")
-		for _, d := range m[k] {
-			b.WriteString(" " + d)
-		}
-		b.WriteByte('\n')
-	}
-	return b.Bytes()
-}
-
-// ParseModulesDep reads a modules.dep.
-func ParseModulesDep(b []byte) (ModulesDep, error) {
-	m := ModulesDep{}
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		mod, deps, ok := strings.Cut(line, ":")
-		mod = strings.TrimSpace(mod)
-		if !ok || mod == "" || strings.ContainsAny(mod, " \t") {
-			return nil, fmt.Errorf("modules.dep line %d: %q is not \"module: deps\"", i+1, line)
-		}
-		if _, dup := m[mod]; dup {
-			return nil, fmt.Errorf("modules.dep line %d: %s listed twice", i+1, mod)
-		}
-		m[mod] = strings.Fields(deps)
-	}
-	return m, nil
-}
-
-// LoadOrder returns the module paths to load, dependencies first, so that
-// every module in m is loaded once.
-func (m ModulesDep) LoadOrder() ([]string, error) {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var order []string
-	done := map[string]bool{}
-	for _, k := range keys {
-		deps := m[k]
-		for i := len(deps) - 1; i >= 0; i-- {
-			d := deps[i]
-			if _, ok := m[d]; !ok {
-				return nil, fmt.Errorf("modules.dep: %s needs %s, which has no line of its own", k, d)
-			}
-			if !done[d] {
-				done[d] = true
-				order = append(order, d)
-			}
-		}
-		if !done[k] {
-			done[k] = true
-			order = append(order, k)
-		}
-	}
-	return order, nil
 }

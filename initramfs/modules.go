@@ -5,6 +5,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"io/fs"
 	"os"
 	"path"
@@ -40,10 +41,10 @@ func OpenModules(dir string) (*Modules, error) {
 		if ext != "" {
 			// Compressed (.ko.xz, .ko.zst): would need decompressing before
 			// finit_module; Debian's 6.1 kernels ship plain .ko.
-			t.byName[ModuleName(base)] = "!" + rel
+			t.byName[kmod.Name(base)] = "!" + rel
 			return nil
 		}
-		mn := ModuleName(base)
+		mn := kmod.Name(base)
 		if old, ok := t.byName[mn]; ok {
 			return fmt.Errorf("module %s is both %s and %s", mn, old, rel)
 		}
@@ -59,7 +60,7 @@ func OpenModules(dir string) (*Modules, error) {
 	if f, err := os.Open(filepath.Join(dir, "modules.builtin")); err == nil {
 		s := bufio.NewScanner(f)
 		for s.Scan() {
-			t.builtin[ModuleName(path.Base(strings.TrimSpace(s.Text())))] = true
+			t.builtin[kmod.Name(path.Base(strings.TrimSpace(s.Text())))] = true
 		}
 		f.Close()
 	}
@@ -84,7 +85,7 @@ func (t *Modules) Resolve(names ...string) ([]Module, error) {
 	state := map[string]int{} // 1 visiting, 2 done
 	var visit func(name string, chain []string) error
 	visit = func(name string, chain []string) error {
-		name = ModuleName(name)
+		name = kmod.Name(name)
 		switch state[name] {
 		case 1:
 			return fmt.Errorf("kernel modules depend on each other in a cycle: %s", strings.Join(append(chain, name), " -> "))
@@ -152,7 +153,7 @@ func readModinfo(p string) (Modinfo, error) {
 type moduleSet struct {
 	tree *Modules
 	mods map[string]Module
-	root string // where the modules go in the archive: lib/modules, or PrestageModules
+	root string // where the modules go in the archive: lib/modules, or kmod.PrestageDir
 }
 
 // AddModules adds the named modules of t and their dependencies under
@@ -207,7 +208,7 @@ func (s *moduleSet) depsOf(m Module) []string {
 
 func (s *moduleSet) files() []File {
 	root := path.Join(s.root, s.tree.release)
-	dep := ModulesDep{}
+	dep := kmod.Dep{}
 	names := make([]string, 0, len(s.mods))
 	for n := range s.mods {
 		names = append(names, n)

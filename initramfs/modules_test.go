@@ -2,6 +2,7 @@ package initramfs
 
 import (
 	"bytes"
+	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -46,32 +47,6 @@ func TestParseModinfo(t *testing.T) {
 				t.Errorf("(-want, +got):\n%s", d)
 			}
 		})
-	}
-}
-
-func TestModulesDep(t *testing.T) {
-	in := "kernel/b.ko: kernel/a.ko\nkernel/c.ko: kernel/b.ko kernel/a.ko\nkernel/a.ko:\n"
-	m, err := ParseModulesDep([]byte(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := string(m.Marshal()); got != "kernel/a.ko:\nkernel/b.ko: kernel/a.ko\nkernel/c.ko: kernel/b.ko kernel/a.ko\n" {
-		t.Errorf("Marshal = %q", got)
-	}
-	order, err := m.LoadOrder()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := cmp.Diff([]string{"kernel/a.ko", "kernel/b.ko", "kernel/c.ko"}, order); d != "" {
-		t.Errorf("LoadOrder (-want, +got):\n%s", d)
-	}
-	for _, bad := range []string{"nocolon\n", "a.ko: b.ko\na.ko:\n", ": x\n", "a b.ko:\n"} {
-		if _, err := ParseModulesDep([]byte(bad)); err == nil {
-			t.Errorf("ParseModulesDep(%q) succeeded", bad)
-		}
-	}
-	if _, err := (ModulesDep{"a.ko": {"b.ko"}}).LoadOrder(); err == nil {
-		t.Error("LoadOrder with a missing dependency line succeeded")
 	}
 }
 
@@ -136,7 +111,7 @@ func TestDebianModules(t *testing.T) {
 	}
 	raw := make([]byte, depRec.FileSize)
 	depRec.ReadAt(raw, 0)
-	dep, err := ParseModulesDep(raw)
+	dep, err := kmod.ParseDep(raw)
 	if err != nil {
 		t.Fatal(err)
 	}

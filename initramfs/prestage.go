@@ -2,17 +2,13 @@ package initramfs
 
 import (
 	"fmt"
+	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"strings"
 )
 
-// Where the pre-stage init finds what the builder puts in for it. Its
-// modules live apart from lib/modules so that an archive appended to the
-// OS's initramfs never shadows the OS's own modules.dep.
-const (
-	PrestagePath    = "prestage"
-	PrestageModules = "stagehand/modules" // + /RELEASE/{modules.dep,kernel/...}
-	PrestageList    = "etc/stagehand/modules"
-)
+// PrestagePath is where the pre-stage init goes in the archive; its
+// modules go where package kmod says.
+const PrestagePath = "prestage"
 
 // PrestageOptions are the inputs of the pre-stage part of an initramfs.
 type PrestageOptions struct {
@@ -35,8 +31,8 @@ func (a *Archive) AddPrestage(o PrestageOptions) error {
 	if o.Modules == nil {
 		return fmt.Errorf("modules %s asked for, but no module tree given", strings.Join(o.Names, ", "))
 	}
-	if _, err := a.addModules(PrestageModules, o.Modules, o.Names...); err != nil {
+	if _, err := a.addModules(kmod.PrestageDir, o.Modules, o.Names...); err != nil {
 		return err
 	}
-	return a.Add(File{Path: PrestageList, Data: []byte(strings.Join(o.Names, "\n") + "\n"), Mode: 0o644})
+	return a.Add(File{Path: kmod.PrestageList, Data: []byte(strings.Join(o.Names, "\n") + "\n"), Mode: 0o644})
 }

@@ -28,7 +28,7 @@ import (
 	"github.com/stagehand-dev/stagehand/cmdline"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
-	"github.com/stagehand-dev/stagehand/initramfs"
+	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"github.com/stagehand-dev/stagehand/kexec"
 	"github.com/stagehand-dev/stagehand/meta"
 )
@@ -41,7 +41,7 @@ const (
 )
 
 // modulesList names the modules the initramfs builder put in for prestage.
-const modulesList = "/" + initramfs.PrestageList
+const modulesList = "/" + kmod.PrestageList
 
 type prestage struct {
 	start   time.Time
@@ -188,7 +188,7 @@ func (p *prestage) loadModules() {
 	unix.Uname(&u)
 	start := time.Now()
 	p.debugf("loading modules %s", strings.Join(names, ","))
-	loaded, err := initramfs.LoadModules("/"+initramfs.PrestageModules+"/"+unix.ByteSliceToString(u.Release[:]), names...)
+	loaded, err := kmod.Load("/"+kmod.PrestageDir+"/"+unix.ByteSliceToString(u.Release[:]), names...)
 	if err != nil {
 		p.logf("loading modules: %v", err)
 	}

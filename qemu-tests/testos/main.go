@@ -26,7 +26,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stagehand-dev/stagehand/initramfs"
+	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -169,33 +169,11 @@ func cmdline() map[string]string {
 }
 
 // loadModules loads every module of /lib/modules/RELEASE/modules.dep,
-// dependencies first.
+// dependencies first; it returns how many it loaded (none when prestage
+// loaded them all before).
 func loadModules(release string) (int, error) {
-	dir := filepath.Join("/lib/modules", release)
-	b, err := os.ReadFile(filepath.Join(dir, "modules.dep"))
-	if err != nil {
-		return 0, err
-	}
-	dep, err := initramfs.ParseModulesDep(b)
-	if err != nil {
-		return 0, err
-	}
-	order, err := dep.LoadOrder()
-	if err != nil {
-		return 0, err
-	}
-	for _, m := range order {
-		f, err := os.Open(filepath.Join(dir, m))
-		if err != nil {
-			return 0, err
-		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
-		f.Close()
-		if err != nil && err != unix.EEXIST {
-			return 0, fmt.Errorf("finit_module %s: %w", m, err)
-		}
-	}
-	return len(order), nil
+	loaded, err := kmod.LoadAll(filepath.Join("/lib/modules", release))
+	return len(loaded), err
 }
 
 func powerOff() {

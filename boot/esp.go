@@ -1,7 +1,6 @@
 package boot
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/diskfs/go-diskfs/backend"
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/filesystem/fat12"
 	"github.com/diskfs/go-diskfs/filesystem/fat32"
@@ -55,9 +53,14 @@ const ESPLabel = "EFI"
 // has mounted (the pre-stage init, `stager disk init`).
 type FAT struct {
 	dev  Device
+	st   *storage // dev as go-diskfs writes it
 	fs   *fat32.FileSystem
 	size int64
 	bufs [2][]byte // writeRuns's buffers, kept from one file to the next
+	// repair: something go-diskfs leaves wrong beyond the FSInfo counts
+	// may be on the device (a directory made, a file removed without its
+	// clusters freed): the next Sync runs repairFAT.
+	repair bool
 }
 
 var _ FS = (*FAT)(nil)
@@ -68,11 +71,12 @@ func FormatESP(dev Device, size int64) (*FAT, error) {
 		// mtools and fsck.fat reject go-diskfs's 64 MiB FAT32 (NOTES.md).
 		return nil, errors.New("formatting ESP: a FAT32 of exactly 64 MiB is not readable by every tool; use another size")
 	}
-	f, err := fat32.Create(&storage{dev: dev, size: size}, size, 0, 512, ESPLabel, false)
+	st := newStorage(dev, size)
+	f, err := fat32.Create(st, size, 0, 512, ESPLabel, false)
 	if err != nil {
 		return nil, fmt.Errorf("formatting ESP: %w", err)
 	}
-	esp := &FAT{dev: dev, fs: f, size: size}
+	esp := &FAT{dev: dev, st: st, fs: f, size: size, repair: true}
 	if err := esp.Sync(); err != nil {
 		return nil, fmt.Errorf("formatting ESP: %w", err)
 	}
@@ -84,16 +88,19 @@ func FormatESP(dev Device, size int64) (*FAT, error) {
 // clean file system is not written. On a device opened read-only the repair
 // cannot write and is skipped: reading does not need it.
 func OpenESP(dev Device, size int64) (*FAT, error) {
-	if changed, err := repairFAT(dev); err == nil && changed {
-		if err := dev.Sync(); err != nil {
+	st := newStorage(dev, size)
+	r, rerr := repairFAT(st)
+	if rerr == nil && r.any() {
+		if err := st.Sync(); err != nil {
 			return nil, fmt.Errorf("reading ESP: syncing its repair: %w", err)
 		}
 	}
-	f, err := fat32.Read(&storage{dev: dev, size: size}, size, 0, 512)
+	f, err := fat32.Read(st, size, 0, 512)
 	if err != nil {
 		return nil, fmt.Errorf("reading ESP: %w", err)
 	}
-	return &FAT{dev: dev, fs: f, size: size}, nil
+	// A repair that failed is tried again at the first Sync.
+	return &FAT{dev: dev, st: st, fs: f, size: size, repair: rerr != nil}, nil
 }
 
 func espPath(name string) string { return "/" + strings.TrimPrefix(path.Clean("/"+name), "/") }
@@ -248,32 +255,47 @@ type directDevice interface {
 // the device can (see writeRuns); it must hold exactly that much. Any other
 // reader is written through go-diskfs in writeChunk pieces (go-diskfs
 // allocates clusters and writes the whole FAT at each write, and writes a
-// cluster at a time).
+// cluster at a time). A file that exists is truncated and written in
+// place: its clusters are freed for the new bytes.
 func (f *FAT) WriteFile(name string, r io.Reader) error {
 	p := espPath(name)
-	if dir := path.Dir(p); dir != "/" {
-		if err := f.fs.Mkdir(dir); err != nil {
-			return fmt.Errorf("ESP: creating %s: %w", dir, err)
-		}
-	}
-	if ok, err := f.exists(name); err != nil {
-		return err
-	} else if ok {
-		// go-diskfs's Remove leaves the file's clusters allocated (until
-		// repairFAT at the next Sync): truncating first frees all but the
-		// first, so that the new file can take the old one's place.
-		if t, err := f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC); err == nil {
-			t.Close()
-		}
-		if err := f.fs.Remove(p); err != nil {
-			return fmt.Errorf("ESP: replacing %s: %w", p, err)
-		}
-	}
-	w, err := f.fs.OpenFile(p, os.O_CREATE|os.O_RDWR)
+	n, sized := readerSize(r)
+	old, err := f.exists(name)
 	if err != nil {
-		return fmt.Errorf("ESP: creating %s: %w", p, err)
+		return err
 	}
-	if n, ok := readerSize(r); ok {
+	if !old && len(f.st.freed) > 0 && !f.fits(0) {
+		// Too few clusters for a new file and its directories, but for
+		// those go-diskfs does not know are free.
+		if err := f.reload(); err != nil {
+			return err
+		}
+	}
+	if dir := path.Dir(p); dir != "/" && !old {
+		if ok, err := f.exists(dir); err != nil {
+			return err
+		} else if !ok {
+			if err := f.fs.Mkdir(dir); err != nil {
+				return fmt.Errorf("ESP: creating %s: %w", dir, err)
+			}
+			f.repair = true // go-diskfs's ".." of a directory in the root
+		}
+	}
+	w, err := f.create(p, old)
+	if err != nil {
+		return err
+	}
+	if len(f.st.freed) > 0 && (!sized || !f.fits(n)) {
+		// The clusters go-diskfs does not know are free may be needed.
+		w.Close()
+		if err := f.reload(); err != nil {
+			return err
+		}
+		if w, err = f.fs.OpenFile(p, os.O_RDWR); err != nil {
+			return fmt.Errorf("ESP: opening %s: %w", p, err)
+		}
+	}
+	if sized {
 		err = f.writeSized(w, r, n)
 	} else {
 		err = writeChunked(w, r)
@@ -284,6 +306,96 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("ESP: writing %s: %w", p, err)
 	}
+	return nil
+}
+
+// create returns the file at p (an espPath), empty, open for writing: the
+// file there truncated when old, or a new one.
+func (f *FAT) create(p string, old bool) (filesystem.File, error) {
+	if old {
+		// Truncating frees all clusters but the first, which the file
+		// keeps: it is written where it is.
+		w, err := f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC)
+		if err != nil {
+			return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
+		}
+		if fi, err := w.Stat(); err == nil && !fi.IsDir() {
+			if cs, err := clusterChain(w); err == nil && len(cs) == 1 && cs[0] >= 2 {
+				return w, nil
+			}
+		}
+		// No cluster (an empty file of another writer), a directory:
+		// removed and made again.
+		w.Close()
+		if err := f.remove(p); err != nil {
+			return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
+		}
+	}
+	w, err := f.fs.OpenFile(p, os.O_CREATE|os.O_RDWR)
+	if err != nil {
+		return nil, fmt.Errorf("ESP: creating %s: %w", p, err)
+	}
+	return w, nil
+}
+
+// clusterChain returns the clusters of a go-diskfs file.
+func clusterChain(fl filesystem.File) ([]uint32, error) {
+	c, ok := fl.(interface{ GetClusterChain() ([]uint32, error) })
+	if !ok {
+		return nil, fmt.Errorf("go-diskfs file %T does not say where its clusters are", fl)
+	}
+	return c.GetClusterChain()
+}
+
+// remove removes the file at p (an espPath) through
+// go-diskfs, and frees its clusters, which go-diskfs's Remove leaves
+// allocated: truncation frees all but the first in go-diskfs's table; that
+// one the storage frees on the device once the directory entry is gone,
+// and at every later write of the FAT (go-diskfs holds it as used and so
+// never hands it out). When the clusters are not known, the next Sync's
+// repairFAT frees them.
+func (f *FAT) remove(p string) error {
+	var chain []uint32
+	if t, err := f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC); err == nil {
+		chain, _ = clusterChain(t)
+		t.Close()
+	}
+	if err := f.fs.Remove(p); err != nil {
+		return err
+	}
+	if _, err := f.st.geometry(); err != nil || len(chain) == 0 {
+		f.repair = true
+		return nil
+	}
+	if err := f.st.release(chain); err != nil {
+		f.repair = true
+		return fmt.Errorf("freeing its clusters: %w", err)
+	}
+	return nil
+}
+
+// fits tells whether go-diskfs has the clusters for n bytes more, and a few
+// for directories, without those it does not know are free.
+func (f *FAT) fits(n int64) bool {
+	g, err := f.st.geometry()
+	if err != nil {
+		return false
+	}
+	free, err := f.st.freeClusters()
+	if err != nil {
+		return false
+	}
+	return (n+g.clusterSize()-1)/g.clusterSize()+4 <= free-int64(len(f.st.freed))
+}
+
+// reload reads the go-diskfs file system again, from what the device
+// holds: it then knows the clusters freed behind its back.
+func (f *FAT) reload() error {
+	fs, err := fat32.Read(f.st, f.size, 0, 512)
+	if err != nil {
+		return fmt.Errorf("ESP: reading it again: %w", err)
+	}
+	f.fs, f.st.freed = fs, nil
 	return nil
 }
 
@@ -357,6 +469,7 @@ func (f *FAT) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
 			}()
 		}
 	}
+	f.st.written = true // the data area, where the storage keeps no shadow
 	pieces, short := plan(runs, n, dw != nil)
 	if short > 0 {
 		return fmt.Errorf("the file's clusters hold %d bytes less than its size", short)
@@ -513,7 +626,7 @@ func (f *FAT) Rename(from, to string) error {
 	if ok, err := f.exists(to); err != nil {
 		return err
 	} else if ok && !strings.EqualFold(espPath(from), espPath(to)) {
-		if err := f.fs.Remove(espPath(to)); err != nil {
+		if err := f.remove(espPath(to)); err != nil {
 			return fmt.Errorf("ESP: renaming %s over %s: %w", espPath(from), espPath(to), err)
 		}
 	}
@@ -531,115 +644,41 @@ func (f *FAT) Remove(name string) error {
 		}
 		return err
 	}
-	if err := f.fs.Remove(espPath(name)); err != nil {
+	if err := f.remove(espPath(name)); err != nil {
 		return fmt.Errorf("ESP: removing %s: %w", espPath(name), err)
 	}
 	return nil
 }
 
-// Sync implements FS: it repairs what go-diskfs leaves wrong (see
-// repairFAT), syncs the device, and reads the file system again when the
-// repair changed it.
+// Sync implements FS: it puts right what go-diskfs leaves wrong and syncs
+// the device. Most changes leave only the FSInfo sector's counts wrong
+// (go-diskfs writes those it read at every allocation), set from the FAT
+// as it was last written; after a directory was made, or a file removed
+// whose clusters are not known, repairFAT walks the whole file system, and
+// the file system is read again when it freed clusters. With nothing
+// written since the last Sync, there is nothing to do.
 func (f *FAT) Sync() error {
-	changed, err := repairFAT(f.dev)
-	if err != nil {
-		return fmt.Errorf("ESP: %w", err)
+	if f.repair {
+		r, err := repairFAT(f.st)
+		if err != nil {
+			return fmt.Errorf("ESP: %w", err)
+		}
+		if r.FAT {
+			if err := f.reload(); err != nil {
+				return err
+			}
+		}
+		f.repair, f.st.fsinfoStale = false, false
+	} else if f.st.written {
+		if err := f.st.fixFSInfo(); err != nil {
+			return fmt.Errorf("ESP: %w", err)
+		}
 	}
-	if err := f.dev.Sync(); err != nil {
-		return fmt.Errorf("ESP: %w", err)
-	}
-	if !changed {
+	if !f.st.written {
 		return nil
 	}
-	fs, err := fat32.Read(&storage{dev: f.dev, size: f.size}, f.size, 0, 512)
-	if err != nil {
-		return fmt.Errorf("ESP: reading it again: %w", err)
-	}
-	f.fs = fs
-	return nil
-}
-
-// storage adapts a Device to go-diskfs's backend.Storage.
-type storage struct {
-	dev  Device
-	size int64
-	off  int64
-}
-
-var _ backend.Storage = (*storage)(nil)
-
-func (s *storage) Stat() (fs.FileInfo, error)              { return nil, backend.ErrNotSuitable }
-func (s *storage) Close() error                            { return nil }
-func (s *storage) Sys() (*os.File, error)                  { return nil, backend.ErrNotSuitable }
-func (s *storage) Writable() (backend.WritableFile, error) { return s, nil }
-func (s *storage) Path() string                            { return "" }
-
-func (s *storage) ReadAt(p []byte, off int64) (int, error) { return s.dev.ReadAt(p, off) }
-
-// WriteAt writes through writeChanged: go-diskfs writes both copies of the
-// whole FAT at every allocation, and most of it is as it was.
-func (s *storage) WriteAt(p []byte, off int64) (int, error) {
-	if err := writeChanged(s.dev, p, off); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-// diffBlock is the unit in which writeChanged compares.
-const diffBlock = 4096
-
-// writeChanged writes p at off, leaving out the diffBlock blocks that the
-// device already holds: of a large write (the whole FAT, rewritten by
-// go-diskfs at every allocation, and by repairFAT) only what changed
-// reaches the page cache, and a sync has that much to flush. Small writes
-// go through as they are.
-func writeChanged(dev Device, p []byte, off int64) error {
-	if len(p) < 16*diffBlock {
-		_, err := dev.WriteAt(p, off)
-		return err
-	}
-	cur := make([]byte, len(p))
-	if n, _ := dev.ReadAt(cur, off); n < len(p) {
-		_, err := dev.WriteAt(p, off) // not all readable: write it all
-		return err
-	}
-	for i := 0; i < len(p); {
-		if bytes.Equal(p[i:min(i+diffBlock, len(p))], cur[i:min(i+diffBlock, len(p))]) {
-			i += diffBlock
-			continue
-		}
-		j := i + diffBlock
-		for j < len(p) && !bytes.Equal(p[j:min(j+diffBlock, len(p))], cur[j:min(j+diffBlock, len(p))]) {
-			j += diffBlock
-		}
-		j = min(j, len(p))
-		if _, err := dev.WriteAt(p[i:j], off+int64(i)); err != nil {
-			return err
-		}
-		i = j
+	if err := f.st.Sync(); err != nil {
+		return fmt.Errorf("ESP: %w", err)
 	}
 	return nil
-}
-
-func (s *storage) Read(p []byte) (int, error) {
-	n, err := s.dev.ReadAt(p, s.off)
-	s.off += int64(n)
-	return n, err
-}
-
-func (s *storage) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += s.off
-	case io.SeekEnd:
-		offset += s.size
-	default:
-		return 0, errors.New("seek: bad whence")
-	}
-	if offset < 0 {
-		return 0, errors.New("seek: negative offset")
-	}
-	s.off = offset
-	return offset, nil
 }

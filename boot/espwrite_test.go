@@ -206,16 +206,22 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-// countingDevice counts its syncs.
+// countingDevice counts its syncs and the bytes written to it.
 type countingDevice struct {
 	*os.File
-	syncs int
+	syncs, written int
 }
 
 func (c *countingDevice) Sync() error { c.syncs++; return c.File.Sync() }
 
-// TestFATSyncSyncs: Sync makes the writes durable whether or not the
-// repair found anything to put right (it synced only after a repair).
+func (c *countingDevice) WriteAt(p []byte, off int64) (int, error) {
+	c.written += len(p)
+	return c.File.WriteAt(p, off)
+}
+
+// TestFATSyncSyncs: Sync makes the writes durable whether or not there
+// was anything to put right (it once synced only after a repair), and with
+// nothing written since the last Sync it neither writes nor syncs.
 func TestFATSyncSyncs(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "esp.img"))
 	if err != nil {
@@ -228,19 +234,119 @@ func TestFATSyncSyncs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, write := range []bool{false, true, false} {
-		if write {
-			if err := esp.WriteFile("loader/loader.conf", strings.NewReader("timeout 0\n")); err != nil {
-				t.Fatal(err)
-			}
+	for i, c := range []struct {
+		name string
+		op   func() error
+		sync bool
+	}{
+		{"nothing", func() error { return nil }, false},
+		{"a new file", func() error { return esp.WriteFile("loader/loader.conf", strings.NewReader("timeout 0\n")) }, true},
+		{"nothing again", func() error { return nil }, false},
+		{"reads", func() error { _, err := esp.ReadFile("loader/loader.conf"); return err }, false},
+		{"a file replaced", func() error { return esp.WriteFile("loader/loader.conf", strings.NewReader("timeout 1\n")) }, true},
+		{"a rename", func() error { return esp.Rename("loader/loader.conf", "loader/x.conf") }, true},
+		{"a remove", func() error { return esp.Remove("loader/x.conf") }, true},
+	} {
+		if err := c.op(); err != nil {
+			t.Fatalf("%d %s: %v", i, c.name, err)
 		}
 		before := dev.syncs
+		written := dev.written
 		if err := esp.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		if dev.syncs == before {
-			t.Errorf("Sync %d (after a write: %v) did not sync the device", i, write)
+		if synced := dev.syncs > before; synced != c.sync {
+			t.Errorf("Sync after %s synced the device: %v, want %v", c.name, synced, c.sync)
 		}
+		if !c.sync && dev.written != written {
+			t.Errorf("Sync after %s wrote %d bytes", c.name, dev.written-written)
+		}
+	}
+}
+
+// TestFATSyncRepairs: after each change and a Sync, the ESP is as repairFAT
+// would leave it (Sync runs it whole only where go-diskfs can have left
+// more than the FSInfo counts wrong), and fsck.fat finds nothing.
+func TestFATSyncRepairs(t *testing.T) {
+	esp, img := newESP(t, 100<<20)
+	big, small := randomBytes(1, 3<<20+5), randomBytes(2, 5000)
+	for _, c := range []struct {
+		name string
+		op   func() error
+	}{
+		{"a file in new directories", func() error { return esp.WriteFile("stagehand/a/vmlinuz", bytes.NewReader(big)) }},
+		{"a file in a new directory in one that is", func() error { return esp.WriteFile("stagehand/b/vmlinuz", bytes.NewReader(small)) }},
+		{"replaced by a smaller one", func() error { return esp.WriteFile("stagehand/a/vmlinuz", bytes.NewReader(small)) }},
+		{"replaced by a larger one", func() error { return esp.WriteFile("stagehand/a/vmlinuz", bytes.NewReader(big)) }},
+		{"replaced through go-diskfs", func() error { return esp.WriteFile("stagehand/a/vmlinuz", unsized{bytes.NewReader(small)}) }},
+		{"replaced in another directory", func() error { return esp.WriteFile("stagehand/b/vmlinuz", bytes.NewReader(big)) }},
+		{"removed", func() error { return esp.Remove("stagehand/a/vmlinuz") }},
+		{"renamed over another", func() error {
+			if err := esp.WriteFile("stagehand/b/new", bytes.NewReader(small)); err != nil {
+				return err
+			}
+			return esp.Rename("stagehand/b/new", "stagehand/b/vmlinuz")
+		}},
+	} {
+		if err := c.op(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if err := esp.Sync(); err != nil {
+			t.Fatalf("%s: Sync: %v", c.name, err)
+		}
+		if r, err := repairFAT(esp.dev); err != nil || r.any() {
+			t.Errorf("%s: after Sync, repairFAT put right %+v (%v)", c.name, r, err)
+		}
+		out := fsckFAT(t, img)
+		if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 {
+			t.Errorf("%s: fsck.fat -n said more than its banner and summary:\n%s", c.name, out)
+		}
+	}
+}
+
+// TestFATFreedReused: a cluster of a removed file, which go-diskfs still
+// holds as allocated, is written again when the ESP has no other.
+func TestFATFreedReused(t *testing.T) {
+	esp, img := newESP(t, 100<<20)
+	for _, name := range []string{"dir/a", "dir/b", "dir/c"} {
+		if err := esp.WriteFile(name, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free, err := esp.st.freeClusters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := esp.st.geo.clusterSize()
+	// All the rest.
+	if err := esp.WriteFile("fill", bytes.NewReader(make([]byte, free*cs))); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"dir/a", "dir/b"} {
+		if err := esp.Remove(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := esp.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if free, _ := esp.st.freeClusters(); free != 2 || len(esp.st.freed) != 2 {
+		t.Fatalf("%d clusters free, %d of them unknown to go-diskfs; want 2, 2", free, len(esp.st.freed))
+	}
+	// Two clusters, for a new file: go-diskfs must learn of both.
+	want := randomBytes(3, int(cs)+1)
+	if err := esp.WriteFile("dir/d", bytes.NewReader(want)); err != nil {
+		t.Fatal(err)
+	}
+	if err := esp.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := esp.ReadFile("dir/d"); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("read back %d bytes, %v", len(got), err)
+	}
+	out := fsckFAT(t, img)
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 {
+		t.Errorf("fsck.fat -n said more than its banner and summary:\n%s", out)
 	}
 }
 
@@ -255,8 +361,9 @@ func (r *recordingDevice) WriteAt(p []byte, off int64) (int, error) {
 	return r.File.WriteAt(p, off)
 }
 
-// TestWriteChanged: of a large write only the blocks that differ reach the
-// device, and it then holds exactly what was written.
+// TestWriteChanged: of a large write only the blocks that differ from what
+// the device holds reach it (read first, then remembered), and it then
+// holds exactly what was written.
 func TestWriteChanged(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "dev"))
 	if err != nil {
@@ -266,30 +373,49 @@ func TestWriteChanged(t *testing.T) {
 	old := randomBytes(1, 600<<10)
 	f.WriteAt(old, 4096)
 	dev := &recordingDevice{File: f}
-	p := bytes.Clone(old)
-	p[0] ^= 1              // first block
-	p[100000] ^= 1         // a block in the middle
-	p[len(p)-1] ^= 1       // the last block
-	p[diffBlock*50+7] ^= 1 // two blocks in a row
-	p[diffBlock*51+diffBlock-1] ^= 1
-	if err := writeChanged(dev, p, 4096); err != nil {
+	st := newStorage(dev, 2<<20)
+	for i, change := range [][]int{
+		{0, 100000, len(old) - 1, diffBlock*50 + 7, diffBlock*51 + diffBlock - 1}, // first, middle, last, two in a row
+		{diffBlock * 10, 5},
+		{},
+	} {
+		p := bytes.Clone(old)
+		blocks := map[int]bool{}
+		for _, c := range change {
+			p[c] ^= 1
+			blocks[c/diffBlock] = true
+		}
+		dev.written = 0
+		if _, err := st.WriteAt(p, 4096); err != nil {
+			t.Fatal(err)
+		}
+		if dev.written != len(blocks)*diffBlock {
+			t.Errorf("write %d wrote %d bytes, want the %d changed blocks (%d)", i, dev.written, len(blocks), len(blocks)*diffBlock)
+		}
+		got := make([]byte, len(p))
+		f.ReadAt(got, 4096)
+		if !bytes.Equal(got, p) {
+			t.Errorf("write %d: the device does not hold what was written", i)
+		}
+		old = p
+	}
+	// A small write overlapping the region is remembered.
+	small := randomBytes(2, 100)
+	if _, err := st.WriteAt(small, 4096+diffBlock*3+50); err != nil {
 		t.Fatal(err)
 	}
-	if dev.written != 5*diffBlock {
-		t.Errorf("wrote %d bytes, want the 5 changed blocks (%d)", dev.written, 5*diffBlock)
-	}
-	got := make([]byte, len(p))
-	f.ReadAt(got, 4096)
-	if !bytes.Equal(got, p) {
-		t.Error("the device does not hold what was written")
+	copy(old[diffBlock*3+50:], small)
+	dev.written = 0
+	if _, err := st.WriteAt(old, 4096); err != nil || dev.written != 0 {
+		t.Errorf("rewriting what the device holds wrote %d bytes (%v)", dev.written, err)
 	}
 	// Small writes, and writes past the end of what the device holds, go through whole.
 	dev.written = 0
-	if err := writeChanged(dev, old[:1000], 4096); err != nil || dev.written != 1000 {
+	if _, err := st.WriteAt(old[:1000], 1<<20); err != nil || dev.written != 1000 {
 		t.Errorf("a small write wrote %d bytes (%v), want all 1000", dev.written, err)
 	}
 	dev.written = 0
-	if err := writeChanged(dev, p, 1<<20); err != nil || dev.written != len(p) {
-		t.Errorf("a write past the end wrote %d bytes (%v), want all %d", dev.written, err, len(p))
+	if _, err := st.WriteAt(old, 2<<20); err != nil || dev.written != len(old) {
+		t.Errorf("a write past the end wrote %d bytes (%v), want all %d", dev.written, err, len(old))
 	}
 }

@@ -6,33 +6,40 @@ import (
 	"fmt"
 )
 
+// repaired says what repairFAT put right.
+type repaired struct {
+	FAT    bool // clusters no file uses were freed
+	Dirs   bool // a directory's ".." was set to the root
+	FSInfo bool // the free cluster count and next free cluster were set
+}
+
+// any tells whether repairFAT wrote anything.
+func (r repaired) any() bool { return r.FAT || r.Dirs || r.FSInfo }
+
 // repairFAT puts right what go-diskfs v1.9.4 leaves wrong on a FAT32, so
 // that fsck.fat finds nothing: the clusters of removed or replaced files
 // that it does not free are freed, the ".." entries of directories in the
 // root point to cluster 0 (go-diskfs writes the root's cluster), and the
 // FSInfo sector gets the true free cluster count. It reads and writes dev
-// directly, and says whether it wrote anything: then the go-diskfs file
-// system must be read again, and dev synced. It does not sync.
-func repairFAT(dev Device) (bool, error) {
+// directly, each FAT copy in one write (a storage writes only what
+// changed), and says what it wrote: when it freed clusters, the go-diskfs
+// file system must be read again (its table still holds them), and dev
+// must be synced in any case. It does not sync.
+func repairFAT(dev Device) (repaired, error) {
+	var r repaired
 	bs := make([]byte, 512)
 	if _, err := dev.ReadAt(bs, 0); err != nil {
-		return false, fmt.Errorf("reading the boot sector: %w", err)
+		return r, fmt.Errorf("reading the boot sector: %w", err)
 	}
-	le16 := func(b []byte, off int) int64 { return int64(binary.LittleEndian.Uint16(b[off:])) }
-	le32 := func(b []byte, off int) int64 { return int64(binary.LittleEndian.Uint32(b[off:])) }
-	bps, spc, reserved, nfats := le16(bs, 11), int64(bs[13]), le16(bs, 14), int64(bs[16])
-	total, fatSectors, root, fsinfo := le32(bs, 32), le32(bs, 36), uint32(le32(bs, 44)), le16(bs, 48)
-	if bps < 512 || spc == 0 || nfats == 0 || fatSectors == 0 || binary.LittleEndian.Uint16(bs[510:]) != 0xaa55 {
-		return false, errors.New("not a FAT32 boot sector")
+	g, err := parseGeometry(bs)
+	if err != nil {
+		return r, err
 	}
-	dataStart := (reserved + nfats*fatSectors) * bps
-	clusterSize := spc * bps
-	count := (total - reserved - nfats*fatSectors) / spc // data clusters, numbered from 2
-	maxCluster := uint32(count + 1)
+	clusterSize, maxCluster := g.clusterSize(), g.maxCluster
 
-	fatBytes := make([]byte, fatSectors*bps)
-	if _, err := dev.ReadAt(fatBytes, reserved*bps); err != nil {
-		return false, fmt.Errorf("reading the FAT: %w", err)
+	fatBytes := make([]byte, g.fatBytes())
+	if _, err := dev.ReadAt(fatBytes, g.fatOffset(0)); err != nil {
+		return r, fmt.Errorf("reading the FAT: %w", err)
 	}
 	next := func(c uint32) uint32 { return binary.LittleEndian.Uint32(fatBytes[4*c:]) & 0x0fffffff }
 	used := make([]bool, maxCluster+1)
@@ -49,7 +56,6 @@ func repairFAT(dev Device) (bool, error) {
 	}
 	// walk marks what the directory at cluster dir holds; a directory in
 	// the root has its ".." set to 0.
-	wrote := false // a directory was put right
 	var walk func(dir uint32, parentIsRoot bool, depth int) error
 	walk = func(dir uint32, parentIsRoot bool, depth int) error {
 		if depth > 64 {
@@ -57,7 +63,7 @@ func repairFAT(dev Device) (bool, error) {
 		}
 		buf := make([]byte, clusterSize)
 		for _, c := range chain(dir) {
-			off := dataStart + int64(c-2)*clusterSize
+			off := g.clusterOffset(c)
 			if _, err := dev.ReadAt(buf, off); err != nil {
 				return fmt.Errorf("reading directory cluster %d: %w", c, err)
 			}
@@ -81,7 +87,7 @@ func repairFAT(dev Device) (bool, error) {
 						dirty = true
 					}
 				case e[11]&0x10 != 0:
-					if err := walk(first, dir == root, depth+1); err != nil {
+					if err := walk(first, dir == g.root, depth+1); err != nil {
 						return err
 					}
 				default:
@@ -92,57 +98,28 @@ func repairFAT(dev Device) (bool, error) {
 				if _, err := dev.WriteAt(buf, off); err != nil {
 					return fmt.Errorf("writing directory cluster %d: %w", c, err)
 				}
-				wrote = true
+				r.Dirs = true
 			}
 		}
 		return nil
 	}
-	if err := walk(root, false, 0); err != nil {
-		return false, err
+	if err := walk(g.root, false, 0); err != nil {
+		return r, err
 	}
 
-	changed := false
-	free, firstFree := int64(0), uint32(0)
 	for c := uint32(2); c <= maxCluster; c++ {
 		if !used[c] && next(c) != 0 {
 			binary.LittleEndian.PutUint32(fatBytes[4*c:], binary.LittleEndian.Uint32(fatBytes[4*c:])&0xf0000000)
-			changed = true
+			r.FAT = true
 		}
-		if next(c) == 0 {
-			free++
-			if firstFree == 0 {
-				firstFree = c
+	}
+	if r.FAT {
+		for i := range g.nfats {
+			if _, err := dev.WriteAt(fatBytes, g.fatOffset(i)); err != nil {
+				return r, fmt.Errorf("writing FAT %d: %w", i+1, err)
 			}
 		}
 	}
-	if changed {
-		for i := int64(0); i < nfats; i++ {
-			if err := writeChanged(dev, fatBytes, (reserved+i*fatSectors)*bps); err != nil {
-				return false, fmt.Errorf("writing FAT %d: %w", i+1, err)
-			}
-		}
-	}
-	// FSInfo, and its copy in the backup boot area.
-	fi := make([]byte, 512)
-	for _, sector := range []int64{fsinfo, le16(bs, 50) + fsinfo} {
-		if sector == 0 || sector >= reserved {
-			continue
-		}
-		if _, err := dev.ReadAt(fi, sector*bps); err != nil {
-			return false, fmt.Errorf("reading FSInfo: %w", err)
-		}
-		if binary.LittleEndian.Uint32(fi) != 0x41615252 {
-			continue
-		}
-		if binary.LittleEndian.Uint32(fi[488:]) == uint32(free) && binary.LittleEndian.Uint32(fi[492:]) == firstFree {
-			continue
-		}
-		binary.LittleEndian.PutUint32(fi[488:], uint32(free))
-		binary.LittleEndian.PutUint32(fi[492:], firstFree)
-		if _, err := dev.WriteAt(fi, sector*bps); err != nil {
-			return false, fmt.Errorf("writing FSInfo: %w", err)
-		}
-		changed = true
-	}
-	return changed || wrote, nil
+	r.FSInfo, err = writeFSInfo(dev, g, g.countFree(fatBytes, 0, len(fatBytes)), g.firstFree(fatBytes))
+	return r, err
 }

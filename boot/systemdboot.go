@@ -182,14 +182,17 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 	if err != nil {
 		return err
 	}
-	// The old entry goes first: a slot half written must not be bootable.
+	// The old entry goes first, for good: a slot half written must not be
+	// bootable.
 	for _, n := range old {
 		if err := s.esp.Remove(path.Join(entriesDir, n.String())); err != nil {
 			return fmt.Errorf("installing slot %s: %w", slot, err)
 		}
 	}
-	if err := s.esp.Sync(); err != nil {
-		return fmt.Errorf("installing slot %s: %w", slot, err)
+	if len(old) > 0 {
+		if err := s.esp.Sync(); err != nil {
+			return fmt.Errorf("installing slot %s: %w", slot, err)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err

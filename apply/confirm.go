@@ -45,7 +45,7 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 		if err := s.commit(meta.PhaseIdle, booted, fmt.Sprintf("confirmed slot %s (%s); slot %s is the previous", booted, ts.Version, prev)); err != nil {
 			return nil, err
 		}
-		if err := finishDefault(ctx, env, booted); err != nil {
+		if err := s.finishDefault(ctx, booted); err != nil {
 			return nil, err
 		}
 		return &Result{Slot: booted, Changed: true, Staged: confirmed, Message: fmt.Sprintf("confirmed slot %s (%s): it is the default now; slot %s is kept for rollback", booted, ts.Version, prev)}, nil
@@ -53,7 +53,7 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 		return nil, fmt.Errorf("%w: slot %s is on trial but this system booted from slot %s; the trial is rolled back at the next boot", ErrRefused, s.slots.Trial, booted)
 	case booted == s.slots.Active && s.slotState(booted).State == "good":
 		// Already confirmed: make sure the bootloader agrees.
-		if err := finishDefault(ctx, env, booted); err != nil {
+		if err := s.finishDefault(ctx, booted); err != nil {
 			return nil, err
 		}
 		return &Result{Slot: booted, Message: fmt.Sprintf("slot %s is already confirmed and the default", booted)}, nil
@@ -63,16 +63,20 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 	return nil, fmt.Errorf("%w: slot %s is %q, not on trial", ErrRefused, booted, s.slotState(booted).State)
 }
 
-// finishDefault brings the bootloader in line with a confirmed slot.
-func finishDefault(ctx context.Context, env *Env, slot meta.Slot) error {
-	if err := env.Loader.Bless(ctx, slot); err != nil {
+// finishDefault brings the bootloader in line with a confirmed slot, then
+// records in META that it is.
+func (s *state) finishDefault(ctx context.Context, slot meta.Slot) error {
+	if err := s.env.Loader.Bless(ctx, slot); err != nil {
 		return fmt.Errorf("blessing slot %s: %w", slot, err)
 	}
-	if err := env.Loader.SetDefault(ctx, slot); err != nil {
+	if err := s.env.Loader.SetDefault(ctx, slot); err != nil {
 		return fmt.Errorf("making slot %s the default: %w", slot, err)
 	}
-	if err := env.Loader.ClearBootOnce(ctx); err != nil {
+	if err := s.env.Loader.ClearBootOnce(ctx); err != nil {
 		return fmt.Errorf("clearing boot-once: %w", err)
+	}
+	if err := s.loaderSettled(ctx); err != nil {
+		return fmt.Errorf("recording the default in META: %w", err)
 	}
 	return nil
 }
@@ -112,7 +116,7 @@ func Rollback(ctx context.Context, env *Env) (*Result, error) {
 	if err := s.commit(meta.PhaseIdle, to, fmt.Sprintf("rolled back by stager rollback from slot %s to slot %s (%s)", from, to, s.slotState(to).Version)); err != nil {
 		return nil, err
 	}
-	if err := finishDefault(ctx, env, to); err != nil {
+	if err := s.finishDefault(ctx, to); err != nil {
 		return nil, err
 	}
 	return &Result{Slot: to, Changed: true, Message: fmt.Sprintf("slot %s (%s) is the default now; it boots at the next reboot", to, s.slotState(to).Version)}, nil

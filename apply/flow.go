@@ -152,8 +152,13 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 	if booted == "" {
 		booted = s.slots.Active
 	}
+	if s.settled(ctx, booted) {
+		return Decision{Action: Continue, Reason: "nothing staged"}, nil
+	}
 	if err := s.reconcileDefault(ctx); err != nil {
 		env.Logf("checking the default slot: %v", err)
+	} else if err := s.loaderSettled(ctx); err != nil {
+		env.Logf("recording the bootloader's default in META: %v", err)
 	}
 	switch s.slots.Phase {
 	case meta.PhaseStaged, meta.PhaseApplying:
@@ -169,6 +174,48 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 		return Decision{Action: Continue, Reason: why}, nil
 	}
 	return Decision{Action: Continue, Reason: "nothing staged"}, nil
+}
+
+// settled tells whether this boot needs nothing of the ESP, as most boots
+// do: nothing to apply or try; META says the bootloader's default was made
+// the active slot, blessed and without boot-once (LoaderDefault), and
+// nothing since changed the active slot; and the bootloader says this boot
+// came from the active slot's plain entry, so nobody changed its default or
+// picked an entry by hand. Such a boot does not read the ESP's FAT.
+func (s *state) settled(ctx context.Context, booted meta.Slot) bool {
+	if s.slots.Phase != meta.PhaseIdle || s.slots.LoaderDefault != s.slots.Active || booted != s.slots.Active {
+		return false
+	}
+	br, ok := s.env.Loader.(boot.BootRecord)
+	if !ok {
+		return false
+	}
+	plain, err := br.BootedPlain(ctx, booted)
+	if err != nil {
+		s.env.Logf("%v; checking the bootloader's default on the ESP", err)
+	}
+	return plain
+}
+
+// loaderSettled records in META that the bootloader now boots the active
+// slot by default, blessed, with no boot-once (see settled); the caller
+// has made it so and synced the ESP. It writes only when that is news.
+func (s *state) loaderSettled(ctx context.Context) error {
+	if s.slots.Phase != meta.PhaseIdle || s.slots.LoaderDefault == s.slots.Active {
+		return nil
+	}
+	if _, once, err := s.env.Loader.BootOnce(ctx); err != nil || once {
+		return err // a boot-once left: the next boot looks again
+	}
+	s.slots.LoaderDefault = s.slots.Active
+	if err := s.block.SetSlots(s.slots); err != nil {
+		return err
+	}
+	if err := s.env.Store.Commit(s.block); err != nil {
+		return err
+	}
+	s.block = s.env.Store.Block()
+	return nil
 }
 
 // reconcileDefault makes the bootloader's default the slot META names
@@ -339,6 +386,8 @@ func (s *state) rollback(ctx context.Context, reason string, action Action) (Dec
 	}
 	if err := s.env.Loader.SetDefault(ctx, s.slots.Active); err != nil {
 		s.env.Logf("setting the default back to slot %s: %v", s.slots.Active, err)
+	} else if err := s.loaderSettled(ctx); err != nil {
+		s.env.Logf("recording the bootloader's default in META: %v", err)
 	}
 	return Decision{Action: action, Slot: s.slots.Active, Reason: reason, Dropped: dropped}, nil
 }

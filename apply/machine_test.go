@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -84,25 +87,57 @@ func (m *machine) open(booted meta.Slot) *Disk {
 	return d
 }
 
-// firmware returns the slot the firmware and systemd-boot start.
+// firmware returns the slot the firmware and systemd-boot start, and
+// records the boot in EFI variables as systemd-boot 252 does.
 func (m *machine) firmware() meta.Slot {
 	m.t.Helper()
 	d := m.open("")
 	defer d.Close()
 	ctx := context.Background()
-	if s, ok, err := d.Loader.BootOnce(ctx); err != nil {
-		m.t.Fatal(err)
-	} else if ok {
-		if err := d.Loader.ClearBootOnce(ctx); err != nil {
-			m.t.Fatal(err)
-		}
-		return s
-	}
-	s, err := d.Loader.Default(ctx)
+	s, ok, err := d.Loader.BootOnce(ctx)
 	if err != nil {
 		m.t.Fatal(err)
 	}
+	if ok {
+		if err := d.Loader.ClearBootOnce(ctx); err != nil {
+			m.t.Fatal(err)
+		}
+	} else if s, err = d.Loader.Default(ctx); err != nil {
+		m.t.Fatal(err)
+	}
+	m.recordBoot(d, s)
 	return s
+}
+
+// recordBoot sets the variables systemd-boot 252 sets for a boot of
+// slot's entry: LoaderEntrySelected, its file name in lower case, and
+// LoaderBootCountPath when it counts tries.
+func (m *machine) recordBoot(d *Disk, slot meta.Slot) {
+	m.t.Helper()
+	entries, err := d.Loader.Slots(context.Background())
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	const volatile = efivar.BootServiceAccess | efivar.RuntimeAccess
+	for _, e := range entries {
+		if e.Slot != slot {
+			continue
+		}
+		name := path.Base(e.Description)
+		if err := efivar.SetString(m.vars, boot.SelectedVar, efivar.LoaderVendor, volatile, strings.ToLower(name)); err != nil {
+			m.t.Fatal(err)
+		}
+		if e.Counting {
+			err = efivar.SetString(m.vars, boot.CountPathVar, efivar.LoaderVendor, volatile, `\loader\entries\`+name)
+		} else if err = m.vars.Remove(boot.CountPathVar, efivar.LoaderVendor); errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+		if err != nil {
+			m.t.Fatal(err)
+		}
+		return
+	}
+	m.t.Fatalf("the firmware boots slot %s, which has no entry", slot)
 }
 
 // prestage runs the pre-stage step for a boot of slot.
@@ -388,5 +423,94 @@ func TestBadSlotChosenByHand(t *testing.T) {
 	}
 	if hashFile(t, m.img) != before {
 		t.Error("a boot chosen by hand changed the disk")
+	}
+}
+
+// TestSettledBootSkipsESP: a boot with nothing to do, of the active slot
+// from its plain entry as systemd-boot records it, with META saying the
+// bootloader was settled on that slot, does not read the ESP (a damaged
+// one here goes unnoticed). Any of those not so, and it looks.
+func TestSettledBootSkipsESP(t *testing.T) {
+	m := newMachine(t)
+	ctx := context.Background()
+	if _, err := stage.Cancel(ctx, m.img, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if s := m.firmware(); s != meta.SlotA {
+		t.Fatalf("the firmware starts slot %s", s)
+	}
+	if sl := m.slots(); sl.LoaderDefault != meta.SlotA {
+		t.Fatalf("a new disk's META: %+v; want the loader's default recorded", sl)
+	}
+	// The ESP's boot sector gone: opening the ESP fails.
+	d, err := disk.Open(m.img, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	esp, err := d.Find(disk.LabelESP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	esp.WriteAt(make([]byte, 512), 0)
+	d.Close()
+	bootOnce := func(t *testing.T) (Decision, string) {
+		t.Helper()
+		dk := m.open(meta.SlotA)
+		defer dk.Close()
+		var logs []string
+		dk.Logf = func(f string, args ...any) { logs = append(logs, fmt.Sprintf(f, args...)) }
+		dec, err := Boot(ctx, &dk.Env)
+		if err != nil {
+			t.Fatalf("Boot: %v", err)
+		}
+		return dec, strings.Join(logs, "\n")
+	}
+	if dec, logs := bootOnce(t); dec.Action != Continue || dec.Reason != "nothing staged" || logs != "" {
+		t.Fatalf("settled boot: %+v, logs %q; want nothing staged without looking at the ESP", dec, logs)
+	}
+	setVar := func(name, v string) func() error {
+		return func() error {
+			return efivar.SetString(m.vars, name, efivar.LoaderVendor, efivar.RuntimeAccess, v)
+		}
+	}
+	setMarker := func(sl meta.Slot) func() error {
+		return func() error {
+			dk := m.open("")
+			defer dk.Close()
+			return dk.Store.Update(func(b *meta.Block) error {
+				s, err := b.Slots()
+				if err != nil {
+					return err
+				}
+				s.LoaderDefault = sl
+				return b.SetSlots(s)
+			})
+		}
+	}
+	for _, tc := range []struct {
+		name       string
+		set, reset func() error
+	}{
+		{"counted entry", setVar(boot.CountPathVar, `\loader\entries\stagehand-a+1.conf`), func() error { return m.vars.Remove(boot.CountPathVar, efivar.LoaderVendor) }},
+		{"nothing recorded", func() error { return m.vars.Remove(boot.SelectedVar, efivar.LoaderVendor) }, setVar(boot.SelectedVar, "stagehand-a.conf")},
+		{"another entry", setVar(boot.SelectedVar, "stagehand-b.conf"), setVar(boot.SelectedVar, "stagehand-a.conf")},
+		{"META not settled", setMarker(""), setMarker(meta.SlotA)},
+		{"META settled on the other slot", setMarker(meta.SlotB), setMarker(meta.SlotA)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.set(); err != nil {
+				t.Fatal(err)
+			}
+			dec, logs := bootOnce(t)
+			if dec.Action != Continue || !strings.Contains(logs, "checking the default slot") {
+				t.Errorf("%+v, logs %q; want the default checked on the ESP (and failing)", dec, logs)
+			}
+			if err := tc.reset(); err != nil {
+				t.Fatal(err)
+			}
+			if dec, logs := bootOnce(t); logs != "" {
+				t.Errorf("settled again: %+v, logs %q", dec, logs)
+			}
+		})
 	}
 }

@@ -17,8 +17,9 @@ type Disk struct {
 }
 
 // Open opens the disk at path for the boot flow: META (locked for writing),
-// STAGE, and the ESP's systemd-boot with EFI variables from vars. A mounted
-// ESP is written through its mount; otherwise through go-diskfs's FAT.
+// STAGE, and the ESP's systemd-boot with EFI variables from vars. The ESP
+// is opened when first used: a mounted ESP is written through its mount;
+// otherwise through go-diskfs's FAT.
 func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 	store, d, err := disk.OpenMETA(ctx, path, true)
 	if err != nil {
@@ -36,16 +37,20 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 	if err != nil {
 		return fail(err)
 	}
-	var esp boot.FS
-	mnt, err := d.MountPoint(espPart.Index)
-	if err != nil {
-		return fail(err)
-	}
-	if mnt != "" {
-		esp = boot.Dir(mnt)
-	} else if esp, err = boot.OpenESP(espPart, espPart.Size); err != nil {
-		return fail(fmt.Errorf("%s: %w", espPart.Name(), err))
-	}
+	esp := &lazyESP{open: func() (boot.FS, error) {
+		mnt, err := d.MountPoint(espPart.Index)
+		if err != nil {
+			return nil, err
+		}
+		if mnt != "" {
+			return boot.Dir(mnt), nil
+		}
+		f, err := boot.OpenESP(espPart, espPart.Size)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", espPart.Name(), err)
+		}
+		return f, nil
+	}}
 	return &Disk{
 		Env: Env{
 			Store:     store,

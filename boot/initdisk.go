@@ -137,9 +137,10 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	}
 	err = store.Update(func(b *meta.Block) error {
 		if err := b.SetSlots(&meta.Slots{
-			Phase:  meta.PhaseIdle,
-			Active: meta.SlotA,
-			A:      meta.SlotState{State: "good", Version: version},
+			Phase:         meta.PhaseIdle,
+			Active:        meta.SlotA,
+			A:             meta.SlotState{State: "good", Version: version},
+			LoaderDefault: meta.SlotA, // the ESP was synced with it above
 		}); err != nil {
 			return err
 		}

@@ -158,7 +158,7 @@ func TestInitDisk(t *testing.T) {
 		t.Errorf("vmlinuz differs from the kernel given")
 	}
 
-	// META: idle on slot a, a good with its version.
+	// META: idle on slot a, a good with its version, the loader settled on a.
 	store, d, err := disk.OpenMETA(context.Background(), img, false)
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +168,7 @@ func TestInitDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotA, A: meta.SlotState{State: "good", Version: "v1"}}
+	want := &meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotA, A: meta.SlotState{State: "good", Version: "v1"}, LoaderDefault: meta.SlotA}
 	if d := cmp.Diff(want, slots); d != "" {
 		t.Errorf("slots (-want, +got):\n%s", d)
 	}

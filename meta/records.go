@@ -125,6 +125,11 @@ type Slots struct {
 	TriesLeft int       `json:"tries_left,omitempty"`
 	A         SlotState `json:"a"`
 	B         SlotState `json:"b"`
+	// LoaderDefault is the slot the bootloader was last made to boot by
+	// default, its entry blessed and no boot-once left, written once those
+	// changes were synced. While it is Active and nothing is staged or on
+	// trial, a boot of the active slot need not look at the bootloader.
+	LoaderDefault Slot `json:"loader_default,omitempty"`
 }
 
 func (s *Slots) validate() error {
@@ -133,7 +138,7 @@ func (s *Slots) validate() error {
 	default:
 		return fmt.Errorf("unknown phase %q", s.Phase)
 	}
-	for _, sl := range []Slot{s.Active, s.Previous, s.Trial} {
+	for _, sl := range []Slot{s.Active, s.Previous, s.Trial, s.LoaderDefault} {
 		if sl != "" && !sl.valid() {
 			return fmt.Errorf("slot %q is not a or b", sl)
 		}

@@ -281,7 +281,7 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 			f.repair = true // go-diskfs's ".." of a directory in the root
 		}
 	}
-	w, err := f.create(p, old)
+	w, err := f.create(p, old, n, sized)
 	if err != nil {
 		return err
 	}
@@ -309,18 +309,27 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 	return nil
 }
 
-// create returns the file at p (an espPath), empty, open for writing: the
-// file there truncated when old, or a new one.
-func (f *FAT) create(p string, old bool) (filesystem.File, error) {
+// create returns the file at p (an espPath) open for writing, for n bytes
+// when sized: when old, the file there, written where it is, else a new
+// one. An old file no larger than n keeps its clusters, to grow from them
+// (go-diskfs then writes the FAT once, not at truncating and again at
+// growing, and not at all when they are as many); any other is truncated,
+// which frees all its clusters but the first.
+func (f *FAT) create(p string, old bool, n int64, sized bool) (filesystem.File, error) {
 	if old {
-		// Truncating frees all clusters but the first, which the file
-		// keeps: it is written where it is.
-		w, err := f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC)
+		w, err := f.fs.OpenFile(p, os.O_RDWR)
 		if err != nil {
 			return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
 		}
 		if fi, err := w.Stat(); err == nil && !fi.IsDir() {
-			if cs, err := clusterChain(w); err == nil && len(cs) == 1 && cs[0] >= 2 {
+			keep := sized && fi.Size() <= n
+			if !keep {
+				w.Close()
+				if w, err = f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC); err != nil {
+					return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
+				}
+			}
+			if cs, err := clusterChain(w); err == nil && len(cs) > 0 && cs[0] >= 2 && (keep || len(cs) == 1) {
 				return w, nil
 			}
 		}

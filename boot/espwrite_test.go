@@ -269,27 +269,38 @@ func TestFATSyncSyncs(t *testing.T) {
 // more than the FSInfo counts wrong), and fsck.fat finds nothing.
 func TestFATSyncRepairs(t *testing.T) {
 	esp, img := newESP(t, 100<<20)
-	big, small := randomBytes(1, 3<<20+5), randomBytes(2, 5000)
+	big, small, other := randomBytes(1, 3<<20+5), randomBytes(2, 5000), randomBytes(3, 3<<20+5)
+	want := map[string][]byte{} // what the files hold
+	write := func(name string, data []byte, r io.Reader) func() error {
+		return func() error { want[name] = data; return esp.WriteFile(name, r) }
+	}
 	for _, c := range []struct {
 		name string
 		op   func() error
 	}{
-		{"a file in new directories", func() error { return esp.WriteFile("stagehand/a/vmlinuz", bytes.NewReader(big)) }},
-		{"a file in a new directory in one that is", func() error { return esp.WriteFile("stagehand/b/vmlinuz", bytes.NewReader(small)) }},
-		{"replaced by a smaller one", func() error { return esp.WriteFile("stagehand/a/vmlinuz", bytes.NewReader(small)) }},
-		{"replaced by a larger one", func() error { return esp.WriteFile("stagehand/a/vmlinuz", bytes.NewReader(big)) }},
-		{"replaced through go-diskfs", func() error { return esp.WriteFile("stagehand/a/vmlinuz", unsized{bytes.NewReader(small)}) }},
-		{"replaced in another directory", func() error { return esp.WriteFile("stagehand/b/vmlinuz", bytes.NewReader(big)) }},
-		{"removed", func() error { return esp.Remove("stagehand/a/vmlinuz") }},
+		{"a file in new directories", write("stagehand/a/vmlinuz", big, bytes.NewReader(big))},
+		{"a file in a new directory in one that is", write("stagehand/b/vmlinuz", small, bytes.NewReader(small))},
+		{"replaced by a smaller one", write("stagehand/a/vmlinuz", small, bytes.NewReader(small))},
+		{"replaced by a larger one", write("stagehand/a/vmlinuz", big, bytes.NewReader(big))},
+		{"replaced by one as large", write("stagehand/a/vmlinuz", other, bytes.NewReader(other))},
+		{"replaced through go-diskfs", write("stagehand/a/vmlinuz", small, unsized{bytes.NewReader(small)})},
+		{"replaced in another directory", write("stagehand/b/vmlinuz", big, bytes.NewReader(big))},
+		{"removed", func() error { delete(want, "stagehand/a/vmlinuz"); return esp.Remove("stagehand/a/vmlinuz") }},
 		{"renamed over another", func() error {
-			if err := esp.WriteFile("stagehand/b/new", bytes.NewReader(small)); err != nil {
+			if err := esp.WriteFile("stagehand/b/new", bytes.NewReader(other)); err != nil {
 				return err
 			}
+			want["stagehand/b/vmlinuz"] = other
 			return esp.Rename("stagehand/b/new", "stagehand/b/vmlinuz")
 		}},
 	} {
 		if err := c.op(); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
+		}
+		for name, data := range want {
+			if got, err := esp.ReadFile(name); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("%s: %s holds %d bytes (%v), not the %d written", c.name, name, len(got), err, len(data))
+			}
 		}
 		if err := esp.Sync(); err != nil {
 			t.Fatalf("%s: Sync: %v", c.name, err)

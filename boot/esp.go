@@ -329,7 +329,10 @@ func (f *FAT) create(p string, old bool, n int64, sized bool) (filesystem.File, 
 					return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
 				}
 			}
-			if cs, err := clusterChain(w); err == nil && len(cs) > 0 && cs[0] >= 2 && (keep || len(cs) == 1) {
+			if keep && fi.Size() > 0 {
+				return w, nil // it has clusters, which go-diskfs follows
+			}
+			if cs, err := clusterChain(w); err == nil && len(cs) == 1 && cs[0] >= 2 {
 				return w, nil
 			}
 		}
@@ -483,38 +486,45 @@ func (f *FAT) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
 	if short > 0 {
 		return fmt.Errorf("the file's clusters hold %d bytes less than its size", short)
 	}
-	// Two buffers, as large as the largest write: one filled from r while
-	// the other is written (one for a file written at once).
+	// Two buffers, f.bufs, as large as the largest write: one filled from
+	// r while the other is written (one for a file written at once). The
+	// reader makes them, when it first needs them: the second as the
+	// first is written, and a small first piece (the head of a run) gets a
+	// small one.
 	type filled struct {
-		buf []byte
+		buf int // the index in f.bufs
 		err error
 	}
-	free, full, stop := make(chan []byte, 2), make(chan filled, 2), make(chan struct{})
+	free, full, stop := make(chan int, 2), make(chan filled, 2), make(chan struct{})
 	size := int64(0)
 	for _, p := range pieces {
 		size = max(size, p.n)
 	}
 	for i := range min(len(pieces), 2) {
-		if int64(len(f.bufs[i])) < size {
-			f.bufs[i] = disk.AlignedBuffer(int(size))
-		}
-		free <- f.bufs[i]
+		free <- i
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for _, p := range pieces {
-			var buf []byte
+			var i int
 			select {
-			case buf = <-free:
+			case i = <-free:
 			case <-stop:
 				return
 			}
-			_, err := io.ReadFull(r, buf[:p.n])
+			if int64(len(f.bufs[i])) < p.n {
+				need := size
+				if p.n < disk.DirectAlign {
+					need = p.n
+				}
+				f.bufs[i] = disk.AlignedBuffer(int(need))
+			}
+			_, err := io.ReadFull(r, f.bufs[i][:p.n])
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
 				err = fmt.Errorf("the reader ended short of the %d bytes it said", n)
 			}
-			full <- filled{buf, err}
+			full <- filled{i, err}
 			if err != nil {
 				return
 			}
@@ -526,10 +536,11 @@ func (f *FAT) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
 		if c.err != nil {
 			return c.err
 		}
+		buf := f.bufs[c.buf]
 		var err error
 		direct := p.direct && dw != nil
 		if direct {
-			if _, err = dw.WriteAt(c.buf[:p.n], p.off); err != nil {
+			if _, err = dw.WriteAt(buf[:p.n], p.off); err != nil {
 				// Refused (an unaligned partition, a file system
 				// without direct I/O): the page cache from here on.
 				dw.Close()
@@ -537,7 +548,7 @@ func (f *FAT) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
 			}
 		}
 		if !direct {
-			_, err = f.dev.WriteAt(c.buf[:p.n], p.off)
+			_, err = f.dev.WriteAt(buf[:p.n], p.off)
 		}
 		if err != nil {
 			return err

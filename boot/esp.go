@@ -281,11 +281,11 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 			f.repair = true // go-diskfs's ".." of a directory in the root
 		}
 	}
-	w, err := f.create(p, old, n, sized)
+	w, kept, err := f.create(p, old, n, sized)
 	if err != nil {
 		return err
 	}
-	if len(f.st.freed) > 0 && (!sized || !f.fits(n)) {
+	if len(f.st.freed) > 0 && (!sized || !f.fits(n-kept)) {
 		// The clusters go-diskfs does not know are free may be needed.
 		w.Close()
 		if err := f.reload(); err != nil {
@@ -313,41 +313,42 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 // when sized: when old, the file there, written where it is, else a new
 // one. An old file no larger than n keeps its clusters, to grow from them
 // (go-diskfs then writes the FAT once, not at truncating and again at
-// growing, and not at all when they are as many); any other is truncated,
-// which frees all its clusters but the first.
-func (f *FAT) create(p string, old bool, n int64, sized bool) (filesystem.File, error) {
+// growing, and not at all when they are as many), and its size is
+// returned; any other is truncated, which frees all its clusters but the
+// first.
+func (f *FAT) create(p string, old bool, n int64, sized bool) (filesystem.File, int64, error) {
 	if old {
 		w, err := f.fs.OpenFile(p, os.O_RDWR)
 		if err != nil {
-			return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
+			return nil, 0, fmt.Errorf("ESP: replacing %s: %w", p, err)
 		}
 		if fi, err := w.Stat(); err == nil && !fi.IsDir() {
 			keep := sized && fi.Size() <= n
 			if !keep {
 				w.Close()
 				if w, err = f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC); err != nil {
-					return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
+					return nil, 0, fmt.Errorf("ESP: replacing %s: %w", p, err)
 				}
 			}
 			if keep && fi.Size() > 0 {
-				return w, nil // it has clusters, which go-diskfs follows
+				return w, fi.Size(), nil // it has clusters, which go-diskfs follows
 			}
 			if cs, err := clusterChain(w); err == nil && len(cs) == 1 && cs[0] >= 2 {
-				return w, nil
+				return w, 0, nil
 			}
 		}
 		// No cluster (an empty file of another writer), a directory:
 		// removed and made again.
 		w.Close()
 		if err := f.remove(p); err != nil {
-			return nil, fmt.Errorf("ESP: replacing %s: %w", p, err)
+			return nil, 0, fmt.Errorf("ESP: replacing %s: %w", p, err)
 		}
 	}
 	w, err := f.fs.OpenFile(p, os.O_CREATE|os.O_RDWR)
 	if err != nil {
-		return nil, fmt.Errorf("ESP: creating %s: %w", p, err)
+		return nil, 0, fmt.Errorf("ESP: creating %s: %w", p, err)
 	}
-	return w, nil
+	return w, 0, nil
 }
 
 // clusterChain returns the clusters of a go-diskfs file.

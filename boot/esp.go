@@ -255,8 +255,8 @@ type directDevice interface {
 // the device can (see writeRuns); it must hold exactly that much. Any other
 // reader is written through go-diskfs in writeChunk pieces (go-diskfs
 // allocates clusters and writes the whole FAT at each write, and writes a
-// cluster at a time). A file that exists is truncated and written in
-// place: its clusters are freed for the new bytes.
+// cluster at a time). A file that exists is written in place (see
+// create).
 func (f *FAT) WriteFile(name string, r io.Reader) error {
 	p := espPath(name)
 	n, sized := readerSize(r)

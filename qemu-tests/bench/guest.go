@@ -44,6 +44,7 @@ type kernel struct{ vmlinuz, release, modules string }
 type guest struct {
 	root, dir        string
 	prestage, testos string
+	goinit           string // the reference: a Go init that only execs /init
 	kernels          map[string]kernel
 	initrds          map[string]string // version → initramfs (v1: cloud, v2: generic)
 	pre              []byte            // what prestage adds to an initramfs, uncompressed
@@ -51,7 +52,7 @@ type guest struct {
 
 func (g *guest) build() error {
 	bin := filepath.Join(g.dir, "bin")
-	for pkg, out := range map[string]*string{"./cmd/prestage": &g.prestage, "./qemu-tests/testos": &g.testos} {
+	for pkg, out := range map[string]*string{"./cmd/prestage": &g.prestage, "./qemu-tests/testos": &g.testos, "./qemu-tests/bench/goinit": &g.goinit} {
 		*out = filepath.Join(bin, filepath.Base(pkg))
 		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags=-s -w", "-o", *out, pkg)
 		cmd.Dir = g.root
@@ -103,6 +104,7 @@ func (g *guest) initramfs(flavor, version string) (string, []byte, error) {
 	base := initramfs.New()
 	err = base.Add(
 		initramfs.File{Path: "init", Source: g.testos, Mode: 0o755},
+		initramfs.File{Path: "goinit", Source: g.goinit, Mode: 0o755},
 		initramfs.File{Path: "etc/testos-version", Data: []byte(version + "\n"), Mode: 0o644},
 		initramfs.File{Path: "dev/console", Mode: fs.ModeDevice | fs.ModeCharDevice | 0o600, Major: 5, Minor: 1},
 	)

@@ -188,19 +188,22 @@ func (b *bench) sizes(g *guest) {
 	b.add(f, "")
 }
 
-// noop boots a disk with nothing staged with rdinit=/prestage and with
-// rdinit=/init, in turns.
+// noop boots a disk with nothing staged with rdinit=/prestage, with
+// rdinit=/init, and with rdinit=/goinit (the reference), in turns.
 func (b *bench) noop(g *guest) {
 	t0 := b.now()
-	b.logf("guest: prestage no-op, %d boots with rdinit=/prestage and %d with rdinit=/init, in turns", *boots, *boots)
+	b.logf("guest: prestage no-op, %d boots each with rdinit=/prestage, rdinit=/init and rdinit=/goinit, in turns", *boots)
 	fig := &Figure{ID: "noop-overhead", Name: "prestage no-op: kernel start → the OS init's first line, rdinit=/prestage (nothing staged)", Budget: "overhead ≤ 5%"}
 	own := &Figure{ID: "noop-own", Name: "prestage's own work on a no-op boot, excluding module loading (its log, guest time)", Budget: "≤ 100 ms"}
+	floor := &Figure{ID: "noop-go-floor", Name: "reference: a Go init that only execs /init (rdinit=/goinit): kernel start → the OS init's first line", Pass: true}
 	fail := func(err error) {
 		b.add(fig, err.Error())
 		b.add(own, err.Error())
+		b.add(floor, err.Error())
 	}
 	machines := map[string]*vm.Machine{}
-	for _, v := range []string{"prestage", "init"} {
+	variants := []string{"init", "prestage", "goinit"}
+	for _, v := range variants {
 		img := filepath.Join(g.dir, "noop-"+v+".img")
 		if err := g.newDisk(img, "rdinit=/"+v, ""); err != nil {
 			fail(err)
@@ -214,12 +217,9 @@ func (b *bench) noop(g *guest) {
 		machines[v] = m
 	}
 	var runs []*noopBoot
-	var pre, plain, ownMS, modMS, totalMS, peak, pair, preMain []float64
+	var pre, plain, goinit, ownMS, modMS, totalMS, peak, pair, goPair, preMain []float64
 	for i := range *boots {
-		order := []string{"init", "prestage"}
-		if i%2 == 1 {
-			order = []string{"prestage", "init"}
-		}
+		order := append(slices.Clone(variants[i%3:]), variants[:i%3]...)
 		got := map[string]float64{}
 		for _, v := range order {
 			log := filepath.Join(g.dir, "noop-"+v, fmt.Sprintf("console-%d.log", i+1))
@@ -234,6 +234,8 @@ func (b *bench) noop(g *guest) {
 				pre = append(pre, nb.ToInit)
 				ownMS, modMS, totalMS, peak = append(ownMS, nb.Own), append(modMS, nb.Modules), append(totalMS, nb.Prestage), append(peak, nb.PeakKB)
 				preMain = append(preMain, nb.PreMain)
+			} else if v == "goinit" {
+				goinit = append(goinit, nb.ToInit)
 			} else {
 				plain = append(plain, nb.ToInit)
 			}
@@ -241,10 +243,11 @@ func (b *bench) noop(g *guest) {
 				map[bool]string{true: fmt.Sprintf("; prestage %.0f ms, modules %.0f ms, own %.0f ms", nb.Prestage, nb.Modules, nb.Own), false: ""}[v == "prestage"])
 		}
 		pair = append(pair, (got["prestage"]/got["init"]-1)*100)
+		goPair = append(goPair, (got["goinit"]/got["init"]-1)*100)
 	}
 	b.report.Runs["noop"] = runs
 	load := b.watch.during(t0, b.now())
-	fig.Load, own.Load = load, load
+	fig.Load, own.Load, floor.Load = load, load, load
 	fig.Measured = measure("rdinit=/prestage", "s", pre)
 	base := measure("rdinit=/init", "s", plain)
 	fig.Baseline = &base
@@ -267,6 +270,11 @@ func (b *bench) noop(g *guest) {
 		own.Note += fmt.Sprintf(". The decision itself (Open, Boot, Close) takes %s on the host, same run", b.hostNoop)
 	}
 	b.add(own, "")
+	floor.Measured = measure("rdinit=/goinit", "s", goinit)
+	floor.Baseline = &base
+	floor.Ratio = &Measure{Label: "overhead", Value: (median(goinit)/median(plain) - 1) * 100, Min: slices.Min(goPair), Max: slices.Max(goPair), Unit: "%", Runs: len(goPair)}
+	floor.Note = "no budget: the floor under prestage's no-op overhead, what exec'ing any Go program as PID 1 before /init costs on this machine (the Go runtime starting, under TCG when there is no KVM)"
+	b.add(floor, "")
 }
 
 // reboot applies a staged v2 and boots it, through kexec and, with

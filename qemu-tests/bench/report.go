@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -173,7 +174,7 @@ func table(w *bufio.Writer, figs []*Figure) {
 		if f.Load != "" {
 			measured += " ⚠"
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", f.Name, cell(measured), cell(orDash(f.Baseline)), cell(orDash(f.Ratio)), cell(f.Budget), f.result())
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", f.Name, cell(measured), cell(orDash(f.Baseline)), cell(orDash(f.Ratio)), cell(cmp.Or(f.Budget, "—")), f.result())
 	}
 }
 

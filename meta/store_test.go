@@ -137,6 +137,9 @@ func TestCorruptCopies(t *testing.T) {
 		{"copy 1 magic", []int{0}, "copy 1 is corrupt (bad magic", false},
 		{"copy 2 magic2", []int{2*BlockSize - 1}, "copy 2 is corrupt (bad magic", false},
 		{"both", []int{100, BlockSize + 100}, "", true},
+		// Identical copies are checked once (Load): the same damage in both
+		// must still be found in both.
+		{"both the same", []int{100, BlockSize + 100, 0, BlockSize}, "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := good.Bytes()
@@ -145,6 +148,9 @@ func TestCorruptCopies(t *testing.T) {
 			}
 			mem := disktest.NewMem(img)
 			s, err := Load(mem, "/dev/test3")
+			if tc.name == "both the same" && !bytes.Equal(img[:BlockSize], img[BlockSize:2*BlockSize]) {
+				t.Fatal("the two copies differ: the case does not test identical copies")
+			}
 			if tc.fatal {
 				var ce *CorruptError
 				if !errors.As(err, &ce) {

@@ -148,7 +148,8 @@ func (m *machine) checkSettled(slot meta.Slot) {
 	if slot == meta.SlotB {
 		st = sl.B
 	}
-	if sl.Phase != meta.PhaseIdle || sl.Active != slot || st.State != "good" {
+	// LoaderDefault too: from here on the boots of slot skip the ESP.
+	if sl.Phase != meta.PhaseIdle || sl.Active != slot || st.State != "good" || sl.LoaderDefault != slot {
 		m.t.Fatalf("settled on %s but META says %+v", slot, sl)
 	}
 	dk := m.open(slot)

@@ -237,7 +237,7 @@ func TestApplyTrialConfirm(t *testing.T) {
 		t.Fatalf("confirm: %+v, %v", res, err)
 	}
 	sl = m.slots()
-	if sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA || sl.B.State != "good" || sl.A.State != "good" {
+	if sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA || sl.B.State != "good" || sl.A.State != "good" || sl.LoaderDefault != meta.SlotB {
 		t.Fatalf("after confirm: %+v", sl)
 	}
 	dk = m.open("")
@@ -401,7 +401,7 @@ func TestManualRollback(t *testing.T) {
 	if err != nil || res.Slot != meta.SlotA {
 		t.Fatalf("rollback: %+v %v", res, err)
 	}
-	if sl := m.slots(); sl.Active != meta.SlotA || sl.Previous != meta.SlotB {
+	if sl := m.slots(); sl.Active != meta.SlotA || sl.Previous != meta.SlotB || sl.LoaderDefault != meta.SlotA {
 		t.Errorf("%+v", sl)
 	}
 	if s := m.firmware(); s != meta.SlotA {

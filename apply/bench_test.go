@@ -3,10 +3,10 @@ package apply
 import (
 	"context"
 	"fmt"
+	"github.com/stagehand-dev/stagehand/internal/benchstat"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
@@ -174,14 +174,14 @@ func benchApply(b *testing.B, size int) {
 		run(true)
 	}
 	mb := float64(len(kernel)+len(initrd)) / 1e6
-	reportSpread(b, total, "apply-s")
-	reportSpread(b, write, "write-s")
-	reportSpread(b, check, "check-s")
-	reportSpread(b, verify, "verify-s")
-	reportSpread(b, direct, "direct-s")
-	reportSpread(b, ratio, "write/direct")
-	b.ReportMetric(mb/median(write), "write-MB/s")
-	b.ReportMetric(mb/median(direct), "direct-MB/s")
+	benchstat.Report(b, total, "apply-s")
+	benchstat.Report(b, write, "write-s")
+	benchstat.Report(b, check, "check-s")
+	benchstat.Report(b, verify, "verify-s")
+	benchstat.Report(b, direct, "direct-s")
+	benchstat.Report(b, ratio, "write/direct")
+	b.ReportMetric(mb/benchstat.Median(write), "write-MB/s")
+	b.ReportMetric(mb/benchstat.Median(direct), "direct-MB/s")
 }
 
 // timedLoader notes when the boot flow calls the bootloader: the slot write
@@ -298,26 +298,6 @@ func randomPayload(seed uint64, n int) []byte {
 	return b
 }
 
-// reportSpread reports the median of xs as unit, and its min and max as
-// unit-lo and unit-hi.
-func reportSpread(b *testing.B, xs []float64, unit string) {
-	if len(xs) == 0 {
-		return
-	}
-	b.ReportMetric(median(xs), unit)
-	b.ReportMetric(slices.Min(xs), unit+"-lo")
-	b.ReportMetric(slices.Max(xs), unit+"-hi")
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s)%2 == 0 {
-		return (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return s[len(s)/2]
-}
-
 // BenchmarkNoopBoot is prestage's decision on a boot with nothing staged,
 // on a disk image with the default layout: Open (META, the ESP), Boot,
 // Close. It reports noop-ms, the median with its min and max: the same
@@ -352,5 +332,5 @@ func BenchmarkNoopBoot(b *testing.B) {
 		}
 		msecs = append(msecs, float64(time.Since(start))/float64(time.Millisecond))
 	}
-	reportSpread(b, msecs, "noop-ms")
+	benchstat.Report(b, msecs, "noop-ms")
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/stagehand-dev/stagehand/internal/benchstat"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,7 +75,7 @@ func BenchmarkStageVsPull(b *testing.B) {
 		b.StartTimer()
 	}
 	b.Logf("stage %v\npull %v", stageT, pullT)
-	s, p := median(stageT), median(pullT)
+	s, p := benchstat.Median(stageT), benchstat.Median(pullT)
 	b.ReportMetric(size/s/1e6, "stage-MB/s")
 	b.ReportMetric(size/p/1e6, "pull-MB/s")
 	b.ReportMetric(p/s, "ratio")
@@ -85,8 +86,8 @@ func BenchmarkStageVsPull(b *testing.B) {
 	}
 	b.ReportMetric(slices.Min(ratios), "ratio-lo")
 	b.ReportMetric(slices.Max(ratios), "ratio-hi")
-	reportSpread(b, stageT, "stage-s")
-	reportSpread(b, pullT, "pull-s")
+	benchstat.Report(b, stageT, "stage-s")
+	benchstat.Report(b, pullT, "pull-s")
 }
 
 // BenchmarkStageSize stages installer images of 64, 256 and 512 MiB from a
@@ -117,8 +118,8 @@ func BenchmarkStageSize(b *testing.B) {
 				}
 				b.StartTimer()
 			}
-			reportSpread(b, secs, "stage-s")
-			b.ReportMetric(float64(size)/median(secs)/1e6, "MB/s")
+			benchstat.Report(b, secs, "stage-s")
+			b.ReportMetric(float64(size)/benchstat.Median(secs)/1e6, "MB/s")
 		})
 	}
 }
@@ -157,23 +158,6 @@ func BenchmarkStageRSS(b *testing.B) {
 		}
 	}
 	for _, size := range sizes {
-		reportSpread(b, peaks[size], fmt.Sprintf("peak-RSS-MiB-%d", size/mib))
+		benchstat.Report(b, peaks[size], fmt.Sprintf("peak-RSS-MiB-%d", size/mib))
 	}
-}
-
-// reportSpread reports the median of xs as unit, and its min and max as
-// unit-lo and unit-hi.
-func reportSpread(b *testing.B, xs []float64, unit string) {
-	if len(xs) == 0 {
-		return
-	}
-	b.ReportMetric(median(xs), unit)
-	b.ReportMetric(slices.Min(xs), unit+"-lo")
-	b.ReportMetric(slices.Max(xs), unit+"-hi")
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

@@ -29,19 +29,11 @@ func (fileSink) StartWriteback(off, n int64) {}
 // from an installer image (`stager disk init --install`).
 func Fetch(ctx context.Context, o Options, dir string) (*Fetched, error) {
 	o.defaults()
-	src, err := ParseSource(o.Image, o.Insecure)
+	src, reqs, err := o.source()
 	if err != nil {
 		return nil, err
 	}
-	reqs := o.requirements(src)
-	if err := checkSignable(src, reqs); err != nil {
-		return nil, err
-	}
-	img, err := src.resolve(ctx, *o.Platform, o.Keychain)
-	if err != nil {
-		return nil, err
-	}
-	signedBy, err := verify(ctx, src, img, reqs, o.Keychain)
+	img, signedBy, err := o.pull(ctx, src, reqs)
 	if err != nil {
 		return nil, err
 	}

@@ -63,12 +63,8 @@ var ErrBusy = errors.New("cannot stage now")
 // the free half are zeroed again.
 func Stage(ctx context.Context, o Options) (*Result, error) {
 	o.defaults()
-	src, err := ParseSource(o.Image, o.Insecure)
+	src, reqs, err := o.source()
 	if err != nil {
-		return nil, err
-	}
-	reqs := o.requirements(src)
-	if err := checkSignable(src, reqs); err != nil {
 		return nil, err
 	}
 	w, err := openForWrite(ctx, o.Disk)
@@ -89,11 +85,7 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		old = nil
 	}
 
-	img, err := src.resolve(ctx, *o.Platform, o.Keychain)
-	if err != nil {
-		return nil, err
-	}
-	signedBy, err := verify(ctx, src, img, reqs, o.Keychain)
+	img, signedBy, err := o.pull(ctx, src, reqs)
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,35 @@ func (o *Options) requirements(src *Source) []requirement {
 	return reqs
 }
 
+// source parses o.Image and lists what it must be signed by, refusing a
+// source that cannot carry those signatures: before any disk or network
+// work.
+func (o *Options) source() (*Source, []requirement, error) {
+	src, err := ParseSource(o.Image, o.Insecure)
+	if err != nil {
+		return nil, nil, err
+	}
+	reqs := o.requirements(src)
+	if err := checkSignable(src, reqs); err != nil {
+		return nil, nil, err
+	}
+	return src, reqs, nil
+}
+
+// pull resolves src for o's platform and checks its signatures against
+// reqs; it returns the image and the fingerprints of the keys that signed it.
+func (o *Options) pull(ctx context.Context, src *Source, reqs []requirement) (*image, string, error) {
+	img, err := src.resolve(ctx, *o.Platform, o.Keychain)
+	if err != nil {
+		return nil, "", err
+	}
+	signedBy, err := verify(ctx, src, img, reqs, o.Keychain)
+	if err != nil {
+		return nil, "", err
+	}
+	return img, signedBy, nil
+}
+
 // checkSignable refuses a requirement that src cannot meet, before the disk
 // is opened.
 func checkSignable(src *Source, reqs []requirement) error {

@@ -24,6 +24,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/stagehand-dev/stagehand/internal/benchstat"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -251,28 +252,28 @@ func (b *bench) noop(g *guest) {
 	fig.Measured = measure("rdinit=/prestage", "s", pre)
 	base := measure("rdinit=/init", "s", plain)
 	fig.Baseline = &base
-	over := (median(pre)/median(plain) - 1) * 100
+	over := (benchstat.Median(pre)/benchstat.Median(plain) - 1) * 100
 	fig.Ratio = &Measure{Label: "overhead", Value: over, Min: slices.Min(pair), Max: slices.Max(pair), Unit: "%", Runs: len(pair)}
 	fig.Pass = over <= 5
 	fig.Note = fmt.Sprintf("overhead = median(prestage)/median(init) − 1; its spread is boot pair by boot pair. Kernel start is read from the kernel's console timestamps (the smallest arrival − timestamp over its lines); the guest clock ran at %.3f host s per guest s (median). prestage's peak memory %.0f kB (median)",
-		median(func() (r []float64) {
+		benchstat.Median(func() (r []float64) {
 			for _, x := range runs {
 				r = append(r, x.ClockRate)
 			}
 			return
-		}()), median(peak))
+		}()), benchstat.Median(peak))
 	b.add(fig, "")
 	own.Measured = measure("", "ms", ownMS)
-	own.Pass = median(ownMS) <= 100
+	own.Pass = benchstat.Median(ownMS) <= 100
 	own.Note = fmt.Sprintf("hand-off after %s ms (median) since prestage's main started, of which module loading %s ms; not in the log's figures: %s ms from the kernel's exec of /prestage to its main (the Go runtime starting, under TCG)",
-		num(median(totalMS), "ms"), num(median(modMS), "ms"), num(median(preMain), "ms"))
+		num(benchstat.Median(totalMS), "ms"), num(benchstat.Median(modMS), "ms"), num(benchstat.Median(preMain), "ms"))
 	if b.hostNoop.Runs > 0 {
 		own.Note += fmt.Sprintf(". The decision itself (Open, Boot, Close) takes %s on the host, same run", b.hostNoop)
 	}
 	b.add(own, "")
 	floor.Measured = measure("rdinit=/goinit", "s", goinit)
 	floor.Baseline = &base
-	floor.Ratio = &Measure{Label: "overhead", Value: (median(goinit)/median(plain) - 1) * 100, Min: slices.Min(goPair), Max: slices.Max(goPair), Unit: "%", Runs: len(goPair)}
+	floor.Ratio = &Measure{Label: "overhead", Value: (benchstat.Median(goinit)/benchstat.Median(plain) - 1) * 100, Min: slices.Min(goPair), Max: slices.Max(goPair), Unit: "%", Runs: len(goPair)}
 	floor.Note = "no budget: the floor under prestage's no-op overhead, what exec'ing any Go program as PID 1 before /init costs on this machine (the Go runtime starting, under TCG when there is no KVM)"
 	b.add(floor, "")
 }
@@ -326,10 +327,10 @@ func (b *bench) reboot(g *guest) {
 	fig.Measured = measure("kexec", "s", times["kexec"])
 	base := measure("firmware reboot (OVMF, systemd-boot, boot-once)", "s", times["firmware"])
 	fig.Baseline = &base
-	fig.Ratio = &Measure{Label: "kexec / firmware", Value: median(times["kexec"]) / median(times["firmware"]), Min: slices.Min(pair), Max: slices.Max(pair), Unit: "×", Runs: len(pair)}
-	fig.Pass = median(times["kexec"]) < median(times["firmware"])
+	fig.Ratio = &Measure{Label: "kexec / firmware", Value: benchstat.Median(times["kexec"]) / benchstat.Median(times["firmware"]), Min: slices.Min(pair), Max: slices.Max(pair), Unit: "×", Runs: len(pair)}
+	fig.Pass = benchstat.Median(times["kexec"]) < benchstat.Median(times["firmware"])
 	fig.Note = fmt.Sprintf("saving %.2f s a reboot (medians). The kexec path includes reading slot b back into memory and kexec_file_load (%s ms median, the signature check of the signed Debian kernel), then %.2f s from the kexec line to v2's first line; the firmware path is OVMF, systemd-boot loading kernel and initramfs from the ESP, the EFI stub. Both end with v2's prestage counting the trial boot. Apply before it: %.1f s median (%d runs, TCG)",
-		median(times["firmware"])-median(times["kexec"]), num(median(load), "ms"), median(leave), median(apply), len(apply))
+		benchstat.Median(times["firmware"])-benchstat.Median(times["kexec"]), num(benchstat.Median(load), "ms"), benchstat.Median(leave), benchstat.Median(apply), len(apply))
 	b.add(fig, "")
 }
 
@@ -395,7 +396,7 @@ func (b *bench) rss(g *guest) {
 	fig.Measured = measure("", "MiB", peak)
 	fig.Pass = reached == len(runs) && slices.Max(peak) <= 32 && *rssMemory == 256
 	fig.Note = fmt.Sprintf("payload: Debian's generic kernel (%d bytes) and v2's initramfs padded with zeros to 128 MiB, in a %d MiB VM; prestage applied it (slot b written and checked, trial armed) in every run, %.1f s (median, TCG); v2 came up in %d of %d runs: %s",
-		k.Size(), *rssMemory, median(apply), reached, len(runs), strings.Join(outcomes, "; "))
+		k.Size(), *rssMemory, benchstat.Median(apply), reached, len(runs), strings.Join(outcomes, "; "))
 	if why != "" {
 		fig.Note += fmt.Sprintf(". kexec not used: %q", why)
 	}

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"github.com/stagehand-dev/stagehand/internal/benchstat"
 	"os"
 	"os/exec"
 	"runtime"
@@ -72,20 +73,8 @@ func measure(label, unit string, xs []float64) Measure {
 	if len(xs) == 0 {
 		return m
 	}
-	m.Value, m.Min, m.Max = median(xs), slices.Min(xs), slices.Max(xs)
+	m.Value, m.Min, m.Max = benchstat.Median(xs), slices.Min(xs), slices.Max(xs)
 	return m
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 0 {
-		return (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return s[len(s)/2]
 }
 
 // num formats a value of unit.

@@ -25,45 +25,30 @@ import (
 // with it and the systemd-boot backend on it.
 func espOf(t testing.TB, img string, writable bool, f func(esp *boot.FAT, sb *boot.SystemdBoot)) {
 	t.Helper()
-	d, err := disk.Open(img, writable)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	r, err := d.Find(disk.LabelESP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	esp, err := boot.OpenESP(r, r.Size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f(esp, boot.NewSystemdBoot(esp))
+	withPartition(t, img, disk.LabelESP, writable, func(r *disk.Region) {
+		esp, err := boot.OpenESP(r, r.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f(esp, boot.NewSystemdBoot(esp))
+	})
 }
 
 // fsckESP runs fsck.fat -n on a copy of img's ESP and fails the test when
 // it finds anything wrong.
 func fsckESP(t testing.TB, img string) {
 	t.Helper()
-	d, err := disk.Open(img, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := d.Find(disk.LabelESP)
-	if err != nil {
-		d.Close()
-		t.Fatal(err)
-	}
 	cp := filepath.Join(t.TempDir(), "esp.img")
-	f, err := os.Create(cp)
-	if err == nil {
-		_, err = io.Copy(f, io.NewSectionReader(r, 0, r.Size))
-		f.Close()
-	}
-	d.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	withPartition(t, img, disk.LabelESP, false, func(r *disk.Region) {
+		f, err := os.Create(cp)
+		if err == nil {
+			_, err = io.Copy(f, io.NewSectionReader(r, 0, r.Size))
+			f.Close()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
 	out, err := exec.Command("fsck.fat", "-n", cp).CombinedOutput()
 	if err != nil || strings.Count(strings.TrimSpace(string(out)), "\n") != 1 {
 		t.Errorf("fsck.fat -n on the ESP: %v:\n%s", err, out)

@@ -21,6 +21,22 @@ import (
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
 
+// withPartition opens the disk image img (QEMU not running), calls f with
+// its partition labelled label, and closes the image.
+func withPartition(t testing.TB, img, label string, writable bool, f func(r *disk.Region)) {
+	t.Helper()
+	d, err := disk.Open(img, writable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	r, err := d.Find(label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f(r)
+}
+
 // repoRoot is the top of the work tree.
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)

@@ -160,19 +160,12 @@ func status(t testing.TB, img string) *stage.Status {
 // metaHash hashes the META partition of img.
 func metaHash(t testing.TB, img string) [32]byte {
 	t.Helper()
-	d, err := disk.Open(img, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	r, err := d.Find(disk.LabelMETA)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(r, 0, r.Size)); err != nil {
-		t.Fatal(err)
-	}
+	withPartition(t, img, disk.LabelMETA, false, func(r *disk.Region) {
+		if _, err := io.Copy(h, io.NewSectionReader(r, 0, r.Size)); err != nil {
+			t.Fatal(err)
+		}
+	})
 	return [32]byte(h.Sum(nil))
 }
 
@@ -227,6 +220,20 @@ func expectTestOS(t testing.TB, r *vm.Run, what, version string, k Kernel, slot 
 // stagerTrouble matches what the stager run in the guest says went wrong.
 var stagerTrouble = regexp.MustCompile(`stagehand-testos: (stager \S+: (warning|error)|step \S+: error).*`)
 
+// expectBackOnA reads the test OS's report on slot a after the machine
+// came back to it: stager status shows slot b as slotB (a regexp), the
+// firmware left no boot-once and booted a's plain entry. It then powers
+// the machine down.
+func expectBackOnA(t testing.TB, r *vm.Run, slotB string) {
+	t.Helper()
+	expect(t, r, "stager status on a", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: slot b:\s+`+slotB))
+	got, _ := expect(t, r, "efivars on a", stepTimeout, efivarsLine)
+	if got[1] != "none" || got[2] != "stagehand-a.conf" {
+		t.Errorf("efivars on a: oneshot=%s selected=%s, want none and stagehand-a.conf", got[1], got[2])
+	}
+	powerDown(t, r, "back on a")
+}
+
 // powerDown waits for the guest to power off and QEMU to exit; a warning
 // or error of the stager or of a test OS step fails the test.
 func powerDown(t testing.TB, r *vm.Run, what string) {
@@ -243,20 +250,14 @@ func powerDown(t testing.TB, r *vm.Run, what string) {
 // stageBytes reads the extent of the payload arts in img's STAGE.
 func stageBytes(t testing.TB, img string, arts []meta.Artifact) []byte {
 	t.Helper()
-	d, err := disk.Open(img, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	r, err := d.Find(disk.LabelSTAGE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start, end := payload.Extent(arts, r.Size)
-	b := make([]byte, end-start)
-	if _, err := r.ReadAt(b, start); err != nil {
-		t.Fatal(err)
-	}
+	var b []byte
+	withPartition(t, img, disk.LabelSTAGE, false, func(r *disk.Region) {
+		start, end := payload.Extent(arts, r.Size)
+		b = make([]byte, end-start)
+		if _, err := r.ReadAt(b, start); err != nil {
+			t.Fatal(err)
+		}
+	})
 	return b
 }
 
@@ -417,12 +418,7 @@ func TestPrestagePanicRollback(t *testing.T) {
 	got, _ := expect(t, r, "back on a: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → idle \(slot b\): rolled back: (.*)`))
 	t.Logf("v1's prestage: rolled back: %s", got[1])
 	expectTestOS(t, r, "back on a", "v1", u.k1, meta.SlotA)
-	expect(t, r, "stager status on a", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: slot b:\s+bad\s+v2\s+slot b did not confirm`))
-	got, _ = expect(t, r, "efivars on a", stepTimeout, efivarsLine)
-	if got[1] != "none" || got[2] != "stagehand-a.conf" {
-		t.Errorf("efivars on a: oneshot=%s selected=%s, want none and stagehand-a.conf", got[1], got[2])
-	}
-	powerDown(t, r, "back on a")
+	expectBackOnA(t, r, `bad\s+v2\s+slot b did not confirm`)
 	if n := strings.Count(r.Console(), "Kernel panic - not syncing"); n != 2 {
 		t.Errorf("%d panics, want 2", n)
 	}

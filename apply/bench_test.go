@@ -27,6 +27,8 @@ import (
 // benchLayout is the disk of BenchmarkApply, the same for every payload
 // size: an ESP that holds a 512 MiB slot besides slot a, a STAGE of twice
 // that.
+const mib = 1 << 20
+
 var benchLayout = disk.Layout{ESPSize: 600 * mib, StageSize: 1040 * mib}
 
 // BenchmarkApply applies staged payloads of 64, 256 and 512 MiB (an 8 MiB

@@ -1,4 +1,4 @@
-package apply
+package apply_test
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/apply/applytest"
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -23,7 +25,7 @@ func (c cutAfterSet) Set(name, vendor string, attrs uint32, data []byte) error {
 		return err
 	}
 	if name == c.name {
-		panic(fmt.Errorf("%w after setting %s", errCut, name))
+		panic(fmt.Errorf("%w after setting %s", applytest.ErrCut, name))
 	}
 	return nil
 }
@@ -36,8 +38,8 @@ func (c cutAfterSet) Set(name, vendor string, attrs uint32, data []byte) error {
 // v2 again; the machine ends on v2, confirmed, never having run b outside a
 // trial.
 func TestCutAfterBootOnce(t *testing.T) {
-	m := newMachine(t)
-	d, err := Open(context.Background(), m.img, cutAfterSet{Dir: m.vars, name: boot.OneShotVar})
+	m := applytest.New(t)
+	d, err := apply.Open(context.Background(), m.Img, cutAfterSet{Dir: m.Vars, name: boot.OneShotVar})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,33 +48,33 @@ func TestCutAfterBootOnce(t *testing.T) {
 		defer func() {
 			d.Disk.Close()
 			if r := recover(); r != nil {
-				if err, ok := r.(error); !ok || !errors.Is(err, errCut) {
+				if err, ok := r.(error); !ok || !errors.Is(err, applytest.ErrCut) {
 					panic(r)
 				}
 				t.Logf("%v", r)
 			}
 		}()
-		Boot(context.Background(), &d.Env)
+		apply.Boot(context.Background(), &d.Env)
 		t.Fatal("the apply ran to its end: no cut")
 	}()
-	if sl := m.slots(); sl.Phase != meta.PhaseApplying || sl.B.State != "bad" {
+	if sl := m.Slots(); sl.Phase != meta.PhaseApplying || sl.B.State != "bad" {
 		t.Fatalf("META after the cut: %+v, want applying with b bad", sl)
 	}
-	slot := m.firmware()
+	slot := m.Firmware()
 	if slot != meta.SlotB {
 		t.Fatalf("the firmware starts slot %s, want b (boot-once)", slot)
 	}
-	dec := m.prestage(slot)
-	if dec.Action == Continue {
-		t.Fatalf("slot b, bad and being written in META, boots on: %+v (%s)", dec, m.lastReason())
+	dec := m.Prestage(slot)
+	if dec.Action == apply.Continue {
+		t.Fatalf("slot b, bad and being written in META, boots on: %+v (%s)", dec, m.LastReason())
 	}
 	t.Logf("b's prestage: %s: %s", dec.Action, dec.Reason)
-	if sl := m.slots(); sl.Phase != meta.PhaseApplying {
+	if sl := m.Slots(); sl.Phase != meta.PhaseApplying {
 		t.Errorf("META after b's prestage: %+v: the stage must stay to be applied again", sl)
 	}
-	end := m.settle(true)
+	end := m.Settle(true)
 	if end != meta.SlotB {
-		t.Fatalf("settled on %s, want b: the upgrade was lost (%s)", end, m.lastReason())
+		t.Fatalf("settled on %s, want b: the upgrade was lost (%s)", end, m.LastReason())
 	}
-	m.checkSettled(end)
+	m.CheckSettled(end)
 }

@@ -1,0 +1,308 @@
+package applytest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/boot/boottest"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/installer"
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/stage"
+)
+
+// MiB is a mebibyte.
+const MiB = 1 << 20
+
+// Layout is the disk of a simulated machine: room for two slots of a few
+// MiB each on the ESP, and a STAGE for two payloads.
+var Layout = disk.Layout{Size: 300 * MiB, ESPSize: 260 * MiB, StageSize: 32 * MiB}
+
+// Machine is a stagehand disk image with its EFI variables: what survives
+// a reboot. Firmware plays the firmware and systemd-boot: the boot-once
+// slot if set (and consumed), else the default.
+type Machine struct {
+	T    testing.TB
+	Img  string     // the disk image
+	Vars efivar.Dir // the EFI variables, one file each
+	Dir  string     // a directory of the machine's own for inputs
+	Now  time.Time  // the clock of the next Open, advanced a minute each
+
+	// V2Kernel and V2Initrd are the bytes New staged as v2.
+	V2Kernel, V2Initrd []byte
+}
+
+// New makes a machine with v1 in slot a (as stager disk init does) and v2
+// staged through the real stager path, from an OCI layout.
+func New(t testing.TB) *Machine {
+	t.Helper()
+	m := NewDisk(t, "v1")
+	m.V2Kernel, m.V2Initrd = m.StageVersion("v2")
+	return m
+}
+
+// NewDisk makes a machine with version in slot a and nothing staged.
+func NewDisk(t testing.TB, version string) *Machine {
+	t.Helper()
+	dir := t.TempDir()
+	m := &Machine{T: t, Img: filepath.Join(dir, "disk.img"), Vars: efivar.Dir(t.TempDir()), Dir: dir, Now: time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC)}
+	k, i := m.Inputs(version)
+	_, err := boot.InitDisk(context.Background(), m.Img, boot.DiskConfig{
+		Layout: Layout,
+		Kernel: k, Initramfs: i, Cmdline: "console=ttyS0 rdinit=/prestage", Version: version, LoaderEFI: k,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Inputs writes a kernel and an initramfs for version into the machine's
+// directory, different for each version, and returns their paths.
+func (m *Machine) Inputs(version string) (kernel, initramfs string) {
+	m.T.Helper()
+	n := len(version)
+	for _, c := range version {
+		n = n*31 + int(c)
+	}
+	kernel = boottest.FakeKernel(m.T, m.Dir, "6.1.0-"+version, 2*MiB+n%(MiB))
+	initramfs = filepath.Join(m.Dir, "initrd-"+version)
+	if err := os.WriteFile(initramfs, bytes.Repeat([]byte(version+" initramfs "), 40000+n%40000), 0o644); err != nil {
+		m.T.Fatal(err)
+	}
+	return kernel, initramfs
+}
+
+// Image builds the installer image of version (Inputs' kernel and
+// initramfs); the caller closes it.
+func (m *Machine) Image(version string) *installer.Built {
+	m.T.Helper()
+	k, i := m.Inputs(version)
+	img, err := installer.Build(installer.BuildOptions{Kernel: k, Initramfs: i, Cmdline: "console=ttyS0 rdinit=/prestage quiet", Version: version, Arch: "amd64", TempDir: m.Dir})
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	return img
+}
+
+// StageVersion stages version's installer image from an OCI layout, as
+// stager --image oci:DIR:TAG does, and returns its kernel and initramfs.
+func (m *Machine) StageVersion(version string) (kernel, initramfs []byte) {
+	m.T.Helper()
+	img := m.Image(version)
+	defer img.Close()
+	layout := filepath.Join(m.Dir, "layout-"+version)
+	if err := installer.WriteLayout(layout, version, img); err != nil {
+		m.T.Fatal(err)
+	}
+	if _, err := stage.Stage(context.Background(), stage.Options{Disk: m.Img, Image: "oci:" + layout + ":" + version}); err != nil {
+		m.T.Fatal(err)
+	}
+	k, i := m.Inputs(version)
+	kernel, _ = os.ReadFile(k)
+	initramfs, _ = os.ReadFile(i)
+	return kernel, initramfs
+}
+
+// Open opens the disk as a kernel booted from slot booted sees it ("" for
+// unknown), logging to the test.
+func (m *Machine) Open(booted meta.Slot) *apply.Disk {
+	m.T.Helper()
+	return m.OpenVars(booted, m.Vars)
+}
+
+// OpenVars is Open with another EFI variable store (one that fails, or
+// cuts the power, at a chosen change).
+func (m *Machine) OpenVars(booted meta.Slot, vars efivar.Store) *apply.Disk {
+	m.T.Helper()
+	d, err := apply.Open(context.Background(), m.Img, vars)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	d.Booted = booted
+	m.Now = m.Now.Add(time.Minute)
+	now := m.Now
+	d.Now = func() time.Time { return now }
+	d.Logf = m.T.Logf
+	return d
+}
+
+// Firmware returns the slot the firmware and systemd-boot start, and
+// records the boot in EFI variables as systemd-boot 252 does.
+func (m *Machine) Firmware() meta.Slot {
+	m.T.Helper()
+	d := m.Open("")
+	defer d.Close()
+	ctx := context.Background()
+	s, ok, err := d.Loader.BootOnce(ctx)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	if ok {
+		if err := d.Loader.ClearBootOnce(ctx); err != nil {
+			m.T.Fatal(err)
+		}
+	} else if s, err = d.Loader.Default(ctx); err != nil {
+		m.T.Fatal(err)
+	}
+	m.RecordBoot(d, s)
+	return s
+}
+
+// PickByHand plays a person choosing slot's entry in the boot menu: the
+// boot-once variable is left as it is and the boot is recorded.
+func (m *Machine) PickByHand(slot meta.Slot) {
+	m.T.Helper()
+	d := m.Open("")
+	defer d.Close()
+	m.RecordBoot(d, slot)
+}
+
+// RecordBoot sets the variables systemd-boot 252 sets for a boot of
+// slot's entry: LoaderEntrySelected, its file name in lower case, and
+// LoaderBootCountPath when it counts tries.
+func (m *Machine) RecordBoot(d *apply.Disk, slot meta.Slot) {
+	m.T.Helper()
+	entries, err := d.Loader.Slots(context.Background())
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	const volatile = efivar.BootServiceAccess | efivar.RuntimeAccess
+	for _, e := range entries {
+		if e.Slot != slot {
+			continue
+		}
+		name := path.Base(e.Description)
+		if err := efivar.SetString(m.Vars, boot.SelectedVar, efivar.LoaderVendor, volatile, strings.ToLower(name)); err != nil {
+			m.T.Fatal(err)
+		}
+		if e.Counting {
+			err = efivar.SetString(m.Vars, boot.CountPathVar, efivar.LoaderVendor, volatile, `\loader\entries\`+name)
+		} else if err = m.Vars.Remove(boot.CountPathVar, efivar.LoaderVendor); errors.Is(err, fs.ErrNotExist) {
+			err = nil
+		}
+		if err != nil {
+			m.T.Fatal(err)
+		}
+		return
+	}
+	m.T.Fatalf("the firmware boots slot %s, which has no entry", slot)
+}
+
+// Prestage runs the pre-stage step for a boot of slot.
+func (m *Machine) Prestage(slot meta.Slot) apply.Decision {
+	m.T.Helper()
+	d := m.Open(slot)
+	defer d.Close()
+	dec, err := apply.Boot(context.Background(), &d.Env)
+	if err != nil {
+		m.T.Logf("Boot: %v", err)
+	}
+	return dec
+}
+
+// Confirm runs stager confirm on a system booted from slot.
+func (m *Machine) Confirm(slot meta.Slot) (*apply.Result, error) {
+	m.T.Helper()
+	d := m.Open(slot)
+	defer d.Close()
+	return apply.Confirm(context.Background(), &d.Env)
+}
+
+// Status reads META as stager status does.
+func (m *Machine) Status() *stage.Status {
+	m.T.Helper()
+	st, err := stage.ReadStatus(context.Background(), m.Img)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	return st
+}
+
+// Slots returns META's slot states.
+func (m *Machine) Slots() *meta.Slots { m.T.Helper(); return m.Status().Slots }
+
+// Staged returns META's staged record, nil when nothing is staged.
+func (m *Machine) Staged() *meta.Staged { m.T.Helper(); return m.Status().Staged }
+
+// LastReason is the reason of META's last transition.
+func (m *Machine) LastReason() string {
+	m.T.Helper()
+	tr := m.Status().Transitions
+	if len(tr) == 0 {
+		return ""
+	}
+	return tr[len(tr)-1].Reason
+}
+
+// CheckESP runs fsck.fat -n on a copy of the ESP.
+func (m *Machine) CheckESP() {
+	m.T.Helper()
+	if out, err := FsckESP(m.Img, m.T.TempDir()); err != nil {
+		m.T.Fatalf("fsck.fat -n on the ESP: %v\n%s", err, out)
+	}
+}
+
+// FsckESP runs fsck.fat -n on a copy of img's ESP made in dir, and returns
+// its output.
+func FsckESP(img, dir string) ([]byte, error) {
+	d, err := disk.Open(img, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	esp, err := d.Find(disk.LabelESP)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, esp.Size)
+	if _, err := esp.ReadAt(buf, 0); err != nil {
+		return nil, err
+	}
+	p := filepath.Join(dir, "esp")
+	if err := os.WriteFile(p, buf, 0o600); err != nil {
+		return nil, err
+	}
+	defer os.Remove(p)
+	return exec.Command("fsck.fat", "-n", p).CombinedOutput()
+}
+
+// ReadSlot reads a slot's files into memory.
+func ReadSlot(ctx context.Context, l apply.Loader, slot meta.Slot) (kernel, initramfs []byte, e boot.SlotEntry, err error) {
+	f, err := l.OpenSlot(ctx, slot)
+	if err != nil {
+		return nil, nil, boot.SlotEntry{}, err
+	}
+	defer f.Close()
+	if kernel, err = io.ReadAll(f.Kernel); err != nil {
+		return nil, nil, boot.SlotEntry{}, err
+	}
+	if initramfs, err = io.ReadAll(f.Initramfs); err != nil {
+		return nil, nil, boot.SlotEntry{}, err
+	}
+	return kernel, initramfs, f.Entry, nil
+}
+
+// HashFile is the SHA-256 of the file at p.
+func HashFile(t testing.TB, p string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}

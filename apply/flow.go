@@ -356,10 +356,18 @@ func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, erro
 		// The firmware brought the machine back: the trial slot reset,
 		// panicked or hung before it confirmed.
 		spent := s.env.Tries - s.slots.TriesLeft
-		return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm: the machine came back to slot %s after %d boot(s) of %s (reset, panic or hang)", trial, booted, spent, trial), Continue)
+		why := "reset, panic or hang"
+		if ts.Reason != "" { // recorded by stager check (RecordChecks)
+			why = ts.Reason
+		}
+		return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm: the machine came back to slot %s after %d boot(s) of %s (%s)", trial, booted, spent, trial, why), Continue)
 	}
 	if s.slots.TriesLeft <= 0 {
-		return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm within %d boots", trial, s.env.Tries), Reboot)
+		why := ""
+		if ts.Reason != "" {
+			why = " (" + ts.Reason + ")"
+		}
+		return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm within %d boots%s", trial, s.env.Tries, why), Reboot)
 	}
 	s.slots.TriesLeft--
 	n := s.env.Tries - s.slots.TriesLeft

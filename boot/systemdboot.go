@@ -405,6 +405,8 @@ func (s *SystemdBoot) slotEntry(slot meta.Slot) (SlotEntry, *Entry, error) {
 
 // Bless implements Blesser: it renames slot's counted entry
 // (stagehand-b+LEFT-DONE.conf, whatever the counter) to stagehand-b.conf.
+// An entry already blessed, by systemd-bless-boot for one, is left as it
+// is, also when it was renamed between the look and the rename.
 func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
 	if err := checkSlot(slot); err != nil {
 		return err
@@ -418,6 +420,10 @@ func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
 	}
 	to := EntryName{ID: n.ID}.String()
 	if err := s.esp.Rename(path.Join(entriesDir, n.String()), path.Join(entriesDir, to)); err != nil {
+		// systemd-bless-boot may have renamed it since: blessed is blessed.
+		if now, nerr := s.entryName(slot); errors.Is(err, fs.ErrNotExist) && nerr == nil && !now.Counting {
+			return nil
+		}
 		return fmt.Errorf("blessing slot %s: %w", slot, err)
 	}
 	if err := s.esp.Sync(); err != nil {

@@ -299,3 +299,40 @@ func TestReadSlot(t *testing.T) {
 		t.Errorf("ReadSlot with the initramfs gone: %v", err)
 	}
 }
+
+// racingFS is an ESP where another program (systemd-bless-boot) renames
+// the counted entry just before Bless does.
+type racingFS struct {
+	FS
+	raced bool
+}
+
+func (r *racingFS) Rename(from, to string) error {
+	if !r.raced {
+		r.raced = true
+		if err := r.FS.Rename(from, to); err != nil {
+			return err
+		}
+	}
+	return r.FS.Rename(from, to)
+}
+
+// TestBlessRace: systemd-bless-boot renamed the entry between Bless's look
+// and its rename; the slot is blessed, and Bless says so.
+func TestBlessRace(t *testing.T) {
+	ctx := context.Background()
+	esp := &racingFS{FS: Dir(t.TempDir())}
+	sb := NewSystemdBoot(esp)
+	if err := sb.InstallSlot(ctx, meta.SlotB, image("k2", "i2", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Bless(ctx, meta.SlotB); err != nil {
+		t.Fatalf("Bless after systemd-bless-boot renamed the entry: %v", err)
+	}
+	if !esp.raced {
+		t.Fatal("the race did not happen")
+	}
+	if d := cmp.Diff([]string{"stagehand-b.conf"}, entries(t, esp.FS)); d != "" {
+		t.Errorf("entries (-want, +got):\n%s", d)
+	}
+}

@@ -59,14 +59,60 @@ func (d *Disk) MountPoint(index int) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading the mount table: %w", err)
 	}
-	s := bufio.NewScanner(bytes.NewReader(mi))
-	for s.Scan() {
-		f := strings.Fields(s.Text()) // id parent major:minor root mountpoint ...
-		if len(f) >= 5 && f[2] == dev && f[3] == "/" {
-			return unescapeMount(f[4]), nil
+	mnt, autofs := findMount(mi, dev)
+	if mnt != "" || len(autofs) == 0 {
+		return mnt, nil
+	}
+	// An automount point where an ESP goes (systemd's x-systemd.automount
+	// or gpt-auto) may mount this partition at any moment: trigger it, as
+	// bootctl does, and look again, so that the partition is written
+	// through the kernel's mount rather than under it.
+	for _, p := range autofs {
+		if f, err := os.Open(p); err == nil {
+			f.Readdirnames(1)
+			f.Close()
 		}
 	}
-	return "", nil
+	if mi, err = os.ReadFile("/proc/self/mountinfo"); err != nil {
+		return "", fmt.Errorf("reading the mount table: %w", err)
+	}
+	mnt, _ = findMount(mi, dev)
+	return mnt, nil
+}
+
+// espMountPoints are where an ESP is mounted by convention (bootctl looks
+// there too).
+var espMountPoints = []string{"/efi", "/boot", "/boot/efi"}
+
+// findMount returns where mountinfo mi has device dev (major:minor)
+// mounted whole, and the automount points (autofs) at espMountPoints that
+// are not yet mounted over.
+func findMount(mi []byte, dev string) (string, []string) {
+	var autofs []string
+	s := bufio.NewScanner(bytes.NewReader(mi))
+	for s.Scan() {
+		f := strings.Fields(s.Text()) // id parent major:minor root mountpoint ... - fstype source options
+		if len(f) < 5 {
+			continue
+		}
+		if f[2] == dev && f[3] == "/" {
+			return unescapeMount(f[4]), nil
+		}
+		mp := unescapeMount(f[4])
+		for i := 5; i+1 < len(f); i++ {
+			if f[i] == "-" {
+				if f[i+1] == "autofs" {
+					for _, p := range espMountPoints {
+						if mp == p {
+							autofs = append(autofs, mp)
+						}
+					}
+				}
+				break
+			}
+		}
+	}
+	return "", autofs
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).

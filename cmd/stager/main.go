@@ -65,7 +65,7 @@ that systemd-boot sets), or the image file or block device given by --disk.`,
 	})
 	addStageFlags(root)
 	root.AddCommand(newMetaCmd())
-	root.AddCommand(newStatusCmd(), newCancelCmd(), newImageCmd(), newConfirmCmd(), newRollbackCmd(), newInitramfsCmd())
+	root.AddCommand(newStatusCmd(), newCancelCmd(), newImageCmd(), newConfirmCmd(), newRollbackCmd(), newInitramfsCmd(), newCheckCmd())
 	root.AddCommand(newDiskCmd())
 	return root
 }

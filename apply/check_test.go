@@ -1,81 +1,73 @@
-package apply
+package apply_test
 
 import (
 	"context"
 	"strings"
 	"testing"
 
+	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/apply/applytest"
 	"github.com/stagehand-dev/stagehand/meta"
-	"github.com/stagehand-dev/stagehand/stage"
 )
 
-func (m *machine) recordChecks(booted meta.Slot, healthy bool, summary string) *CheckOutcome {
-	m.t.Helper()
-	d := m.open(booted)
+func recordChecks(m *applytest.Machine, booted meta.Slot, healthy bool, summary string) *apply.CheckOutcome {
+	m.T.Helper()
+	d := m.Open(booted)
 	defer d.Close()
-	out, err := RecordChecks(context.Background(), &d.Env, healthy, summary)
+	out, err := apply.RecordChecks(context.Background(), &d.Env, healthy, summary)
 	if err != nil {
-		m.t.Fatal(err)
+		m.T.Fatal(err)
 	}
 	return out
-}
-
-func (m *machine) generation() uint64 {
-	m.t.Helper()
-	st, err := stage.ReadStatus(context.Background(), m.img)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	return st.Generation
 }
 
 // A required check that fails on each try of the trial: each try records
 // why, and the rollback after the last names the check.
 func TestFailedChecksRollBackWithTheReason(t *testing.T) {
-	m := newMachine(t)
-	m.firmware()
-	if d := m.prestage(meta.SlotA); d.Action != Kexec {
+	m := applytest.New(t)
+	m.Firmware()
+	if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec {
 		t.Fatalf("apply: %+v", d)
 	}
 	const failed = "required check 50-app failed (exit status 1): app not listening"
-	m.prestage(meta.SlotB) // the kexec'd boot: try 1
-	out := m.recordChecks(meta.SlotB, false, failed)
-	if !out.Trial || !out.Recorded || out.TriesLeft != DefaultTries-1 {
+	m.Prestage(meta.SlotB) // the kexec'd boot: try 1
+	out := recordChecks(m, meta.SlotB, false, failed)
+	if !out.Trial || !out.Recorded || out.TriesLeft != apply.DefaultTries-1 {
 		t.Fatalf("RecordChecks on try 1: %+v", out)
 	}
-	if r := m.lastReason(); r != "health checks of slot b (v2) failed, no confirm: "+failed {
+	if r := m.LastReason(); r != "health checks of slot b (v2) failed, no confirm: "+failed {
 		t.Errorf("recorded %q", r)
 	}
-	if sl := m.slots(); sl.Phase != meta.PhaseTrial || sl.B.State != "trial" || sl.B.Reason != "health check failed: "+failed {
+	if sl := m.Slots(); sl.Phase != meta.PhaseTrial || sl.B.State != "trial" || sl.B.Reason != "health check failed: "+failed {
 		t.Errorf("after the failed checks: %+v", sl)
 	}
 	// The check reboots: boot-once brings slot b once more.
-	if s := m.firmware(); s != meta.SlotB {
+	if s := m.Firmware(); s != meta.SlotB {
 		t.Fatalf("the reboot after the failed check starts slot %s", s)
 	}
-	m.prestage(meta.SlotB)
-	if out := m.recordChecks(meta.SlotB, false, failed); out.TriesLeft != 0 {
+	m.Prestage(meta.SlotB)
+	if out := recordChecks(m, meta.SlotB, false, failed); out.TriesLeft != 0 {
 		t.Fatalf("RecordChecks on try 2: %+v", out)
 	}
-	if s := m.firmware(); s != meta.SlotA {
+	if s := m.Firmware(); s != meta.SlotA {
 		t.Fatalf("after the tries the firmware starts slot %s", s)
 	}
-	m.prestage(meta.SlotA)
-	sl := m.slots()
+	m.Prestage(meta.SlotA)
+	sl := m.Slots()
 	want := "rolled back: slot b did not confirm: the machine came back to slot a after 2 boot(s) of b (health check failed: " + failed + ")"
-	if r := m.lastReason(); r != want {
+	if r := m.LastReason(); r != want {
 		t.Errorf("rollback reason\n got %q\nwant %q", r, want)
 	}
 	if sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotA || sl.B.State != "bad" || !strings.Contains(sl.B.Reason, "50-app failed") {
 		t.Errorf("after the rollback: %+v", sl)
 	}
-	m.checkESP()
+	m.CheckESP()
 	// A settled slot's checks write nothing.
-	gen := m.generation()
-	if out := m.recordChecks(meta.SlotA, false, failed); out.Trial || out.Recorded {
+	gen := m.Status().Generation
+	if out := recordChecks(m, meta.SlotA, false, failed); out.Trial || out.Recorded {
 		t.Errorf("RecordChecks on a confirmed slot: %+v", out)
 	}
-	if g := m.generation(); g != gen {
+	if g := m.Status().Generation; g != gen {
 		t.Errorf("RecordChecks on a confirmed slot wrote META (generation %d → %d)", gen, g)
 	}
 }
@@ -83,24 +75,19 @@ func TestFailedChecksRollBackWithTheReason(t *testing.T) {
 // Passing required checks with a failed wanted one: the warning is
 // recorded, and the confirm goes on.
 func TestWantedWarningRecordedThenConfirmed(t *testing.T) {
-	m := newMachine(t)
-	m.firmware()
-	m.prestage(meta.SlotA)
-	m.prestage(meta.SlotB)
+	m := applytest.New(t)
+	m.Firmware()
+	m.Prestage(meta.SlotA)
+	m.Prestage(meta.SlotB)
 	const warn = "wanted check 50-ntp failed (exit status 1): clock not synchronized"
-	if out := m.recordChecks(meta.SlotB, true, warn); !out.Recorded {
+	if out := recordChecks(m, meta.SlotB, true, warn); !out.Recorded {
 		t.Fatalf("RecordChecks: %+v", out)
 	}
-	dk := m.open(meta.SlotB)
-	res, err := Confirm(context.Background(), &dk.Env)
-	dk.Close()
+	res, err := m.Confirm(meta.SlotB)
 	if err != nil || !res.Changed {
 		t.Fatalf("confirm: %+v, %v", res, err)
 	}
-	st, err := stage.ReadStatus(context.Background(), m.img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := m.Status()
 	tr := st.Transitions
 	if n := len(tr); n < 2 || tr[n-2].Reason != "health checks of slot b (v2) passed: "+warn || !strings.HasPrefix(tr[n-1].Reason, "confirmed slot b") {
 		t.Errorf("last transitions: %s", lastTwo(tr))

@@ -149,6 +149,15 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
 	booted := env.Booted
+	if br, ok := env.Loader.(boot.BootRecord); ok && booted == "" {
+		// A UKI's command line names no slot: the bootloader says which
+		// entry it booted.
+		if slot, ok, err := br.BootedSlot(ctx); err != nil {
+			env.Logf("%v", err)
+		} else if ok {
+			booted = slot
+		}
+	}
 	if booted == "" {
 		booted = s.slots.Active
 	}
@@ -270,10 +279,9 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		}
 		return Decision{Action: Continue, Reason: err.Error()}, err // an I/O error: try again next boot
 	}
-	kernel, ok1 := payload.Find(st.Artifacts, payload.Kernel)
-	initrd, ok2 := payload.Find(st.Artifacts, payload.Initramfs)
-	if !ok1 || !ok2 {
-		return s.refuse("staged payload refused: it lacks a kernel or an initramfs")
+	img, check, why := s.image(st)
+	if why != "" {
+		return s.refuse("staged payload refused: " + why)
 	}
 
 	// Announce the write: the target is bad until it is written and checked.
@@ -287,12 +295,8 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
 
-	img := boot.Image{
-		Kernel:    io.NewSectionReader(s.env.Stage, kernel.Offset, kernel.Size),
-		Initramfs: io.NewSectionReader(s.env.Stage, initrd.Offset, initrd.Size),
-		Cmdline:   s.cmdlineFor(ctx, st),
-		Version:   s.versionOf(st),
-		Tries:     s.env.Tries,
+	if img.UKI == nil {
+		img.Cmdline = s.cmdlineFor(ctx, st)
 	}
 	fail := func(what string, err error) (Decision, error) {
 		// The target stays bad and the phase applying: the next boot
@@ -310,10 +314,7 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 	if err != nil {
 		return fail("reading the slot back", err)
 	}
-	err = sameSHA(f.Kernel, kernel)
-	if err == nil {
-		err = sameSHA(f.Initramfs, initrd)
-	}
+	err = check(f)
 	f.Close()
 	if err != nil {
 		return fail("checking the slot", err)
@@ -330,6 +331,42 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
 	return Decision{Action: Kexec, Slot: target, Reason: "trying slot " + string(target)}, nil
+}
+
+// image is what the payload installs in a slot, and how to check the slot
+// holds it after: a unified kernel image when the payload carries one, else
+// its kernel and initramfs. why says why the payload cannot be installed.
+func (s *state) image(st *meta.Staged) (img boot.Image, check func(*boot.SlotFiles) error, why string) {
+	img = boot.Image{Version: s.versionOf(st), Tries: s.env.Tries}
+	if a, ok := payload.Find(st.Artifacts, payload.UKI); ok {
+		u, err := boot.CheckUKI(io.NewSectionReader(s.env.Stage, a.Offset, a.Size), a.Size)
+		if err != nil {
+			return img, nil, fmt.Sprintf("%s: %v", payload.UKI, err)
+		}
+		if _, ok := payload.Find(st.Artifacts, payload.Version); !ok && u.Version() != "" {
+			img.Version = u.Version()
+		}
+		img.UKI = io.NewSectionReader(s.env.Stage, a.Offset, a.Size)
+		return img, func(f *boot.SlotFiles) error {
+			if f.UKI == nil {
+				return fmt.Errorf("slot %s holds no UKI", st.Target)
+			}
+			return sameSHA(f.UKI, a)
+		}, ""
+	}
+	kernel, ok1 := payload.Find(st.Artifacts, payload.Kernel)
+	initrd, ok2 := payload.Find(st.Artifacts, payload.Initramfs)
+	if !ok1 || !ok2 {
+		return img, nil, "it lacks a kernel or an initramfs, and a UKI"
+	}
+	img.Kernel = io.NewSectionReader(s.env.Stage, kernel.Offset, kernel.Size)
+	img.Initramfs = io.NewSectionReader(s.env.Stage, initrd.Offset, initrd.Size)
+	return img, func(f *boot.SlotFiles) error {
+		if err := sameSHA(f.Kernel, kernel); err != nil {
+			return err
+		}
+		return sameSHA(f.Initramfs, initrd)
+	}, ""
 }
 
 // backToActive handles a boot of the slot an apply was writing: the power

@@ -8,12 +8,18 @@ import (
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
-// Image is what a slot boots.
+// Image is what a slot boots: a kernel and an initramfs, or a unified
+// kernel image.
 type Image struct {
 	Kernel    io.Reader // the kernel (bzImage)
 	Initramfs io.Reader
-	Cmdline   string // kernel command line; the backend adds stagehand.slot=
-	Version   string // OS version, shown in the menu and kept in the entry
+	// UKI, instead of Kernel and Initramfs, is a unified kernel image
+	// (systemd-stub with the kernel, initramfs, command line and
+	// os-release in its sections): installed as it is, a Type #2 entry
+	// for systemd-boot. Cmdline and Version are then the UKI's own.
+	UKI     io.Reader
+	Cmdline string // kernel command line; the backend adds stagehand.slot=
+	Version string // OS version, shown in the menu and kept in the entry
 	// Tries > 0 names the entry for systemd-boot's boot counting
 	// (stagehand-b+Tries.conf), so that the loader counts the firmware
 	// boots of it and skips it once none is left; 0 installs an entry
@@ -26,8 +32,9 @@ type SlotEntry struct {
 	Slot    meta.Slot
 	Version string
 	Cmdline string // the full command line, stagehand.slot= included
-	Kernel  string // where the bootloader loads them from
+	Kernel  string // where the bootloader loads them from (the UKI's path for a UKI)
 	Initrd  string
+	UKI     bool // a unified kernel image: Cmdline is its .cmdline with stagehand.slot= added
 	// Tries left and done, when the bootloader counts tries of the slot.
 	Counting    bool
 	Left, Done  int
@@ -85,6 +92,7 @@ type SlotFiles struct {
 	Entry     SlotEntry
 	Kernel    io.Reader
 	Initramfs io.Reader // the entry's initrds, one after the other
+	UKI       io.Reader // for a UKI entry: the whole image, as installed
 	closers   []io.Closer
 }
 

@@ -141,23 +141,34 @@ func (e *Entry) Marshal() ([]byte, error) {
 // 2 left, 1 done). systemd-boot renames the file before each try
 // (+3 → +2-1 → +1-2 → +0-3); at +0 the entry is bad and is tried last.
 type EntryName struct {
-	ID       string // without .conf and without the counter
+	ID       string // without .conf (.efi) and without the counter
 	Counting bool   // the name carries +LEFT[-DONE]
 	Left     int
 	Done     int
+	UKI      bool // a Type #2 entry: a unified kernel image, NAME.efi under EFI/Linux
 }
 
 // ParseEntryName reads an entry file name, which ends in .conf. Like
 // systemd-boot, a suffix that is not a well-formed counter stays part of
 // the ID.
-func ParseEntryName(name string) (EntryName, error) {
-	base, ok := strings.CutSuffix(name, ".conf")
+func ParseEntryName(name string) (EntryName, error) { return parseName(name, false) }
+
+// ParseUKIName reads the file name of a Type #2 entry (a unified kernel
+// image under EFI/Linux), which ends in .efi, as ParseEntryName does.
+func ParseUKIName(name string) (EntryName, error) { return parseName(name, true) }
+
+func parseName(name string, uki bool) (EntryName, error) {
+	ext := ".conf"
+	if uki {
+		ext = ".efi"
+	}
+	base, ok := strings.CutSuffix(name, ext)
 	if !ok || base == "" || strings.ContainsAny(name, "/\x00") {
-		return EntryName{}, fmt.Errorf("loader entry file name %q is not NAME.conf", name)
+		return EntryName{}, fmt.Errorf("loader entry file name %q is not NAME%s", name, ext)
 	}
 	i := strings.LastIndexByte(base, '+')
 	if i <= 0 {
-		return EntryName{ID: base}, nil
+		return EntryName{ID: base, UKI: uki}, nil
 	}
 	left, done, hasDone := strings.Cut(base[i+1:], "-")
 	l, err1 := parseCounter(left)
@@ -166,9 +177,9 @@ func ParseEntryName(name string) (EntryName, error) {
 		d, err2 = parseCounter(done)
 	}
 	if err1 != nil || err2 != nil {
-		return EntryName{ID: base}, nil
+		return EntryName{ID: base, UKI: uki}, nil
 	}
-	return EntryName{ID: base[:i], Counting: true, Left: l, Done: d}, nil
+	return EntryName{ID: base[:i], Counting: true, Left: l, Done: d, UKI: uki}, nil
 }
 
 func parseCounter(s string) (int, error) {
@@ -178,14 +189,31 @@ func parseCounter(s string) (int, error) {
 	return strconv.Atoi(s)
 }
 
-// String is the file name: ID[+LEFT[-DONE]].conf. A counter without tries
-// done is written without them, as systemd writes a fresh entry.
+// String is the file name: ID[+LEFT[-DONE]].conf (.efi for a UKI). A
+// counter without tries done is written without them, as systemd writes a
+// fresh entry.
 func (n EntryName) String() string {
+	ext := ".conf"
+	if n.UKI {
+		ext = ".efi"
+	}
 	if !n.Counting {
-		return n.ID + ".conf"
+		return n.ID + ext
 	}
 	if n.Done == 0 {
-		return fmt.Sprintf("%s+%d.conf", n.ID, n.Left)
+		return fmt.Sprintf("%s+%d%s", n.ID, n.Left, ext)
 	}
-	return fmt.Sprintf("%s+%d-%d.conf", n.ID, n.Left, n.Done)
+	return fmt.Sprintf("%s+%d-%d%s", n.ID, n.Left, n.Done, ext)
+}
+
+// Plain is the name without its counter.
+func (n EntryName) Plain() EntryName { return EntryName{ID: n.ID, UKI: n.UKI} }
+
+// Path is the entry file's path on the ESP: loader/entries/NAME.conf, or
+// EFI/Linux/NAME.efi for a UKI.
+func (n EntryName) Path() string {
+	if n.UKI {
+		return ukiDir + "/" + n.String()
+	}
+	return entriesDir + "/" + n.String()
 }

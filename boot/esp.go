@@ -189,7 +189,7 @@ func (f *FAT) Open(name string) (io.ReadCloser, error) {
 			return nil, fmt.Errorf("ESP: opening %s: %w", espPath(name), err)
 		}
 	}
-	return &runReader{dev: f.dev, runs: runs, left: fi.Size()}, nil
+	return &runReader{dev: f.dev, runs: runs, all: runs, left: fi.Size(), size: fi.Size()}, nil
 }
 
 // diskRanges returns the runs of clusters a go-diskfs file occupies.
@@ -203,12 +203,56 @@ func diskRanges(fl filesystem.File) ([]fat12.DiskRange, error) {
 	return r.GetDiskRanges()
 }
 
-// runReader reads the first left bytes of runs of a device.
+// runReader reads the first left bytes of runs of a device; ReadAt reads
+// anywhere in the file's size bytes.
 type runReader struct {
 	dev  io.ReaderAt
 	runs []fat12.DiskRange
 	off  uint64 // read so far of runs[0]
 	left int64
+	all  []fat12.DiskRange
+	size int64
+}
+
+// Size is the file's size.
+func (r *runReader) Size() int64 { return r.size }
+
+// ReadAt implements io.ReaderAt over the file's clusters.
+func (r *runReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("ESP: reading at %d: negative offset", off)
+	}
+	if off >= r.size {
+		return 0, io.EOF
+	}
+	short := off+int64(len(p)) > r.size
+	if short {
+		p = p[:r.size-off]
+	}
+	n, pos := 0, uint64(off)
+	for _, run := range r.all {
+		if len(p) == 0 {
+			break
+		}
+		if pos >= run.Length {
+			pos -= run.Length
+			continue
+		}
+		k := min(uint64(len(p)), run.Length-pos)
+		m, err := r.dev.ReadAt(p[:k], int64(run.Offset+pos))
+		n += m
+		if err != nil && (err != io.EOF || uint64(m) != k) {
+			return n, err
+		}
+		p, pos = p[k:], 0
+	}
+	if len(p) > 0 {
+		return n, fmt.Errorf("ESP: the file's clusters end before its size: %w", io.ErrUnexpectedEOF)
+	}
+	if short {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 func (r *runReader) Read(p []byte) (int, error) {

@@ -3,6 +3,7 @@ package boot
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ type DiskConfig struct {
 	Layout    disk.Layout
 	Kernel    string // slot A's kernel (bzImage)
 	Initramfs string // slot A's initramfs
+	UKI       string // slot A's unified kernel image, instead of Kernel and Initramfs
 	Cmdline   string // kernel command line (stagehand.slot= is added)
 	Version   string // slot A's OS version; "" for the kernel's release
 	Force     bool   // overwrite a disk or image file that holds data
@@ -49,31 +51,11 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	if strings.ContainsAny(cfg.Version, "\r\n\x00") {
 		return nil, fmt.Errorf("the version %q spans lines", cfg.Version)
 	}
-	kf, err := os.Open(cfg.Kernel)
+	img, payload, release, err := slotInputs(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kernel: %w", err)
+		return nil, err
 	}
-	defer kf.Close()
-	release, err := KernelRelease(kf)
-	if err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
-	}
-	inf, err := os.Open(cfg.Initramfs)
-	if err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-	defer inf.Close()
-	kst, err := kf.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("kernel: %w", err)
-	}
-	ist, err := inf.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-	if !kst.Mode().IsRegular() || !ist.Mode().IsRegular() {
-		return nil, fmt.Errorf("kernel %s and initramfs %s must be regular files", cfg.Kernel, cfg.Initramfs)
-	}
+	defer img.close()
 	loader := cfg.LoaderEFI
 	if loader == "" {
 		loader = SystemdBootEFI
@@ -82,7 +64,6 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	if err != nil {
 		return nil, fmt.Errorf("systemd-boot: %w (Debian package systemd-boot-efi)", err)
 	}
-	payload := kst.Size() + ist.Size()
 	// Both slots and two copies of the loader must fit on the ESP, with
 	// room for FAT's own structures.
 	if need := 2*payload + 2*lst.Size() + 8<<20; need > l.ESPSize {
@@ -94,6 +75,9 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 			l.StageSize>>20, payload>>20)
 	}
 	version := cfg.Version
+	if version == "" {
+		version = img.Version
+	}
 	if version == "" {
 		version = release
 	}
@@ -119,8 +103,8 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	if err := sb.InstallLoader(ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
-	img := Image{Kernel: kf, Initramfs: inf, Cmdline: cfg.Cmdline, Version: version}
-	if err := sb.InstallSlot(ctx, meta.SlotA, img); err != nil {
+	img.Image.Version = version
+	if err := sb.InstallSlot(ctx, meta.SlotA, img.Image); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
 	if err := sb.SetDefault(ctx, meta.SlotA); err != nil {
@@ -156,4 +140,71 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 		return nil, fmt.Errorf("the disk is written, but the kernel kept the old partition table: %w; run `partprobe %s`", err, path)
 	}
 	return &DiskInfo{Path: path, Size: d.Size(), Partitions: d.Partitions(), Version: version, Kernel: release}, nil
+}
+
+// diskImage is slot A's image with the files it reads from.
+type diskImage struct {
+	Image
+	files []*os.File
+}
+
+func (d *diskImage) close() {
+	for _, f := range d.files {
+		f.Close()
+	}
+}
+
+// slotInputs opens slot A's files: a UKI, or a kernel and an initramfs.
+// It returns their size and the kernel's release.
+func slotInputs(cfg DiskConfig) (*diskImage, int64, string, error) {
+	d := &diskImage{}
+	open := func(what, p string) (*os.File, int64, error) {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", what, err)
+		}
+		d.files = append(d.files, f)
+		st, err := f.Stat()
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, 0, fmt.Errorf("%s %s must be a regular file", what, p)
+		}
+		return f, st.Size(), nil
+	}
+	fail := func(err error) (*diskImage, int64, string, error) { d.close(); return nil, 0, "", err }
+	if cfg.UKI != "" {
+		if cfg.Kernel != "" || cfg.Initramfs != "" {
+			return fail(fmt.Errorf("give a UKI or a kernel and an initramfs, not both"))
+		}
+		f, size, err := open("UKI", cfg.UKI)
+		if err != nil {
+			return fail(err)
+		}
+		u, err := CheckUKI(f, size)
+		if err != nil {
+			return fail(fmt.Errorf("UKI %s: %w", cfg.UKI, err))
+		}
+		release, err := KernelRelease(u.Kernel())
+		if err != nil {
+			return fail(fmt.Errorf("UKI %s: %w", cfg.UKI, err))
+		}
+		d.Image = Image{UKI: io.NewSectionReader(f, 0, size), Version: u.Version()}
+		return d, size, release, nil
+	}
+	kf, ksize, err := open("kernel", cfg.Kernel)
+	if err != nil {
+		return fail(err)
+	}
+	release, err := KernelRelease(kf)
+	if err != nil {
+		return fail(fmt.Errorf("kernel %s: %w", cfg.Kernel, err))
+	}
+	inf, isize, err := open("initramfs", cfg.Initramfs)
+	if err != nil {
+		return fail(err)
+	}
+	d.Image = Image{Kernel: kf, Initramfs: inf, Cmdline: cfg.Cmdline}
+	return d, ksize + isize, release, nil
 }

@@ -28,12 +28,15 @@ type BootRecord interface {
 	// boot counter. False when the bootloader says nothing, or something
 	// else: the caller then looks at the ESP.
 	BootedPlain(ctx context.Context, slot meta.Slot) (bool, error)
+	// BootedSlot is the slot whose entry the bootloader booted, when it
+	// says; false when it names none of stagehand's entries.
+	BootedSlot(ctx context.Context) (meta.Slot, bool, error)
 }
 
 var _ BootRecord = (*SystemdBoot)(nil)
 
 // BootedPlain implements BootRecord: LoaderEntrySelected names slot's
-// entry file without a counter, and LoaderBootCountPath is absent (a
+// entry file (.conf or .efi) without a counter, and LoaderBootCountPath is absent (a
 // counted entry sets it in every systemd-boot that counts, whatever ID it
 // reports).
 func (s *SystemdBoot) BootedPlain(ctx context.Context, slot meta.Slot) (bool, error) {
@@ -50,7 +53,8 @@ func (s *SystemdBoot) BootedPlain(ctx context.Context, slot meta.Slot) (bool, er
 	if err != nil {
 		return false, fmt.Errorf("reading %s: %w", SelectedVar, err)
 	}
-	if !strings.EqualFold(sel, EntryName{ID: EntryID(slot)}.String()) {
+	plain := EntryName{ID: EntryID(slot)}
+	if !strings.EqualFold(sel, plain.String()) && !strings.EqualFold(sel, EntryName{ID: plain.ID, UKI: true}.String()) {
 		return false, nil
 	}
 	switch _, _, err := s.vars.Get(CountPathVar, efivar.LoaderVendor); {
@@ -60,4 +64,38 @@ func (s *SystemdBoot) BootedPlain(ctx context.Context, slot meta.Slot) (bool, er
 		return false, fmt.Errorf("reading %s: %w", CountPathVar, err)
 	}
 	return false, nil
+}
+
+// BootedSlot is the slot whose entry systemd-boot says it booted
+// (LoaderEntrySelected: the entry's file name, with or without its counter,
+// of either kind); false when it names none of stagehand's. It is how a
+// slot booted from a UKI is known: the UKI's command line serves either
+// slot and carries no stagehand.slot=. A kernel started by kexec inherits
+// the variable of the firmware boot before it, so stagehand.slot= on the
+// command line (prestage passes it to every kexec) comes first.
+func (s *SystemdBoot) BootedSlot(ctx context.Context) (meta.Slot, bool, error) {
+	if s.vars == nil {
+		return "", false, ErrNoEFIVars
+	}
+	sel, err := efivar.GetString(s.vars, SelectedVar, efivar.LoaderVendor)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("reading %s: %w", SelectedVar, err)
+	}
+	sel = strings.ToLower(sel)
+	n, err := ParseUKIName(sel)
+	if err != nil {
+		n, err = ParseEntryName(sel)
+	}
+	if err != nil {
+		return "", false, nil
+	}
+	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
+		if n.ID == EntryID(slot) {
+			return slot, true, nil
+		}
+	}
+	return "", false, nil
 }

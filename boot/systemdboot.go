@@ -24,14 +24,17 @@ const (
 	systemdEFI  = "EFI/systemd/systemd-bootx64.efi"
 	loaderConf  = "loader/loader.conf"
 	entriesDir  = "loader/entries"
+	ukiDir      = "EFI/Linux" // Type #2 entries: unified kernel images
 	slotsDir    = "stagehand"
 )
 
 // SystemdBoot is the systemd-boot backend: each slot is a Type #1 entry,
 // loader/entries/stagehand-a.conf (stagehand-a+3.conf while its tries are
-// counted), loading stagehand/a/vmlinuz and stagehand/a/initramfs;
-// loader.conf names the default entry, the LoaderEntryOneShot EFI variable
-// the entry to boot once.
+// counted), loading stagehand/a/vmlinuz and stagehand/a/initramfs, or a
+// Type #2 entry, the unified kernel image EFI/Linux/stagehand-a.efi
+// (stagehand-a+3.efi); loader.conf names the default entry, the
+// LoaderEntryOneShot EFI variable the entry to boot once. A slot has one
+// entry of either kind: installing one kind removes the other.
 //
 // How systemd-boot names entries: it gives each Type #1 entry an ID, and
 // matches loader.conf's default, LoaderEntryDefault and LoaderEntryOneShot
@@ -120,20 +123,26 @@ func (s *SystemdBoot) InstallLoader(ctx context.Context) error {
 	return s.esp.Sync()
 }
 
-// entryFiles returns slot's entry file names (with any counter), sorted.
+// entryFiles returns slot's entry file names (with any counter), Type #1
+// entries first, each kind sorted.
 func (s *SystemdBoot) entryFiles(slot meta.Slot) ([]EntryName, error) {
-	names, err := s.esp.ReadDir(entriesDir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading loader entries: %w", err)
-	}
 	var out []EntryName
-	for _, n := range names {
-		en, err := ParseEntryName(n)
-		if err == nil && en.ID == EntryID(slot) {
-			out = append(out, en)
+	for _, kind := range []struct {
+		dir   string
+		parse func(string) (EntryName, error)
+	}{{entriesDir, ParseEntryName}, {ukiDir, ParseUKIName}} {
+		names, err := s.esp.ReadDir(kind.dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading loader entries in %s: %w", kind.dir, err)
+		}
+		for _, n := range names {
+			en, err := kind.parse(n)
+			if err == nil && en.ID == EntryID(slot) {
+				out = append(out, en)
+			}
 		}
 	}
 	return out, nil
@@ -144,17 +153,23 @@ func (s *SystemdBoot) entryFiles(slot meta.Slot) ([]EntryName, error) {
 const maxTries = 1000
 
 // InstallSlot implements Backend. With img.Tries the entry is
-// stagehand-X+Tries.conf; any other entry file of the slot is removed
-// first.
+// stagehand-X+Tries.conf (stagehand-X+Tries.efi for a UKI); any other entry
+// file of the slot, of either kind, is removed first.
 func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
-	if img.Kernel == nil || img.Initramfs == nil {
-		return fmt.Errorf("installing slot %s: kernel and initramfs are both needed", slot)
-	}
 	if img.Tries < 0 || img.Tries > maxTries {
 		return fmt.Errorf("installing slot %s: %d tries is not between 0 and %d", slot, img.Tries, maxTries)
+	}
+	if img.UKI != nil {
+		if img.Kernel != nil || img.Initramfs != nil {
+			return fmt.Errorf("installing slot %s: a UKI carries its kernel and initramfs; give one or the other", slot)
+		}
+		return s.installUKI(ctx, slot, img)
+	}
+	if img.Kernel == nil || img.Initramfs == nil {
+		return fmt.Errorf("installing slot %s: kernel and initramfs are both needed", slot)
 	}
 	dir := path.Join(slotsDir, string(slot))
 	opts := SlotParam + "=" + string(slot)
@@ -178,23 +193,7 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 	if err != nil {
 		return fmt.Errorf("installing slot %s: %w", slot, err)
 	}
-	old, err := s.entryFiles(slot)
-	if err != nil {
-		return err
-	}
-	// The old entry goes first, for good: a slot half written must not be
-	// bootable.
-	for _, n := range old {
-		if err := s.esp.Remove(path.Join(entriesDir, n.String())); err != nil {
-			return fmt.Errorf("installing slot %s: %w", slot, err)
-		}
-	}
-	if len(old) > 0 {
-		if err := s.esp.Sync(); err != nil {
-			return fmt.Errorf("installing slot %s: %w", slot, err)
-		}
-	}
-	if err := ctx.Err(); err != nil {
+	if err := s.removeEntries(ctx, slot); err != nil {
 		return err
 	}
 	if err := s.esp.WriteFile(path.Join(dir, "vmlinuz"), img.Kernel); err != nil {
@@ -209,8 +208,8 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 	if err := s.esp.Sync(); err != nil {
 		return fmt.Errorf("installing slot %s: %w", slot, err)
 	}
-	name := EntryName{ID: EntryID(slot), Counting: img.Tries > 0, Left: img.Tries}.String()
-	if err := s.esp.WriteFile(path.Join(entriesDir, name), bytes.NewReader(conf)); err != nil {
+	name := EntryName{ID: EntryID(slot), Counting: img.Tries > 0, Left: img.Tries}.Path()
+	if err := s.esp.WriteFile(name, bytes.NewReader(conf)); err != nil {
 		return fmt.Errorf("installing slot %s: %w", slot, err)
 	}
 	return s.esp.Sync()
@@ -324,7 +323,7 @@ func (s *SystemdBoot) matchSlot(pattern string) (meta.Slot, error) {
 		for _, n := range names {
 			file := strings.ToLower(n.String())
 			byFile, _ := path.Match(pattern, file)
-			byID, _ := path.Match(pattern, strings.ToLower(EntryName{ID: n.ID}.String()))
+			byID, _ := path.Match(pattern, strings.ToLower(n.Plain().String()))
 			if byFile != byID {
 				return "", fmt.Errorf("%q matches slot %s's entry %s in some systemd-boot versions only (they match the file name with or without its boot counter): use %s",
 					pattern, slot, n, EntryPattern(slot))
@@ -378,11 +377,19 @@ func (s *SystemdBoot) entryName(slot meta.Slot) (EntryName, error) {
 	}
 }
 
-// slotEntry reads slot's entry.
+// slotEntry reads slot's entry; the *Entry is nil for a UKI.
 func (s *SystemdBoot) slotEntry(slot meta.Slot) (SlotEntry, *Entry, error) {
 	n, err := s.entryName(slot)
 	if err != nil {
 		return SlotEntry{}, nil, err
+	}
+	if n.UKI {
+		u, c, err := s.openUKI(n)
+		if err != nil {
+			return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %w", slot, err)
+		}
+		c.Close()
+		return ukiEntry(slot, n, u), nil, nil
 	}
 	b, err := s.esp.ReadFile(path.Join(entriesDir, n.String()))
 	if err != nil {
@@ -418,8 +425,7 @@ func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
 	if !n.Counting {
 		return nil
 	}
-	to := EntryName{ID: n.ID}.String()
-	if err := s.esp.Rename(path.Join(entriesDir, n.String()), path.Join(entriesDir, to)); err != nil {
+	if err := s.esp.Rename(n.Path(), n.Plain().Path()); err != nil {
 		// systemd-bless-boot may have renamed it since: blessed is blessed.
 		if now, nerr := s.entryName(slot); errors.Is(err, fs.ErrNotExist) && nerr == nil && !now.Counting {
 			return nil
@@ -437,6 +443,17 @@ func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
 func (s *SystemdBoot) OpenSlot(ctx context.Context, slot meta.Slot) (*SlotFiles, error) {
 	if err := checkSlot(slot); err != nil {
 		return nil, err
+	}
+	n, err := s.entryName(slot)
+	if err != nil {
+		return nil, err
+	}
+	if n.UKI {
+		u, c, err := s.openUKI(n)
+		if err != nil {
+			return nil, fmt.Errorf("reading slot %s: %w", slot, err)
+		}
+		return &SlotFiles{Entry: ukiEntry(slot, n, u), Kernel: u.Kernel(), Initramfs: u.Initramfs(), UKI: u.Whole(), closers: []io.Closer{c}}, nil
 	}
 	se, e, err := s.slotEntry(slot)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 type BuildOptions struct {
 	Kernel    string // path of the kernel image
 	Initramfs string // path of the initramfs
+	UKI       string // path of a unified kernel image, instead of Kernel and Initramfs (and Cmdline: it carries its own)
 	Cmdline   string // kernel command line, optional
 	Version   string // version, optional
 	Arch      string // Go architecture, e.g. amd64
@@ -43,6 +44,9 @@ func (b *Built) Close() error { return os.Remove(b.layer) }
 func Build(o BuildOptions) (*Built, error) {
 	if o.Arch == "" {
 		return nil, fmt.Errorf("installer image: no architecture given")
+	}
+	if o.UKI != "" && (o.Kernel != "" || o.Initramfs != "" || o.Cmdline != "") {
+		return nil, fmt.Errorf("installer image: a UKI carries its kernel, initramfs and command line; give either the UKI or those")
 	}
 	f, err := os.CreateTemp(o.TempDir, "stagehand-layer-*.tar")
 	if err != nil {
@@ -108,7 +112,11 @@ func writeLayer(w io.Writer, o BuildOptions) error {
 		}
 		return nil
 	}
-	for _, a := range []struct{ name, file string }{{"vmlinuz", o.Kernel}, {"initramfs.xz", o.Initramfs}} {
+	files := []struct{ name, file string }{{"vmlinuz", o.Kernel}, {"initramfs.xz", o.Initramfs}}
+	if o.UKI != "" {
+		files = []struct{ name, file string }{{"vmlinuz.efi", o.UKI}}
+	}
+	for _, a := range files {
 		f, err := os.Open(a.file)
 		if err != nil {
 			return fmt.Errorf("installer image: %s: %w", a.name, err)

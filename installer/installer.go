@@ -16,10 +16,24 @@ func Artifacts(arch string) map[string]string {
 	return map[string]string{
 		path.Join(d, "vmlinuz"):      payload.Kernel,
 		path.Join(d, "initramfs.xz"): payload.Initramfs,
+		path.Join(d, "vmlinuz.efi"):  payload.UKI,
 		path.Join(d, "cmdline"):      payload.Cmdline,
 		path.Join(d, "version"):      payload.Version,
 	}
 }
 
-// Required are the artifacts an installer image must carry.
-var Required = []string{payload.Kernel, payload.Initramfs}
+// Missing names the artifacts an installer image lacks, of those it must
+// carry: a unified kernel image (vmlinuz.efi), or a kernel and an
+// initramfs. has tells whether the image carries an artifact.
+func Missing(has func(name string) bool) []string {
+	if has(payload.UKI) {
+		return nil
+	}
+	var out []string
+	for _, r := range []string{payload.Kernel, payload.Initramfs} {
+		if !has(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -25,6 +25,7 @@ const (
 const (
 	Kernel    = "vmlinuz"
 	Initramfs = "initramfs.xz"
+	UKI       = "vmlinuz.efi" // a unified kernel image, instead of Kernel and Initramfs
 	Cmdline   = "cmdline"
 	Version   = "version"
 )

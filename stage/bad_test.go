@@ -115,7 +115,7 @@ func TestStageBadInput(t *testing.T) {
 		{name: "single image of another platform", ref: registryAddr + "/os:armimage", want: "it has: linux/arm64"},
 		{name: "oci tag missing", ref: add("v1", goodImg) + "x", want: `has no image tagged "v1x"`},
 		{name: "kernel missing", ref: add("nokernel", imageOf(t, craftedLayer(t, regEntry("usr/install/amd64/initramfs.xz", good.initramfs), regEntry("usr/install/amd64/README", []byte("x"))))),
-			want: "no /usr/install/amd64/vmlinuz (under /usr/install it has /usr/install/amd64/README, /usr/install/amd64/initramfs.xz)"},
+			want: "no /usr/install/amd64/vmlinuz (it needs a kernel and an initramfs, or a UKI at /usr/install/amd64/vmlinuz.efi; under /usr/install it has /usr/install/amd64/README, /usr/install/amd64/initramfs.xz)"},
 		{name: "kernel whited out", ref: add("whiteout", imageOf(t, goodLayer(t, good), craftedLayer(t, regEntry("usr/install/amd64/.wh.vmlinuz", nil)))), want: "no /usr/install/amd64/vmlinuz"},
 		{name: "payload larger than half", ref: add("big", imageOf(t, goodLayer(t, big))), want: "half of STAGE holds 16773120"},
 		{name: "tampered blob", ref: tamperedRef, want: "digest is sha256:"},

@@ -19,6 +19,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
 )
@@ -289,20 +290,19 @@ func (x *extractor) whiteout(dir, base string) {
 }
 
 // artifacts returns what was found, in a fixed order, or says what is missing.
-func (x *extractor) artifacts(required []string, arch string) ([]meta.Artifact, error) {
-	for _, r := range required {
-		if _, ok := x.found[r]; !ok {
-			var seen []string
-			for p := range x.install {
-				seen = append(seen, p)
-			}
-			sort.Strings(seen)
-			has := "nothing"
-			if len(seen) > 0 {
-				has = strings.Join(seen, ", ")
-			}
-			return nil, fmt.Errorf("not an installer image for %s: no /usr/install/%s/%s (under /usr/install it has %s)", arch, arch, r, has)
+func (x *extractor) artifacts(arch string) ([]meta.Artifact, error) {
+	if missing := installer.Missing(func(n string) bool { _, ok := x.found[n]; return ok }); len(missing) > 0 {
+		var seen []string
+		for p := range x.install {
+			seen = append(seen, p)
 		}
+		sort.Strings(seen)
+		has := "nothing"
+		if len(seen) > 0 {
+			has = strings.Join(seen, ", ")
+		}
+		return nil, fmt.Errorf("not an installer image for %s: no /usr/install/%s/%s (it needs a kernel and an initramfs, or a UKI at /usr/install/%s/%s; under /usr/install it has %s)",
+			arch, arch, missing[0], arch, payload.UKI, has)
 	}
 	var out []meta.Artifact
 	for _, a := range x.found {

@@ -5,12 +5,14 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -125,6 +127,11 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 	var done int64
 	x.progress = func(n int64) { done += n; o.Progress(done, img.total) }
 	arts, err := x.write(img, o.Platform.Architecture)
+	if a, ok := payload.Find(arts, payload.UKI); ok && err == nil {
+		if _, uerr := boot.CheckUKI(io.NewSectionReader(stage, a.Offset, a.Size), a.Size); uerr != nil {
+			err = fmt.Errorf("refusing %s: /usr/install/%s/%s: %w", src, o.Platform.Architecture, payload.UKI, uerr)
+		}
+	}
 	if err == nil {
 		err = writeHeader(stage, int64(half)*hs, &payload.Header{Image: src.String(), Digest: digest, Artifacts: arts})
 	}
@@ -228,7 +235,7 @@ func (x *extractor) write(img *image, arch string) ([]meta.Artifact, error) {
 			return nil, err
 		}
 	}
-	arts, err := x.artifacts(installer.Required, arch)
+	arts, err := x.artifacts(arch)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +271,7 @@ func zero(stage *disk.Region, start, end int64) error {
 func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, target meta.Slot) error {
 	probe := b.Clone()
 	st := &meta.Staged{Image: ref, Digest: digest, SignedBy: signedBy, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)}
-	for _, name := range []string{payload.Kernel, payload.Initramfs, payload.Cmdline, payload.Version} {
+	for _, name := range []string{payload.Kernel, payload.Initramfs, payload.UKI, payload.Cmdline, payload.Version} {
 		st.Artifacts = append(st.Artifacts, meta.Artifact{Name: name, Offset: 1 << 60, Size: 1 << 60, SHA256: fmt.Sprintf("%064d", 0)})
 	}
 	if err := probe.SetStaged(st); err != nil {

@@ -78,6 +78,9 @@ func (u *Image) Kernel() *io.SectionReader {
 	return io.NewSectionReader(u.r, u.Linux.Offset(), u.Linux.Size())
 }
 
+// Whole reads the whole file.
+func (u *Image) Whole() *io.SectionReader { return io.NewSectionReader(u.r, 0, u.File.Size) }
+
 // Initramfs reads the .initrd section; it is empty when there is none.
 func (u *Image) Initramfs() *io.SectionReader {
 	return io.NewSectionReader(u.r, u.Initrd.Offset(), u.Initrd.Size())

@@ -118,6 +118,52 @@ func (m *Machine) StageVersion(version string) (kernel, initramfs []byte) {
 	return kernel, initramfs
 }
 
+// StageUKI stages version as an installer image carrying a unified kernel
+// image (Inputs' kernel and initramfs in systemd-stub), and returns the
+// UKI's bytes.
+func (m *Machine) StageUKI(version string) []byte {
+	m.T.Helper()
+	k, i := m.Inputs(version)
+	kb, _ := os.ReadFile(k)
+	ib, _ := os.ReadFile(i)
+	u := boottest.UKI(m.T, kb, ib, "console=ttyS0 rdinit=/prestage", version)
+	m.StageUKIBytes(version, u)
+	return u
+}
+
+// UKIBytes builds a UKI from the real systemd-stub (boottest.UKI).
+func UKIBytes(t testing.TB, kernel, initramfs []byte, cmdline, version string) []byte {
+	return boottest.UKI(t, kernel, initramfs, cmdline, version)
+}
+
+// StageUKIBytes stages an installer image of version whose vmlinuz.efi is u.
+func (m *Machine) StageUKIBytes(version string, u []byte) {
+	m.T.Helper()
+	if err := m.TryStageUKI(version, u); err != nil {
+		m.T.Fatal(err)
+	}
+}
+
+// TryStageUKI is StageUKIBytes returning the stager's error.
+func (m *Machine) TryStageUKI(version string, u []byte) error {
+	m.T.Helper()
+	p := filepath.Join(m.Dir, "uki-"+version+".efi")
+	if err := os.WriteFile(p, u, 0o644); err != nil {
+		m.T.Fatal(err)
+	}
+	img, err := installer.Build(installer.BuildOptions{UKI: p, Version: version, Arch: "amd64", TempDir: m.Dir})
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	defer img.Close()
+	layout := filepath.Join(m.Dir, "layout-"+version)
+	if err := installer.WriteLayout(layout, version, img); err != nil {
+		m.T.Fatal(err)
+	}
+	_, err = stage.Stage(context.Background(), stage.Options{Disk: m.Img, Image: "oci:" + layout + ":" + version})
+	return err
+}
+
 // Open opens the disk as a kernel booted from slot booted sees it ("" for
 // unknown), logging to the test.
 func (m *Machine) Open(booted meta.Slot) *apply.Disk {
@@ -191,7 +237,7 @@ func (m *Machine) RecordBoot(d *apply.Disk, slot meta.Slot) {
 			m.T.Fatal(err)
 		}
 		if e.Counting {
-			err = efivar.SetString(m.Vars, boot.CountPathVar, efivar.LoaderVendor, volatile, `\loader\entries\`+name)
+			err = efivar.SetString(m.Vars, boot.CountPathVar, efivar.LoaderVendor, volatile, `\`+strings.ReplaceAll(e.Description, "/", `\`))
 		} else if err = m.Vars.Remove(boot.CountPathVar, efivar.LoaderVendor); errors.Is(err, fs.ErrNotExist) {
 			err = nil
 		}

@@ -1,12 +1,17 @@
 // Package boottest makes inputs for tests of the boot flow: kernels that
-// look like bzImages to KernelRelease, without being bootable.
+// look like bzImages to KernelRelease, without being bootable, and unified
+// kernel images built from the real systemd-stub.
 package boottest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/stagehand-dev/stagehand/uki"
 )
 
 // FakeKernel writes a file with a bzImage setup header naming release,
@@ -26,4 +31,33 @@ func FakeKernel(t testing.TB, dir, release string, size int) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// SystemdStub is Debian's systemd-stub (systemd-boot-efi, installed by
+// make deps), which UKIs are built from.
+const SystemdStub = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+
+// UKI builds a unified kernel image from the real systemd-stub with the
+// given kernel, initramfs, command line and version (in .osrel), and
+// returns its bytes.
+func UKI(t testing.TB, kernel, initramfs []byte, cmdline, version string) []byte {
+	t.Helper()
+	stub, err := os.ReadFile(SystemdStub)
+	if err != nil {
+		t.Fatalf("%v (Debian package systemd-boot-efi: run make deps)", err)
+	}
+	osrel := "ID=stagehand-test\nPRETTY_NAME=\"stagehand test " + version + "\"\nVERSION_ID=" + version + "\n"
+	in := []uki.Input{{Name: uki.SectionOSRel, Data: strings.NewReader(osrel), Size: int64(len(osrel))}}
+	if cmdline != "" {
+		in = append(in, uki.Input{Name: uki.SectionCmdline, Data: strings.NewReader(cmdline), Size: int64(len(cmdline))})
+	}
+	if len(initramfs) > 0 {
+		in = append(in, uki.Input{Name: uki.SectionInitrd, Data: bytes.NewReader(initramfs), Size: int64(len(initramfs))})
+	}
+	in = append(in, uki.Input{Name: uki.SectionLinux, Data: bytes.NewReader(kernel), Size: int64(len(kernel))})
+	var out bytes.Buffer
+	if err := uki.Build(&out, stub, in); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
 }

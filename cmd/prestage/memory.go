@@ -8,6 +8,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/kexec"
+	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
 )
 
@@ -29,6 +30,9 @@ func checkKexecMemory(dk *apply.Disk) error {
 	}
 	k, ok1 := payload.Find(st.Artifacts, payload.Kernel)
 	i, ok2 := payload.Find(st.Artifacts, payload.Initramfs)
+	if u, ok := payload.Find(st.Artifacts, payload.UKI); ok {
+		k, i, ok1, ok2 = u, meta.Artifact{}, true, true // a UKI's sections are about its size
+	}
 	if !ok1 || !ok2 {
 		return nil
 	}

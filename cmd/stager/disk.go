@@ -30,13 +30,13 @@ func newDiskInitCmd() *cobra.Command {
 		install                            stage.Options
 	)
 	cmd := &cobra.Command{
-		Use:   "init --disk FILE|DEV (--install REF | --kernel F --initramfs F) [--size S]",
+		Use:   "init --disk FILE|DEV (--install REF | --kernel F --initramfs F | --uki F) [--size S]",
 		Short: "Write the stagehand layout, systemd-boot and slot A to a disk or image file",
 		Long: `Write a GPT with the stagehand layout (EFI system partition, META of
 exactly 1 MiB, STAGE, and optionally a root partition), install systemd-boot
 on the ESP with slot A as the default entry, and record slot A as good and
-active in META. Slot A is the given kernel, initramfs and command line, or
-those of an installer image (--install REF, pulled and checked as stager
+active in META. Slot A is the given kernel, initramfs and command line, a
+unified kernel image (--uki, a Type #2 entry), or those of an installer image (--install REF, pulled and checked as stager
 --image does; --cmdline and --version override the image's).
 
 An image file is created with --size (or keeps its size with --force); a
@@ -54,6 +54,7 @@ and so is a disk or file that holds data, unless --force is given.`,
 	f.BoolVar(&install.Insecure, "insecure", false, "with --install: talk plain HTTP to the registry")
 	f.StringVar(&cfg.Kernel, "kernel", "", "slot A's kernel (or --install)")
 	f.StringVar(&cfg.Initramfs, "initramfs", "", "slot A's initramfs (or --install)")
+	f.StringVar(&cfg.UKI, "uki", "", "slot A's unified kernel image, instead of --kernel and --initramfs")
 	f.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line (stagehand.slot=a is added)")
 	f.StringVar(&cfg.Version, "version", "", "slot A's OS version (default: the kernel's release)")
 	f.StringVar(&espSize, "esp-size", "300M", "size of the EFI system partition (at least 256M; above 260M FAT32 has 4 KiB clusters, and slots write faster)")
@@ -65,8 +66,9 @@ and so is a disk or file that holds data, unless --force is given.`,
 		if path == "" {
 			return usageError{fmt.Errorf("--disk is required (see --help)")}
 		}
-		if (install.Image != "") == (cfg.Kernel != "" || cfg.Initramfs != "") || (install.Image == "" && (cfg.Kernel == "" || cfg.Initramfs == "")) {
-			return usageError{fmt.Errorf("give either --install REF or both --kernel and --initramfs (see --help)")}
+		files := cfg.Kernel != "" || cfg.Initramfs != ""
+		if n := btoi(install.Image != "") + btoi(files) + btoi(cfg.UKI != ""); n != 1 || files && (cfg.Kernel == "" || cfg.Initramfs == "") {
+			return usageError{fmt.Errorf("give one of --install REF, --uki FILE, or both --kernel and --initramfs (see --help)")}
 		}
 		if install.Image != "" {
 			if _, err := stage.ParseSource(install.Image, install.Insecure); err != nil {
@@ -105,7 +107,10 @@ and so is a disk or file that holds data, unless --force is given.`,
 				return err
 			}
 			cfg.Kernel, cfg.Initramfs = fetched.Files[payload.Kernel], fetched.Files[payload.Initramfs]
-			if cfg.Cmdline == "" {
+			if u, ok := fetched.Files[payload.UKI]; ok {
+				cfg.Kernel, cfg.Initramfs, cfg.UKI = "", "", u
+			}
+			if cfg.Cmdline == "" && cfg.UKI == "" {
 				cfg.Cmdline = readArtifact(fetched, payload.Cmdline)
 			}
 			if cfg.Version == "" {
@@ -178,4 +183,11 @@ func sizeString(n int64) string {
 		return fmt.Sprintf("%d MiB", n>>20)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

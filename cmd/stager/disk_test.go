@@ -41,7 +41,7 @@ func TestDiskInit(t *testing.T) {
 		err  string
 	}{
 		{"no disk", base, 2, "--disk is required"},
-		{"no kernel", []string{"disk", "init", "--disk", img, "--initramfs", initrd, "--size", "1G"}, 2, "give either --install REF or both --kernel and --initramfs"},
+		{"no kernel", []string{"disk", "init", "--disk", img, "--initramfs", initrd, "--size", "1G"}, 2, "give one of --install REF, --uki FILE, or both --kernel and --initramfs"},
 		{"bad size", append(base, "--disk", img, "--size", "lots"), 2, `--size "lots": not a size`},
 		{"bad stage size", append(base, "--disk", img, "--size", "1G", "--stage-size", "-1M"), 2, "not a size"},
 		{"argument", append(base, "--disk", img, "extra"), 2, "takes no arguments"},

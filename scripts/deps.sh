@@ -4,7 +4,8 @@
 # runs only when something is missing.
 set -euo pipefail
 
-need_pkgs=(util-linux dosfstools mtools time e2fsprogs)
+# sbsigntool and openssl: the UKI tests sign with Debian ovmf's snakeoil key.
+need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl)
 # make demo stages from a real registry: Debian's docker-registry.
 if [[ ${1:-} == demo ]]; then
 	need_pkgs+=(docker-registry)

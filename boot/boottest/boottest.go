@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,4 +61,23 @@ func UKI(t testing.TB, kernel, initramfs []byte, cmdline, version string) []byte
 		t.Fatal(err)
 	}
 	return out.Bytes()
+}
+
+// The Secure Boot test key that Debian's ovmf enrolls (PK, KEK and db) in
+// OVMF_VARS_4M.snakeoil.fd; the key is encrypted with the passphrase
+// "snakeoil".
+const (
+	SnakeoilKey  = "/usr/share/ovmf/PkKek-1-snakeoil.key"
+	SnakeoilCert = "/usr/share/ovmf/PkKek-1-snakeoil.pem"
+)
+
+// Snakeoil writes the snakeoil key without its passphrase into dir (as
+// sbsign reads it) and returns it with the certificate.
+func Snakeoil(t testing.TB, dir string) (key, cert string) {
+	t.Helper()
+	key = filepath.Join(dir, "snakeoil.key")
+	if out, err := exec.Command("openssl", "pkey", "-in", SnakeoilKey, "-passin", "pass:snakeoil", "-out", key).CombinedOutput(); err != nil {
+		t.Fatalf("decrypting %s (Debian package ovmf, run make deps): %v: %s", SnakeoilKey, err, out)
+	}
+	return key, SnakeoilCert
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -22,17 +24,26 @@ func newImageCmd() *cobra.Command {
 
 func newImageBuildCmd() *cobra.Command {
 	var o installer.BuildOptions
+	var u installer.UKIOptions
 	var output, push string
-	var insecure bool
+	var insecure, asUKI bool
 	cmd := &cobra.Command{
 		Use:   "build",
 		Short: "Build an installer image from a kernel, an initramfs and a command line",
 		Long: `Build an installer image: one uncompressed layer with the kernel and the
 initramfs at Talos's paths (/usr/install/ARCH/vmlinuz, /usr/install/ARCH/initramfs.xz),
 and optionally the kernel command line and a version. The build is reproducible:
-the same inputs give the same digest.`,
+the same inputs give the same digest.
+
+With --uki the kernel, initramfs and command line are built into one unified
+kernel image (systemd-stub with .linux, .initrd, .cmdline, .osrel, .uname) at
+/usr/install/ARCH/vmlinuz.efi, installed as a systemd-boot Type #2 entry;
+--sign-key and --sign-cert sign it for Secure Boot (sbsign, Debian package
+sbsigntool). Its command line must not name stagehand.slot: a UKI serves
+either slot.`,
 		Example: `  stager image build --kernel vmlinuz --initramfs initrd.xz --version v2 --output oci:build/images:v2
-  stager image build --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0" --push 127.0.0.1:5000/os:v2`,
+  stager image build --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0" --push 127.0.0.1:5000/os:v2
+  stager image build --uki --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0 rdinit=/prestage" --version v2 --sign-key db.key --sign-cert db.pem --output oci:build/images:v2`,
 		Args: exactArgs(0, "no arguments"),
 	}
 	cmd.Flags().StringVar(&o.Kernel, "kernel", "", "kernel image (required)")
@@ -43,6 +54,10 @@ the same inputs give the same digest.`,
 	cmd.Flags().StringVar(&output, "output", "", "write to an OCI layout: oci:DIR[:TAG]")
 	cmd.Flags().StringVar(&push, "push", "", "push to a registry: REGISTRY/REPO[:TAG]")
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "push over plain HTTP")
+	cmd.Flags().BoolVar(&asUKI, "uki", false, "build a unified kernel image from the kernel, initramfs and command line")
+	cmd.Flags().StringVar(&u.Stub, "stub", installer.SystemdStub, "with --uki: systemd-stub")
+	cmd.Flags().StringVar(&u.SignKey, "sign-key", "", "with --uki: sign it with this key (PEM), for Secure Boot")
+	cmd.Flags().StringVar(&u.SignCert, "sign-cert", "", "with --uki: the key's certificate (PEM)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.Kernel == "" || o.Initramfs == "" {
 			return usageError{fmt.Errorf("--kernel and --initramfs are required")}
@@ -57,6 +72,22 @@ the same inputs give the same digest.`,
 		}
 		if (output != "" && src.Transport != stage.OCILayout) || (push != "" && src.Transport != stage.Registry) {
 			return usageError{fmt.Errorf("--output takes oci:DIR[:TAG] and --push a registry reference; got %q", dest)}
+		}
+		if !asUKI && (u.SignKey != "" || u.SignCert != "" || cmd.Flags().Changed("stub")) {
+			return usageError{fmt.Errorf("--sign-key, --sign-cert and --stub go with --uki")}
+		}
+		if asUKI {
+			dir, err := os.MkdirTemp(o.TempDir, "stagehand-uki-*")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			u.Kernel, u.Initramfs, u.Cmdline, u.Version = o.Kernel, o.Initramfs, o.Cmdline, o.Version
+			o.UKI = filepath.Join(dir, "vmlinuz.efi")
+			if err := installer.BuildUKI(cmd.Context(), o.UKI, u); err != nil {
+				return err
+			}
+			o.Kernel, o.Initramfs, o.Cmdline = "", "", ""
 		}
 		img, err := installer.Build(o)
 		if err != nil {

@@ -3,12 +3,14 @@ package apply
 import (
 	"context"
 	"fmt"
-	"github.com/stagehand-dev/stagehand/internal/benchstat"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/stagehand-dev/stagehand/disk/disktest"
+	"github.com/stagehand-dev/stagehand/internal/benchstat"
 
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/fat12"
@@ -27,7 +29,7 @@ import (
 // benchLayout is the disk of BenchmarkApply, the same for every payload
 // size: an ESP that holds a 512 MiB slot besides slot a, a STAGE of twice
 // that.
-const mib = 1 << 20
+const mib = disktest.MiB
 
 var benchLayout = disk.Layout{ESPSize: 600 * mib, StageSize: 1040 * mib}
 

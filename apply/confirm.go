@@ -39,7 +39,7 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 		ts.State, ts.Reason = "good", ""
 		prev := s.slots.Active
 		s.slots.Previous, s.slots.Active = prev, booted
-		s.slots.Trial, s.slots.TriesLeft = "", 0
+		s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = "", 0, 0
 		confirmed := s.staged
 		s.staged = nil
 		if err := s.commit(meta.PhaseIdle, booted, fmt.Sprintf("confirmed slot %s (%s); slot %s is the previous", booted, ts.Version, prev)); err != nil {

@@ -62,3 +62,31 @@ func TestCutDuringConfirm(t *testing.T) {
 		}
 	}
 }
+
+// TestCutDuringRollback cuts before every change stager rollback makes
+// when it gives a trial up from the trial slot (kexec'd, so boot-once is
+// still set): the machine ends on a, and no boot runs b, which META holds
+// bad (Settle checks every boot).
+func TestCutDuringRollback(t *testing.T) {
+	for at := 1; ; at++ {
+		m := applytest.New(t)
+		m.Prestage(meta.SlotA)
+		m.Prestage(meta.SlotB)
+		cut := m.CutRun(meta.SlotB, at, func(d *apply.Disk) {
+			if _, err := apply.Rollback(context.Background(), &d.Env); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if end := m.Settle(false); end != meta.SlotA {
+			t.Fatalf("cut %d during rollback: settled on %s", at, end)
+		}
+		m.CheckSettled(meta.SlotA)
+		if sl := m.Slots(); sl.B.State != "bad" {
+			t.Fatalf("cut %d: slot b is %q after the rollback", at, sl.B.State)
+		}
+		if !cut {
+			t.Logf("%d cut points in rollback, all settle on a", at-1)
+			return
+		}
+	}
+}

@@ -164,10 +164,16 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 	if s.settled(ctx, booted) {
 		return Decision{Action: Continue, Reason: "nothing staged"}, nil
 	}
-	if err := s.reconcileDefault(ctx); err != nil {
+	// The default this boot was made with, before it is put right.
+	def, defErr := env.Loader.Default(ctx)
+	repaired := false
+	if err := s.reconcileDefault(ctx, def, defErr); err != nil {
 		env.Logf("checking the default slot: %v", err)
-	} else if err := s.loaderSettled(ctx); err != nil {
-		env.Logf("recording the bootloader's default in META: %v", err)
+	} else {
+		repaired = true
+		if err := s.loaderSettled(ctx); err != nil {
+			env.Logf("recording the bootloader's default in META: %v", err)
+		}
 	}
 	switch s.slots.Phase {
 	case meta.PhaseStaged, meta.PhaseApplying:
@@ -176,13 +182,51 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 		return s.trialBoot(ctx, booted)
 	}
 	if booted != s.slots.Active {
-		why := fmt.Sprintf("booted slot %s, the default is %s: chosen by hand, left alone", booted, s.slots.Active)
-		if st := s.slotState(booted); st.State == "bad" {
-			why += fmt.Sprintf(" (slot %s is marked bad: %s)", booted, st.Reason)
-		}
-		return Decision{Action: Continue, Reason: why}, nil
+		return s.offActive(ctx, booted, def, repaired)
 	}
 	return Decision{Action: Continue, Reason: "nothing staged"}, nil
+}
+
+// offActive handles a boot, with nothing staged or on trial, of the slot
+// that META does not hold active. A person who picked it in the boot menu
+// is left alone. A boot the bootloader made by a default that a cut left
+// behind META (confirm or rollback committed, the ESP's new default not yet
+// durable) goes on to the active slot in the same boot, the default put
+// right first: once META records a slot active, no later boot runs the
+// other unasked. def is the default this boot was made with; repaired
+// tells that the ESP's default is the active slot now, so that a firmware
+// reboot (kexec unavailable) cannot come back here.
+func (s *state) offActive(ctx context.Context, booted, def meta.Slot, repaired bool) (Decision, error) {
+	active := s.slots.Active
+	hand := fmt.Sprintf("booted slot %s, the default is %s: chosen by hand, left alone", booted, active)
+	if st := s.slotState(booted); st.State == "bad" {
+		hand += fmt.Sprintf(" (slot %s is marked bad: %s)", booted, st.Reason)
+	}
+	if def != booted {
+		return Decision{Action: Continue, Reason: hand}, nil
+	}
+	br, ok := s.env.Loader.(boot.BootRecord)
+	if !ok {
+		return Decision{Action: Continue, Reason: hand}, nil
+	}
+	sel, known, err := br.BootedSlot(ctx)
+	if err != nil {
+		s.env.Logf("%v", err)
+	}
+	if !known || sel != booted {
+		// The bootloader does not say it booted its default: someone
+		// may have picked this entry.
+		return Decision{Action: Continue, Reason: hand}, nil
+	}
+	as := s.slotState(active)
+	if as.State != "good" || !repaired {
+		return Decision{Action: Continue, Reason: fmt.Sprintf("booted slot %s by the bootloader's default, which lags META's active slot %s (%s); the default could not be put right, so this boot runs slot %s", booted, active, as.State, booted)}, nil
+	}
+	reason := fmt.Sprintf("booted slot %s by a stale default: META holds slot %s active (%s) since a change whose bootloader update a cut lost; the default is slot %s again, going on to it", booted, active, as.Version, active)
+	if err := s.commit(meta.PhaseIdle, active, reason); err != nil {
+		return Decision{Action: Continue, Reason: err.Error()}, err
+	}
+	return Decision{Action: Kexec, Slot: active, Reason: reason}, nil
 }
 
 // settled tells whether this boot needs nothing of the ESP, as most boots
@@ -230,8 +274,7 @@ func (s *state) loaderSettled(ctx context.Context) error {
 // reconcileDefault makes the bootloader's default the slot META names
 // active: a cut between a META commit and the bootloader change it
 // announced is finished here.
-func (s *state) reconcileDefault(ctx context.Context) error {
-	def, err := s.env.Loader.Default(ctx)
+func (s *state) reconcileDefault(ctx context.Context, def meta.Slot, err error) error {
 	if err != nil {
 		return err
 	}
@@ -325,7 +368,7 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		return fail("setting boot-once", err)
 	}
 	*ts = meta.SlotState{State: "trial", Version: img.Version, Digest: st.Digest}
-	s.slots.Trial, s.slots.TriesLeft = target, s.env.Tries
+	s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = target, s.env.Tries, 0
 	s.block.Delete(meta.TagTalosStagedImageRef)
 	if err := s.commit(meta.PhaseTrial, target, fmt.Sprintf("slot %s written and checked; trying %s with %d boots to confirm", target, img.Version, s.env.Tries)); err != nil {
 		return Decision{Action: Continue, Reason: err.Error()}, err
@@ -390,9 +433,18 @@ func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, erro
 	trial := s.slots.Trial
 	ts := s.slotState(trial)
 	if booted != trial {
+		spent := s.env.Tries - s.slots.TriesLeft
+		if spent == 0 {
+			if counted, err := s.firmwareBoots(ctx, trial); err != nil {
+				s.env.Logf("reading slot %s's boot counter: %v", trial, err)
+			} else if counted == 0 {
+				return s.neverBooted(ctx, booted)
+			} else {
+				return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm: the machine came back to slot %s after %d firmware boot(s) of %s that never reached its prestage (its kernel or initramfs fails early: panic, reset or hang)", trial, booted, counted, trial), Continue)
+			}
+		}
 		// The firmware brought the machine back: the trial slot reset,
 		// panicked or hung before it confirmed.
-		spent := s.env.Tries - s.slots.TriesLeft
 		why := "reset, panic or hang"
 		if ts.Reason != "" { // recorded by stager check (RecordChecks)
 			why = ts.Reason
@@ -414,20 +466,69 @@ func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, erro
 	return Decision{Action: Continue, Reason: "trial boot of slot " + string(trial)}, nil
 }
 
+// MaxRearm bounds how often a trial that was never booted is armed again.
+const MaxRearm = 1
+
+// firmwareBoots is how many times the bootloader started slot's counted
+// entry, as its file name counts them (systemd-boot renames it at each
+// start; a kexec does not count).
+func (s *state) firmwareBoots(ctx context.Context, slot meta.Slot) (int, error) {
+	entries, err := s.env.Loader.Slots(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		if e.Slot == slot {
+			if !e.Counting {
+				return 0, fmt.Errorf("slot %s's entry %s does not count its tries", slot, e.Description)
+			}
+			return e.Done, nil
+		}
+	}
+	return 0, fmt.Errorf("slot %s: %w", slot, boot.ErrSlotEmpty)
+}
+
+// neverBooted handles a trial that META armed and that no boot reached:
+// neither its prestage counted a boot nor the bootloader started its entry
+// (a cut lost the boot-once variable, or came before the kexec). That is
+// no failure of the new version: the trial is armed again, a bounded
+// number of times, then given up saying so.
+func (s *state) neverBooted(ctx context.Context, booted meta.Slot) (Decision, error) {
+	trial := s.slots.Trial
+	if s.slots.Rearmed >= MaxRearm {
+		return s.rollback(ctx, fmt.Sprintf("slot %s was never booted: armed %d times, the machine came back to slot %s each time before a boot of %s reached its prestage or the bootloader (boot-once lost, kexec not made, or a kernel that dies before prestage after a kexec)", trial, s.slots.Rearmed+1, booted, trial), Continue)
+	}
+	s.slots.Rearmed++
+	reason := fmt.Sprintf("slot %s's trial was armed but never booted (boot-once lost or the kexec not made): trying it again (%d of %d)", trial, s.slots.Rearmed, MaxRearm)
+	if err := s.commit(meta.PhaseTrial, trial, reason); err != nil {
+		return Decision{Action: Continue, Reason: err.Error()}, err
+	}
+	if err := s.env.Loader.SetBootOnce(ctx, trial); err != nil {
+		// The kexec is still tried; a firmware reboot then runs this slot
+		// again, which gives the trial up.
+		s.env.Logf("setting boot-once: %v", err)
+	}
+	return Decision{Action: Kexec, Slot: trial, Reason: reason}, nil
+}
+
 // rollback marks the trial slot bad with reason, makes sure nothing boots it
 // again, and goes on with action.
 func (s *state) rollback(ctx context.Context, reason string, action Action) (Decision, error) {
 	trial := s.slots.Trial
 	ts := s.slotState(trial)
 	ts.State, ts.Reason = "bad", reason
-	s.slots.Trial, s.slots.TriesLeft = "", 0
+	s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = "", 0, 0
 	dropped := s.staged
 	s.staged = nil
-	if err := s.commit(meta.PhaseIdle, trial, "rolled back: "+reason); err != nil {
-		return Decision{Action: Continue, Reason: reason}, err
-	}
+	// Boot-once first: left set past the commit, it would start the slot
+	// just marked bad at the next firmware boot. Cut after it, the trial
+	// is still recorded and the next boot, of the active slot, rolls it
+	// back again.
 	if err := s.env.Loader.ClearBootOnce(ctx); err != nil {
 		s.env.Logf("clearing boot-once: %v", err)
+	}
+	if err := s.commit(meta.PhaseIdle, trial, "rolled back: "+reason); err != nil {
+		return Decision{Action: Continue, Reason: reason}, err
 	}
 	if err := s.env.Loader.SetDefault(ctx, s.slots.Active); err != nil {
 		s.env.Logf("setting the default back to slot %s: %v", s.slots.Active, err)

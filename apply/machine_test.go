@@ -242,6 +242,8 @@ func TestManualRollback(t *testing.T) {
 func TestBadSlotChosenByHand(t *testing.T) {
 	m := applytest.New(t)
 	m.Prestage(meta.SlotA)
+	m.Firmware()           // boot-once: b, whose kernel dies before its prestage
+	m.Firmware()           // the default: a
 	m.Prestage(meta.SlotA) // the trial never came up: rolled back
 	before := applytest.HashFile(t, m.Img)
 	d := m.Prestage(meta.SlotB)

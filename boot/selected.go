@@ -20,6 +20,11 @@ const (
 	CountPathVar = "LoaderBootCountPath"
 )
 
+// DefaultVar is the default entry set in the firmware's variables (by
+// bootctl set-default, or the 'd' key in the menu): systemd-boot prefers
+// it to loader.conf's default.
+const DefaultVar = "LoaderEntryDefault"
+
 // BootRecord is a backend that can tell, from what the bootloader recorded
 // about this boot alone, without reading the ESP, that the running slot
 // booted from its plain entry.

@@ -278,12 +278,43 @@ func (s *SystemdBoot) SetDefault(ctx context.Context, slot meta.Slot) error {
 		return fmt.Errorf("making slot %s the default: it has no loader entry", slot)
 	}
 	def := EntryPattern(slot)
-	return s.writeLoaderConf(&def)
+	if err := s.writeLoaderConf(&def); err != nil {
+		return err
+	}
+	// A default in the firmware's variables would win over loader.conf's:
+	// drop it, once loader.conf is synced, so that one place says.
+	if s.vars == nil {
+		return nil
+	}
+	switch _, _, err := s.vars.Get(DefaultVar, efivar.LoaderVendor); {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("reading %s: %w", DefaultVar, err)
+	}
+	if err := s.vars.Remove(DefaultVar, efivar.LoaderVendor); err != nil {
+		return fmt.Errorf("making slot %s the default: removing %s, which systemd-boot prefers to loader.conf: %w", slot, DefaultVar, err)
+	}
+	return nil
 }
 
-// Default implements Backend: the slot whose entry loader.conf's default
-// matches, as systemd-boot matches it.
+// Default implements Backend: the slot whose entry the default matches, as
+// systemd-boot matches it: LoaderEntryDefault's when that variable is set,
+// else loader.conf's.
 func (s *SystemdBoot) Default(ctx context.Context) (meta.Slot, error) {
+	if s.vars != nil {
+		v, err := efivar.GetString(s.vars, DefaultVar, efivar.LoaderVendor)
+		switch {
+		case err == nil && v != "":
+			slot, err := s.matchSlot(v)
+			if err != nil {
+				return "", fmt.Errorf("the default entry in %s: %w", DefaultVar, err)
+			}
+			return slot, nil
+		case err != nil && !errors.Is(err, fs.ErrNotExist):
+			return "", fmt.Errorf("reading %s: %w", DefaultVar, err)
+		}
+	}
 	conf, err := s.loaderConfig()
 	if err != nil {
 		return "", err

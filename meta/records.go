@@ -130,6 +130,10 @@ type Slots struct {
 	// changes were synced. While it is Active and nothing is staged or on
 	// trial, a boot of the active slot need not look at the bootloader.
 	LoaderDefault Slot `json:"loader_default,omitempty"`
+	// Rearmed counts the times the trial was armed again because the
+	// machine came back to the active slot without any boot of the trial
+	// slot (its boot-once lost in a power cut, or the kexec never made).
+	Rearmed int `json:"rearmed,omitempty"`
 }
 
 func (s *Slots) validate() error {
@@ -145,6 +149,9 @@ func (s *Slots) validate() error {
 	}
 	if s.TriesLeft < 0 {
 		return fmt.Errorf("tries left %d is negative", s.TriesLeft)
+	}
+	if s.Rearmed < 0 {
+		return fmt.Errorf("rearmed %d is negative", s.Rearmed)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,12 @@ type cutPoint struct {
 	during  string // "apply" or "confirm"
 	markers []*regexp.Regexp
 	delay   time.Duration
+	// v1Params go on slot a's command line (stagehand.kexec=0: the trial
+	// is booted through the firmware, which consumes boot-once).
+	v1Params string
+	// flushes > 0 cuts once the confirm's flushes reached that many (the
+	// test OS reports the disk's counters as they change).
+	flushes int
 }
 
 var (
@@ -76,18 +83,23 @@ func afterIO(n int) []*regexp.Regexp {
 // on the ESP, five writes and a flush), loader.conf's default, the
 // clearing of STAGE; and the power off after it.
 var cutPoints = []cutPoint{
-	{"applying +0", "apply", []*regexp.Regexp{toApplying}, 0},
-	{"applying +0.15s", "apply", []*regexp.Regexp{toApplying}, 150 * time.Millisecond},
-	{"applying +0.35s", "apply", []*regexp.Regexp{toApplying}, 350 * time.Millisecond},
-	{"applying +0.8s", "apply", []*regexp.Regexp{toApplying}, 800 * time.Millisecond},
-	{"trial +0", "apply", []*regexp.Regexp{toTrial}, 0},
-	{"kexec +0", "apply", []*regexp.Regexp{kexecInto}, 0},
-	{"trial boot 1 +0", "confirm", []*regexp.Regexp{trialCount}, 0},
-	{"confirm start +0", "confirm", []*regexp.Regexp{confirmStart}, 0},
-	{"confirm I/O 1", "confirm", afterIO(1), 0},
-	{"confirm I/O 2", "confirm", afterIO(2), 0},
-	{"confirm I/O 3", "confirm", afterIO(3), 0},
-	{"confirmed +0", "confirm", []*regexp.Regexp{confirmedLine}, 0},
+	{"applying +0", "apply", []*regexp.Regexp{toApplying}, 0, "", 0},
+	{"applying +0.15s", "apply", []*regexp.Regexp{toApplying}, 150 * time.Millisecond, "", 0},
+	{"applying +0.35s", "apply", []*regexp.Regexp{toApplying}, 350 * time.Millisecond, "", 0},
+	{"applying +0.8s", "apply", []*regexp.Regexp{toApplying}, 800 * time.Millisecond, "", 0},
+	{"trial +0", "apply", []*regexp.Regexp{toTrial}, 0, "", 0},
+	{"kexec +0", "apply", []*regexp.Regexp{kexecInto}, 0, "", 0},
+	{"trial boot 1 +0", "confirm", []*regexp.Regexp{trialCount}, 0, "", 0},
+	{"confirm start +0", "confirm", []*regexp.Regexp{confirmStart}, 0, "", 0},
+	{"confirm I/O 1", "confirm", afterIO(1), 0, "", 0},
+	{"confirm I/O 2", "confirm", afterIO(2), 0, "", 0},
+	{"confirm I/O 3", "confirm", afterIO(3), 0, "", 0},
+	{"confirmed +0", "confirm", []*regexp.Regexp{confirmedLine}, 0, "", 0},
+	// Issue 16: the trial booted through the firmware (boot-once used up),
+	// the power cut once confirm's META commit (two copies, a flush each)
+	// is durable and before the ESP's new default: the firmware boots
+	// slot a by its stale default, whose prestage must go on to b.
+	{"confirm META, firmware trial", "confirm", []*regexp.Regexp{confirmStart}, 0, "stagehand.kexec=0", 2},
 }
 
 // maxRuns bounds the power-ons after a cut; settleTimeout bounds each.
@@ -151,11 +163,16 @@ func TestPowerCuts(t *testing.T) {
 func powerCut(t *testing.T, res *cutResult) {
 	begin := time.Now()
 	c := res.cut
-	u := newUpgrade(t, "", "", "iowatch,confirm")
+	u := newUpgrade(t, c.v1Params, "", "iowatch,confirm")
 	payloadArts := status(t, u.img).Staged.Artifacts
 	r := start(t, u.m)
 	for _, m := range c.markers {
 		expect(t, r, "the cut's marker", bootTimeout, m)
+	}
+	if c.flushes > 0 {
+		want := flushesBefore(t, r.Console(), confirmStart) + c.flushes
+		expect(t, r, fmt.Sprintf("the confirm's flush %d", c.flushes), stepTimeout,
+			regexp.MustCompile(fmt.Sprintf(`stagehand-testos: io: vda writes=\d+ flushes=%d\r?\n`, want)))
 	}
 	time.Sleep(c.delay)
 	if err := r.Kill(); err != nil {
@@ -244,6 +261,28 @@ func powerCut(t *testing.T, res *cutResult) {
 		res.stage = fmt.Sprintf("%.1f MiB left", float64(n)/(1<<20))
 	}
 	t.Logf("settled: %s after %d run(s) (%s), STAGE %s; %s", res.ended, res.runs, res.boots, res.stage, lastReasons(st, 3))
+}
+
+// ioFlushes matches the test OS's disk counters.
+var ioFlushes = regexp.MustCompile(`stagehand-testos: io: vda writes=\d+ flushes=(\d+)`)
+
+// flushesBefore is the disk's flush count the test OS last reported before
+// the first line matching mark.
+func flushesBefore(t testing.TB, con string, mark *regexp.Regexp) int {
+	t.Helper()
+	loc := mark.FindStringIndex(con)
+	if loc == nil {
+		t.Fatalf("no %q on the console", mark)
+	}
+	all := ioFlushes.FindAllStringSubmatch(con[:loc[0]], -1)
+	if len(all) == 0 {
+		t.Fatalf("the test OS reported no disk counters before %q", mark)
+	}
+	n, err := strconv.Atoi(all[len(all)-1][1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // stateOf is the state of slot s in sl.

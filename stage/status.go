@@ -21,6 +21,35 @@ type Status struct {
 	Slots       *meta.Slots       `json:"slots"`
 	Staged      *meta.Staged      `json:"staged,omitempty"`
 	Transitions []meta.Transition `json:"transitions"`
+	// OffActive, when set, says that the running system booted a slot
+	// META holds neither active nor on trial: what runs is not what META
+	// records (a slot picked by hand in the boot menu, or a repair that
+	// could not be made at early boot).
+	OffActive string `json:"off_active,omitempty"`
+}
+
+// SetBooted records the slot the running kernel came from, and whether it
+// is the one META says should run.
+func (st *Status) SetBooted(slot meta.Slot) {
+	st.Booted = slot
+	st.OffActive = offActive(slot, st.Slots)
+}
+
+// offActive is Status.OffActive for booted and slots.
+func offActive(booted meta.Slot, slots *meta.Slots) string {
+	if booted == "" || slots == nil || booted == slots.Active || slots.Phase == meta.PhaseTrial && booted == slots.Trial {
+		return ""
+	}
+	act := slots.A
+	if slots.Active == meta.SlotB {
+		act = slots.B
+	}
+	what := act.State
+	if act.Version != "" {
+		what = act.Version + ", " + what
+	}
+	return fmt.Sprintf("this system booted slot %s, but META's active slot is %s (%s): slot %s runs until the next boot (picked by hand in the boot menu, or the early-boot switch to slot %s failed: see the transitions)",
+		booted, slots.Active, what, booted, slots.Active)
 }
 
 // BootedSlot reads the slot the running kernel was booted from, from
@@ -58,6 +87,7 @@ func ReadStatus(ctx context.Context, diskPath string) (*Status, error) {
 	if st.Transitions == nil {
 		st.Transitions = []meta.Transition{}
 	}
+	st.SetBooted(st.Booted)
 	return st, nil
 }
 

@@ -140,6 +140,11 @@ func (m *Machine) SettleWith(healthy func(slot meta.Slot, version string) bool) 
 			continue
 		}
 		sl := m.Slots()
+		if slot != sl.Active && (sl.Phase != meta.PhaseTrial || slot != sl.Trial) {
+			// Nobody picks an entry by hand here: every boot must run
+			// what META says (issue 16).
+			m.T.Fatalf("a boot ran slot %s, which META holds neither active nor on trial: %+v (%s)", slot, sl, d.Reason)
+		}
 		if sl.Phase == meta.PhaseTrial && slot == sl.Trial {
 			st := sl.A
 			if slot == meta.SlotB {

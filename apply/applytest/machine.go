@@ -19,18 +19,16 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/stage"
 )
 
-// MiB is a mebibyte.
-const MiB = 1 << 20
-
 // Layout is the disk of a simulated machine: room for two slots of a few
-// MiB each on the ESP, and a STAGE for two payloads.
-var Layout = disk.Layout{Size: 300 * MiB, ESPSize: 260 * MiB, StageSize: 32 * MiB}
+// disktest.MiB each on the ESP, and a STAGE for two payloads.
+var Layout = disk.Layout{Size: 300 * disktest.MiB, ESPSize: 260 * disktest.MiB, StageSize: 32 * disktest.MiB}
 
 // Machine is a stagehand disk image with its EFI variables: what survives
 // a reboot. Firmware plays the firmware and systemd-boot: the boot-once
@@ -79,7 +77,7 @@ func (m *Machine) Inputs(version string) (kernel, initramfs string) {
 	for _, c := range version {
 		n = n*31 + int(c)
 	}
-	kernel = boottest.FakeKernel(m.T, m.Dir, "6.1.0-"+version, 2*MiB+n%(MiB))
+	kernel = boottest.FakeKernel(m.T, m.Dir, "6.1.0-"+version, 2*disktest.MiB+n%(disktest.MiB))
 	initramfs = filepath.Join(m.Dir, "initrd-"+version)
 	if err := os.WriteFile(initramfs, bytes.Repeat([]byte(version+" initramfs "), 40000+n%40000), 0o644); err != nil {
 		m.T.Fatal(err)
@@ -187,12 +185,12 @@ func (m *Machine) OpenVars(booted meta.Slot, vars efivar.Store) *apply.Disk {
 	return d
 }
 
-// Firmware returns the slot the firmware and systemd-boot start, and
-// records the boot in EFI variables as systemd-boot 252 does.
+// Firmware returns the slot the firmware and systemd-boot start, counts a
+// try of its entry if it counts them, and records the boot in EFI
+// variables as systemd-boot 252 does.
 func (m *Machine) Firmware() meta.Slot {
 	m.T.Helper()
 	d := m.Open("")
-	defer d.Close()
 	ctx := context.Background()
 	s, ok, err := d.Loader.BootOnce(ctx)
 	if err != nil {
@@ -205,8 +203,55 @@ func (m *Machine) Firmware() meta.Slot {
 	} else if s, err = d.Loader.Default(ctx); err != nil {
 		m.T.Fatal(err)
 	}
-	m.RecordBoot(d, s)
+	entries, err := d.Loader.Slots(ctx)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	d.Close()
+	for _, e := range entries {
+		if e.Slot == s && e.Counting && e.Left > 0 {
+			m.countTry(e)
+		}
+	}
+	d = m.Open("")
+	defer d.Close()
+	m.recordBoot(d, s, entries)
 	return s
+}
+
+// countTry renames a counted entry as systemd-boot does before it boots
+// it: one try less left, one more done (stagehand-b+2.conf becomes
+// stagehand-b+1-1.conf).
+func (m *Machine) countTry(e boot.SlotEntry) {
+	m.T.Helper()
+	parse := boot.ParseEntryName
+	if strings.HasSuffix(e.Description, ".efi") {
+		parse = boot.ParseUKIName
+	}
+	n, err := parse(path.Base(e.Description))
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	n.Left, n.Done = n.Left-1, n.Done+1
+	dk, err := disk.Open(m.Img, true)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	defer dk.Close()
+	r, err := dk.Find(disk.LabelESP)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	esp, err := boot.OpenESP(r, r.Size)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	if err := esp.Rename(e.Description, path.Join(path.Dir(e.Description), n.String())); err != nil {
+		m.T.Fatal(err)
+	}
+	if err := esp.Sync(); err != nil {
+		m.T.Fatal(err)
+	}
 }
 
 // PickByHand plays a person choosing slot's entry in the boot menu: the
@@ -227,8 +272,20 @@ func (m *Machine) RecordBoot(d *apply.Disk, slot meta.Slot) {
 	if err != nil {
 		m.T.Fatal(err)
 	}
+	m.recordBoot(d, slot, entries)
+}
+
+// recordBoot records a boot of slot's entry as it was named when the
+// loader chose it (systemd-boot 252 reports that ID; the count path is the
+// file's name after the loader counted the try).
+func (m *Machine) recordBoot(d *apply.Disk, slot meta.Slot, chosen []boot.SlotEntry) {
+	m.T.Helper()
+	now, err := d.Loader.Slots(context.Background())
+	if err != nil {
+		m.T.Fatal(err)
+	}
 	const volatile = efivar.BootServiceAccess | efivar.RuntimeAccess
-	for _, e := range entries {
+	for i, e := range chosen {
 		if e.Slot != slot {
 			continue
 		}
@@ -237,7 +294,11 @@ func (m *Machine) RecordBoot(d *apply.Disk, slot meta.Slot) {
 			m.T.Fatal(err)
 		}
 		if e.Counting {
-			err = efivar.SetString(m.Vars, boot.CountPathVar, efivar.LoaderVendor, volatile, `\`+strings.ReplaceAll(e.Description, "/", `\`))
+			desc := e.Description
+			if i < len(now) && now[i].Slot == slot {
+				desc = now[i].Description // after the loader counted the try
+			}
+			err = efivar.SetString(m.Vars, boot.CountPathVar, efivar.LoaderVendor, volatile, `\`+strings.ReplaceAll(desc, "/", `\`))
 		} else if err = m.Vars.Remove(boot.CountPathVar, efivar.LoaderVendor); errors.Is(err, fs.ErrNotExist) {
 			err = nil
 		}

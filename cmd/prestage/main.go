@@ -157,15 +157,20 @@ func (p *prestage) run() apply.Decision {
 	if d.Dropped != nil {
 		p.clearDropped(dk, d.Dropped)
 	}
+	how := "once"
 	if d.Action == apply.Kexec {
-		err = p.loadKexec(ctx, dk, d.Slot)
+		if err = p.loadKexec(ctx, dk, d.Slot); err != nil {
+			if s, ok, _ := dk.Loader.BootOnce(ctx); !ok || s != d.Slot {
+				how = "by default"
+			}
+		}
 	}
 	if cerr := dk.Close(); cerr != nil {
 		p.logf("closing %s: %v", path, cerr)
 	}
 	p.stepf("closed %s", path)
 	if err != nil {
-		p.logf("%v: rebooting through the firmware, which boots slot %s once", err, d.Slot)
+		p.logf("%v: rebooting through the firmware, which boots slot %s %s", err, d.Slot, how)
 		d.Action = apply.Reboot
 	}
 	return d

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,14 +63,34 @@ func TestConfirmAndRollback(t *testing.T) {
 		{[]string{"confirm", "--slot", "b"}, 0, "confirmed slot b (v2): it is the default now; slot a is kept for rollback"},
 		{[]string{"confirm", "--slot", "b"}, 0, "slot b is already confirmed"},
 		{[]string{"status"}, 0, "slot b:   good  v2  [entry loader/entries/stagehand-b.conf"},
+		{[]string{"status", "--slot", "a"}, 0, "WARNING: this system booted slot a, but META's active slot is b (v2, good)"},
 		{[]string{"rollback", "--slot", "b"}, 0, "slot a (v1) is the default now"},
 		{[]string{"status"}, 0, "rolled back by stager rollback from slot b to slot a"},
 		{[]string{"confirm"}, 1, "not booted from a stagehand slot"},
+		{[]string{"status", "--slot", "x"}, 2, `--slot "x": give a or b`},
 	} {
 		code, out, e := stager(t, append(tc.args, flow...)...)
 		if code != tc.code || !strings.Contains(out+e, tc.out) {
 			t.Errorf("stager %s: exit %d\n%s%s\nwant exit %d and %q", strings.Join(tc.args, " "), code, out, e, tc.code, tc.out)
 		}
+	}
+	// Booted from b, which is no longer active (a person picked it, say):
+	// status says so on its first line, and in its JSON.
+	code, out, e := stager(t, append([]string{"status", "--slot", "b"}, flow...)...)
+	if first, _, _ := strings.Cut(out, "\n"); code != 0 || !strings.HasPrefix(first, "WARNING: this system booted slot b, but META's active slot is a (v1, good)") {
+		t.Errorf("status on b after the rollback: exit %d, first line %q%s", code, first, e)
+	}
+	code, out, e = stager(t, append([]string{"status", "--slot", "b", "--json"}, flow...)...)
+	var js struct {
+		Booted    meta.Slot `json:"booted"`
+		OffActive string    `json:"off_active"`
+	}
+	if err := json.Unmarshal([]byte(out), &js); code != 0 || err != nil || js.Booted != meta.SlotB || !strings.Contains(js.OffActive, "META's active slot is a") {
+		t.Errorf("status --json on b: exit %d, %+v, %v%s", code, js, err, e)
+	}
+	code, out, _ = stager(t, append([]string{"status", "--slot", "a"}, flow...)...)
+	if code != 0 || strings.Contains(out, "WARNING") {
+		t.Errorf("status on a, the active slot: %s", out)
 	}
 }
 

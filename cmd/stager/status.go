@@ -32,6 +32,9 @@ the pre-stage init.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
 	cmd.Flags().MarkHidden("efivars")
+	var booted string
+	cmd.Flags().StringVar(&booted, "slot", "", "the slot this system runs from (default: stagehand.slot= of the running kernel)")
+	cmd.Flags().MarkHidden("slot")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		path, err := diskPath()
 		if err != nil {
@@ -40,6 +43,13 @@ the pre-stage init.`,
 		st, err := stage.ReadStatus(cmd.Context(), path)
 		if err != nil {
 			return err
+		}
+		switch meta.Slot(booted) {
+		case "":
+		case meta.SlotA, meta.SlotB:
+			st.SetBooted(meta.Slot(booted))
+		default:
+			return usageError{fmt.Errorf("--slot %q: give a or b", booted)}
 		}
 		var vars efivar.Store
 		if efivars != "" {
@@ -67,6 +77,9 @@ func printStatus(w io.Writer, st *stage.Status, loader *apply.LoaderStatus) erro
 	booted := string(st.Booted)
 	if booted == "" {
 		booted = "unknown (no stagehand.slot= on the kernel command line)"
+	}
+	if st.OffActive != "" {
+		fmt.Fprintf(w, "WARNING: %s\n", st.OffActive)
 	}
 	fmt.Fprintf(tw, "disk:\t%s (META generation %d)\n", st.Disk, st.Generation)
 	if st.Damaged != "" {

@@ -39,7 +39,11 @@ func (w *DirectWriter) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > w.r.Size {
 		return 0, fmt.Errorf("write of %d bytes at offset %d is outside %s (%d bytes)", len(p), off, w.r.Name(), w.r.Size)
 	}
-	return w.f.WriteAt(p, w.r.Offset+off)
+	n, err := w.f.WriteAt(p, w.r.Offset+off)
+	if w.r.d.rec != nil && n > 0 {
+		w.r.d.rec.Wrote(w.r.Offset+off, p[:n])
+	}
+	return n, err
 }
 
 // Close closes the direct file.

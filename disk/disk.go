@@ -30,6 +30,7 @@ type Disk struct {
 	sectorSize int
 	block      bool
 	parts      []*gpt.Partition
+	rec        Recorder // see Record; nil almost always
 }
 
 // Open opens path (an image file or a whole-disk block device) and reads its
@@ -47,6 +48,9 @@ func Open(path string, writable bool) (*Disk, error) {
 		return nil, fmt.Errorf("opening disk: %w", err)
 	}
 	d := &Disk{f: f, path: path}
+	if writable {
+		d.rec = recorderFor(path)
+	}
 	if err := d.probe(); err != nil {
 		f.Close()
 		return nil, err

@@ -45,7 +45,11 @@ func (r *Region) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > r.Size {
 		return 0, fmt.Errorf("write of %d bytes at offset %d is outside %s (%d bytes)", len(p), off, r.Name(), r.Size)
 	}
-	return r.d.f.WriteAt(p, r.Offset+off)
+	n, err := r.d.f.WriteAt(p, r.Offset+off)
+	if r.d.rec != nil && n > 0 {
+		r.d.rec.Wrote(r.Offset+off, p[:n])
+	}
+	return n, err
 }
 
 // Sync makes every write so far durable on the disk.
@@ -58,6 +62,9 @@ func (d *Disk) Sync() error {
 		if err != unix.EINTR {
 			if err != nil {
 				return os.NewSyscallError("fdatasync", err)
+			}
+			if d.rec != nil {
+				d.rec.Flushed()
 			}
 			return nil
 		}
@@ -114,6 +121,9 @@ func (r *Region) Zero(off, n int64) error {
 		}
 		if err != nil {
 			return fmt.Errorf("zeroing %s: %w", r.Name(), err)
+		}
+		if r.d.rec != nil {
+			r.d.rec.Zeroed(start, n)
 		}
 		return nil
 	}

@@ -42,6 +42,11 @@ type Machine struct {
 
 	// V2Kernel and V2Initrd are the bytes New staged as v2.
 	V2Kernel, V2Initrd []byte
+
+	// OnFirmware, when set, is called with the open disk and each slot
+	// Firmware starts, before the boot is recorded: the crash-state checker
+	// reads the slot's files there, as the real firmware would load them.
+	OnFirmware func(d *apply.Disk, slot meta.Slot)
 }
 
 // New makes a machine with v1 in slot a (as stager disk init does) and v2
@@ -215,6 +220,9 @@ func (m *Machine) Firmware() meta.Slot {
 	}
 	d = m.Open("")
 	defer d.Close()
+	if m.OnFirmware != nil {
+		m.OnFirmware(d, s)
+	}
 	m.recordBoot(d, s, entries)
 	return s
 }
@@ -364,8 +372,8 @@ func (m *Machine) CheckESP() {
 	}
 }
 
-// FsckESP runs fsck.fat -n on a copy of img's ESP made in dir, and returns
-// its output.
+// FsckESP runs fsck.fat -n on a copy of img's ESP made in dir (a sparse
+// copy: only what the image holds), and returns its output.
 func FsckESP(img, dir string) ([]byte, error) {
 	d, err := disk.Open(img, false)
 	if err != nil {
@@ -376,15 +384,27 @@ func FsckESP(img, dir string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, esp.Size)
-	if _, err := esp.ReadAt(buf, 0); err != nil {
+	src, err := os.Open(img)
+	if err != nil {
 		return nil, err
 	}
+	defer src.Close()
 	p := filepath.Join(dir, "esp")
-	if err := os.WriteFile(p, buf, 0o600); err != nil {
+	dst, err := os.Create(p)
+	if err != nil {
 		return nil, err
 	}
 	defer os.Remove(p)
+	err = dst.Truncate(esp.Size)
+	if err == nil {
+		err = CopySparse(dst, src, esp.Offset, esp.Size)
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
 	return exec.Command("fsck.fat", "-n", p).CombinedOutput()
 }
 

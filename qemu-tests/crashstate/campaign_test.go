@@ -1,0 +1,189 @@
+package crashstate_test
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/apply/applytest"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/qemu-tests/crashstate"
+	"github.com/stagehand-dev/stagehand/qemu-tests/writelog"
+	"github.com/stagehand-dev/stagehand/stage"
+)
+
+var (
+	seed     = flag.Uint64("crash.seed", 1, "seed of the random subsets and tears")
+	large    = flag.Bool("crash.large", false, "the large campaign (make crash-campaign)")
+	prefixes = flag.Int("crash.prefixes", 2, "prefixes per epoch segment (2: the flush points only)")
+	subsets  = flag.Int("crash.subsets", 0, "random subsets per epoch segment")
+	torn     = flag.Int("crash.torn", 0, "torn writes per epoch segment")
+)
+
+// scenario is one recorded run: prepare makes the machine (not recorded),
+// run is what the disk sees.
+type scenario struct {
+	name string
+	// open names the failures the bounded campaign does not run yet
+	// (the large one does): fixed, they go.
+	open    string
+	prepare func(t *testing.T) *applytest.Machine
+	run     func(t *testing.T, m *applytest.Machine)
+}
+
+var scenarios = []scenario{
+	{"staging", "", func(t *testing.T) *applytest.Machine { return applytest.NewDisk(t, "v1") },
+		func(t *testing.T, m *applytest.Machine) { m.V2Kernel, m.V2Initrd = m.StageVersion("v2") }},
+	{"cancel", "", applytestNew, func(t *testing.T, m *applytest.Machine) {
+		if _, err := stage.Cancel(context.Background(), m.Img, m.Now); err != nil {
+			t.Fatal(err)
+		}
+	}},
+	{"apply and confirm", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(true) }},
+	{"failed trial, rolled back", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(false) }},
+	{"stager rollback", "a cut after the rollback's META commit boots the old default once more (the class of issue 16)", func(t *testing.T) *applytest.Machine {
+		m := applytest.New(t)
+		m.Settle(true)
+		return m
+	}, func(t *testing.T, m *applytest.Machine) {
+		d := m.Open(meta.SlotB)
+		if _, err := apply.Rollback(context.Background(), &d.Env); err != nil {
+			t.Fatal(err)
+		}
+		d.Close()
+		m.Settle(true)
+	}},
+}
+
+func applytestNew(t *testing.T) *applytest.Machine { return applytest.New(t) }
+
+// TestCampaign records each scenario on the simulated machine, generates
+// its crash states and boots every one: none may fail. The bounded
+// campaign runs in make test; -crash.large (make crash-campaign) makes
+// many more states.
+func TestCampaign(t *testing.T) {
+	o := crashstate.Options{Seed: *seed, Prefixes: *prefixes, Subsets: *subsets, Torn: *torn}
+	if *large {
+		o = crashstate.Options{Seed: *seed, Prefixes: 200, Subsets: 60, Torn: 40}
+	}
+	t.Logf("seed %d (-crash.seed to repeat)", o.Seed)
+	for _, sc := range scenarios {
+		if sc.open != "" && !*large {
+			t.Logf("%s: not in the bounded campaign until fixed: %s (make crash-campaign runs it)", sc.name, sc.open)
+			continue
+		}
+		t.Run(sc.name, func(t *testing.T) {
+			start := time.Now()
+			m := sc.prepare(t)
+			base := filepath.Join(t.TempDir(), "base.img")
+			copyFile(t, m.Img, base)
+			r, err := crashstate.Start(m.Img, string(m.Vars))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc.run(t, m)
+			rec, err := r.Stop()
+			if err != nil {
+				t.Fatal(err)
+			}
+			v1k, v1i := m.Inputs("v1")
+			versions := map[string]crashstate.Files{"v1": crashstate.FilesOf(read(t, v1k), read(t, v1i))}
+			if m.V2Kernel != nil {
+				versions["v2"] = crashstate.FilesOf(m.V2Kernel, m.V2Initrd)
+			}
+			eps := crashstate.Epochs(rec)
+			flushes := 0
+			for _, ep := range eps {
+				if ep.Flushed {
+					flushes++
+				}
+			}
+			states := crashstate.Generate(rec, o)
+			c := &crashstate.Checker{T: t, Base: base, Rec: rec, Inputs: m.Dir, Versions: versions}
+			fails := c.Check(states)
+			t.Logf("%s: %d entries, %d flushes, %d epochs, %d EFI variable states, %d crash states checked, %d failed (%s)",
+				sc.name, len(rec.Entries), flushes, len(eps), len(rec.Vars), len(states), len(fails), time.Since(start).Round(time.Millisecond))
+			for i, f := range fails {
+				if i < 5 {
+					t.Errorf("epoch %d, variables %d, %s of %d writes: %s\n%s", f.State.Epoch, f.State.VarIndex, f.State.Kind, len(f.State.Writes), f.Err, f.Log)
+				}
+			}
+		})
+	}
+}
+
+func read(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	s, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fi, _ := s.Stat()
+	d, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Truncate(fi.Size()); err != nil {
+		t.Fatal(err)
+	}
+	if err := applytest.CopySparse(d, s, 0, fi.Size()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckerFails: the checker passes an untouched machine and fails one
+// whose META copies are both overwritten, and one whose ESP lost its boot
+// sector and FAT.
+func TestCheckerFails(t *testing.T) {
+	m := applytest.NewDisk(t, "v1")
+	base := filepath.Join(t.TempDir(), "base.img")
+	copyFile(t, m.Img, base)
+	vars, err := crashstate.ReadVars(string(m.Vars))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := disk.Open(base, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr, _ := dk.META()
+	esp, _ := dk.Find(disk.LabelESP)
+	dk.Close()
+	junk := func(off, n int64) []writelog.Entry {
+		return []writelog.Entry{{Sector: uint64(off / crashstate.SectorSize), NrSectors: uint64(n / crashstate.SectorSize), Data: bytes.Repeat([]byte{0x5a}, int(n))}}
+	}
+	k, i := m.Inputs("v1")
+	c := &crashstate.Checker{T: t, Base: base, Rec: &crashstate.Recording{Vars: []crashstate.Vars{vars}}, Inputs: m.Dir,
+		Versions: map[string]crashstate.Files{"v1": crashstate.FilesOf(read(t, k), read(t, i))}}
+	fails := c.Check([]crashstate.State{
+		{Kind: "untouched"},
+		{Kind: "META overwritten", Writes: junk(mr.Offset, mr.Size)},
+		{Kind: "ESP overwritten", Writes: junk(esp.Offset, 1<<20)},
+	})
+	if len(fails) != 2 || fails[0].State.Kind != "META overwritten" || fails[1].State.Kind != "ESP overwritten" {
+		for _, f := range fails {
+			t.Logf("%s: %s", f.State.Kind, f.Err)
+		}
+		t.Fatalf("%d failures, want the two overwritten states", len(fails))
+	}
+	for _, f := range fails {
+		t.Logf("%s: %s", f.State.Kind, f.Err)
+	}
+}

@@ -1,0 +1,259 @@
+package crashstate
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/apply/applytest"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/meta"
+)
+
+// Files is what a version's slot holds: the SHA-256 of its kernel and of
+// its initramfs.
+type Files struct{ Kernel, Initramfs [32]byte }
+
+// FilesOf hashes a kernel and an initramfs.
+func FilesOf(kernel, initramfs []byte) Files {
+	return Files{sha256.Sum256(kernel), sha256.Sum256(initramfs)}
+}
+
+// Checker boots the crash states of one recording on the simulated
+// machine (applytest) and checks each: META readable (at least one valid
+// copy) with a generation no older than the last flush made durable; every
+// slot the firmware starts holds one of the known versions' files intact;
+// the machine settles (booting on, confirming a trial when it runs) on a
+// slot META holds active and good, whose version is a known one and whose
+// files are that version's; the bootloader agrees; fsck.fat -n is clean.
+type Checker struct {
+	T        testing.TB
+	Base     string           // the image as it was when the recording started
+	Rec      *Recording       // what happened to it
+	Inputs   string           // the machine's input directory (Machine.Dir)
+	Versions map[string]Files // the versions a slot may hold
+
+	dir     string
+	durable *os.File // Base with the epochs before the current one applied
+	epoch   int
+	floor   uint64 // META generation of durable
+	epochs  []Epoch
+	n       int
+}
+
+// Failure is a state that did not pass, with why and the flow's log.
+type Failure struct {
+	State State
+	Err   string
+	Log   string
+}
+
+// Check checks the states, which must come in epoch order (as Generate
+// makes them), and returns the failures.
+func (c *Checker) Check(states []State) []Failure {
+	c.T.Helper()
+	if c.dir == "" {
+		c.dir = c.T.TempDir()
+		c.epochs = Epochs(c.Rec)
+		c.epoch = -1
+	}
+	var fails []Failure
+	for _, st := range states {
+		if err := c.advance(st.Epoch); err != nil {
+			c.T.Fatal(err)
+		}
+		if f := c.one(st); f != nil {
+			fails = append(fails, *f)
+		}
+	}
+	return fails
+}
+
+// advance makes durable the base with epochs before k applied.
+func (c *Checker) advance(k int) error {
+	if c.durable == nil || k < c.epoch {
+		if c.durable != nil {
+			c.durable.Close()
+		}
+		f, err := c.copyOf(c.Base, filepath.Join(c.dir, "durable.img"))
+		if err != nil {
+			return err
+		}
+		c.durable, c.epoch = f, 0
+		c.T.Cleanup(func() { f.Close() })
+	}
+	changed := c.epoch != k || c.floor == 0
+	for ; c.epoch < k; c.epoch++ {
+		if err := Apply(c.durable, c.epochs[c.epoch].Writes()); err != nil {
+			return err
+		}
+	}
+	if changed {
+		g, err := generation(c.durable.Name())
+		if err != nil {
+			return fmt.Errorf("the durable image before epoch %d: %w", k, err)
+		}
+		c.floor = g
+	}
+	return nil
+}
+
+func (c *Checker) copyOf(src, dst string) (*os.File, error) {
+	s, err := os.Open(src)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	fi, err := s.Stat()
+	if err != nil {
+		return nil, err
+	}
+	d, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.Truncate(fi.Size()); err == nil {
+		err = applytest.CopySparse(d, s, 0, fi.Size())
+	}
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("copying %s: %w", src, err)
+	}
+	return d, nil
+}
+
+func generation(img string) (uint64, error) {
+	d, err := disk.Open(img, false)
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	r, err := d.META()
+	if err != nil {
+		return 0, err
+	}
+	s, err := meta.Load(r, r.Name())
+	if err != nil {
+		return 0, err
+	}
+	return s.Generation(), nil
+}
+
+// errState is a check failing: stateT's Fatal panics with it.
+type errState struct{ msg string }
+
+// stateT is the test the simulated machine of one state reports to: its
+// log is kept for a failure, its Fatal ends the state's check.
+type stateT struct {
+	testing.TB
+	log *strings.Builder
+	dir string
+	n   int
+}
+
+func (s *stateT) Helper()                   {}
+func (s *stateT) Log(a ...any)              { fmt.Fprintln(s.log, a...) }
+func (s *stateT) Logf(f string, a ...any)   { fmt.Fprintf(s.log, f+"\n", a...) }
+func (s *stateT) Error(a ...any)            { s.Fatal(a...) }
+func (s *stateT) Errorf(f string, a ...any) { s.Fatalf(f, a...) }
+func (s *stateT) Fatal(a ...any)            { panic(errState{fmt.Sprint(a...)}) }
+func (s *stateT) Fatalf(f string, a ...any) { panic(errState{fmt.Sprintf(f, a...)}) }
+func (s *stateT) TempDir() string {
+	s.n++
+	d := filepath.Join(s.dir, fmt.Sprintf("tmp%d", s.n))
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		panic(errState{err.Error()})
+	}
+	return d
+}
+
+func (c *Checker) one(st State) (fail *Failure) {
+	c.n++
+	dir := filepath.Join(c.dir, "state")
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.T.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	t := &stateT{TB: c.T, log: &strings.Builder{}, dir: dir}
+	defer func() {
+		if r := recover(); r != nil {
+			e, ok := r.(errState)
+			if !ok {
+				panic(r)
+			}
+			fail = &Failure{State: st, Err: e.msg, Log: t.log.String()}
+		}
+	}()
+	img := filepath.Join(dir, "disk.img")
+	f, err := c.copyOf(c.durable.Name(), img)
+	if err == nil {
+		err = Apply(f, st.Writes)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	vars := filepath.Join(dir, "vars")
+	if err == nil {
+		err = c.Rec.Vars[st.VarIndex].Write(vars)
+	}
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	g, err := generation(img)
+	if err != nil {
+		t.Fatalf("META after the cut: %v", err)
+	}
+	if g < c.floor {
+		t.Fatalf("META generation %d after the cut, older than %d, durable at the last flush", g, c.floor)
+	}
+	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: c.Inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
+	ctx := context.Background()
+	m.OnFirmware = func(d *apply.Disk, slot meta.Slot) {
+		k, i, e, err := applytest.ReadSlot(ctx, d.Loader, slot)
+		if err != nil {
+			t.Fatalf("the firmware starts slot %s, which does not read: %v", slot, err)
+		}
+		if !c.known(FilesOf(k, i)) {
+			t.Fatalf("the firmware starts slot %s (entry version %q), whose kernel and initramfs are no known version's", slot, e.Version)
+		}
+	}
+	end := m.Settle(true)
+	m.CheckSettled(end)
+	sl := m.Slots()
+	ver := sl.A.Version
+	if end == meta.SlotB {
+		ver = sl.B.Version
+	}
+	want, ok := c.Versions[ver]
+	if !ok {
+		t.Fatalf("settled on slot %s, version %q: neither the old nor the new", end, ver)
+	}
+	d := m.Open(end)
+	k, i, _, err := applytest.ReadSlot(ctx, d.Loader, end)
+	d.Close()
+	if err != nil || FilesOf(k, i) != want {
+		t.Fatalf("settled on slot %s (%s), whose files are not %s's (%v)", end, ver, ver, err)
+	}
+	return nil
+}
+
+func (c *Checker) known(f Files) bool {
+	for _, w := range c.Versions {
+		if w == f {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrFailures marks a campaign with failing states.
+var ErrFailures = errors.New("crash states failed")

@@ -47,7 +47,7 @@ var scenarios = []scenario{
 	}},
 	{"apply and confirm", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(true) }},
 	{"failed trial, rolled back", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(false) }},
-	{"stager rollback", "a cut after the rollback's META commit boots the old default once more (the class of issue 16)", func(t *testing.T) *applytest.Machine {
+	{"stager rollback", "", func(t *testing.T) *applytest.Machine {
 		m := applytest.New(t)
 		m.Settle(true)
 		return m

@@ -13,22 +13,31 @@ import (
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
-// espBytes reads the ESP partition of the machine's disk.
-func espBytes(t *testing.T, m *applytest.Machine) []byte {
+// withESP runs fn on the ESP partition of the machine's disk.
+func withESP(t *testing.T, m *applytest.Machine, write bool, fn func(*disk.Region) error) {
 	t.Helper()
-	d, err := disk.Open(m.Img, false)
+	d, err := disk.Open(m.Img, write)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	r, err := d.Find(disk.LabelESP)
+	if err == nil {
+		err = fn(r)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, r.Size)
-	if _, err := r.ReadAt(b, 0); err != nil {
-		t.Fatal(err)
-	}
+}
+
+// espBytes reads the ESP partition of the machine's disk.
+func espBytes(t *testing.T, m *applytest.Machine) (b []byte) {
+	t.Helper()
+	withESP(t, m, false, func(r *disk.Region) error {
+		b = make([]byte, r.Size)
+		_, err := r.ReadAt(b, 0)
+		return err
+	})
 	return b
 }
 
@@ -36,18 +45,10 @@ func espBytes(t *testing.T, m *applytest.Machine) []byte {
 // the ESP's writes since b was read became durable.
 func putESP(t *testing.T, m *applytest.Machine, b []byte) {
 	t.Helper()
-	d, err := disk.Open(m.Img, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	r, err := d.Find(disk.LabelESP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.WriteAt(b, 0); err != nil {
-		t.Fatal(err)
-	}
+	withESP(t, m, true, func(r *disk.Region) error {
+		_, err := r.WriteAt(b, 0)
+		return err
+	})
 }
 
 // confirmedWithStaleESP brings the machine to the state issue 16 found: v2

@@ -99,7 +99,7 @@ var cutPoints = []cutPoint{
 	// the power cut once confirm's META commit (two copies, a flush each)
 	// is durable and before the ESP's new default: the firmware boots
 	// slot a by its stale default, whose prestage must go on to b.
-	{"confirm META, firmware trial", "confirm", []*regexp.Regexp{confirmStart}, 0, "stagehand.kexec=0", 2},
+	{"confirm META via firmware", "confirm", []*regexp.Regexp{confirmStart}, 0, "stagehand.kexec=0", 2},
 }
 
 // maxRuns bounds the power-ons after a cut; settleTimeout bounds each.

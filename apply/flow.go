@@ -89,6 +89,9 @@ type state struct {
 	block  *meta.Block
 	slots  *meta.Slots
 	staged *meta.Staged
+	// what the bootloader says it booted, once read (bootedEntry)
+	entry                 meta.Slot
+	entryKnown, entryRead bool
 }
 
 func load(env *Env) (*state, error) {
@@ -132,6 +135,22 @@ func (s *state) commit(to meta.Phase, slot meta.Slot, reason string) error {
 	return nil
 }
 
+// bootedEntry is the slot whose entry the bootloader says it booted
+// (BootRecord), read once a boot and only when needed: a settled boot does
+// not ask.
+func (s *state) bootedEntry(ctx context.Context) (meta.Slot, bool) {
+	if !s.entryRead {
+		s.entryRead = true
+		if br, ok := s.env.Loader.(boot.BootRecord); ok {
+			var err error
+			if s.entry, s.entryKnown, err = br.BootedSlot(ctx); err != nil {
+				s.env.Logf("%v", err)
+			}
+		}
+	}
+	return s.entry, s.entryKnown
+}
+
 func (s *state) slotState(sl meta.Slot) *meta.SlotState {
 	if sl == meta.SlotB {
 		return &s.slots.B
@@ -149,12 +168,10 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
 	booted := env.Booted
-	if br, ok := env.Loader.(boot.BootRecord); ok && booted == "" {
+	if booted == "" {
 		// A UKI's command line names no slot: the bootloader says which
 		// entry it booted.
-		if slot, ok, err := br.BootedSlot(ctx); err != nil {
-			env.Logf("%v", err)
-		} else if ok {
+		if slot, ok := s.bootedEntry(ctx); ok {
 			booted = slot
 		}
 	}
@@ -205,15 +222,7 @@ func (s *state) offActive(ctx context.Context, booted, def meta.Slot, repaired b
 	if def != booted {
 		return Decision{Action: Continue, Reason: hand}, nil
 	}
-	br, ok := s.env.Loader.(boot.BootRecord)
-	if !ok {
-		return Decision{Action: Continue, Reason: hand}, nil
-	}
-	sel, known, err := br.BootedSlot(ctx)
-	if err != nil {
-		s.env.Logf("%v", err)
-	}
-	if !known || sel != booted {
+	if sel, known := s.bootedEntry(ctx); !known || sel != booted {
 		// The bootloader does not say it booted its default: someone
 		// may have picked this entry.
 		return Decision{Action: Continue, Reason: hand}, nil

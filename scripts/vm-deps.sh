@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what stagehand's VM tests need on a Debian machine, as root:
-# QEMU, OVMF, systemd-boot, the FAT, ext4 and cpio tools, and two different Debian
+# QEMU, OVMF, systemd-boot, the FAT, ext4 and cpio tools, mmdebstrap and
+# squashfs-tools (the real systemd OS, qemu-tests/realos), and two different Debian
 # kernels unpacked into build/kernels/{cloud,generic}/ (vmlinuz, release,
 # package, lib/modules/RELEASE/...).
 # Idempotent: packages already installed are not touched, apt-get update runs
@@ -15,7 +16,7 @@ die() {
 	exit 1
 }
 
-need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs)
+need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools)
 need_files=(
 	/usr/bin/qemu-system-x86_64
 	/usr/share/OVMF/OVMF_CODE_4M.fd
@@ -26,6 +27,8 @@ need_files=(
 	/usr/bin/cpio
 	/usr/sbin/sgdisk
 	/usr/sbin/mkfs.ext4
+	/usr/bin/mmdebstrap
+	/usr/bin/mksquashfs
 )
 
 updated=0

@@ -8,7 +8,7 @@
 # so a change here (the package list is below) rebuilds the tree.
 set -euo pipefail
 
-packages=systemd,udev
+packages=systemd,udev,kmod,systemd-boot
 suite=bookworm
 
 die() {
@@ -35,8 +35,7 @@ mmdebstrap --mode=root --variant=essential --include="$packages" --quiet \
 	--dpkgopt='path-exclude=/usr/share/locale/*' \
 	--dpkgopt='path-exclude=/usr/share/info/*' \
 	--dpkgopt='path-exclude=/usr/share/lintian/*' \
-	--dpkgopt='path-exclude=/usr/lib/udev/hwdb.d/*' \
-	--customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/var/log/*.log "$1"/etc/udev/hwdb.bin "$1"/usr/lib/udev/hwdb.bin' \
+	--customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/var/log/*.log "$1"/etc/udev/hwdb.bin "$1"/usr/lib/udev/hwdb.bin "$1"/usr/lib/udev/hwdb.d "$1"/usr/share/perl "$1"/usr/lib/x86_64-linux-gnu/perl "$1"/usr/lib/x86_64-linux-gnu/gconv' \
 	"$suite" "$tmp" "${sources[@]}"
 rm -rf "$out"
 mv "$tmp" "$out"

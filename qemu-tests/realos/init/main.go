@@ -1,10 +1,12 @@
 // Command init is the real OS's init in its slot's initramfs: prestage execs
-// it (/init), and it loads the kernel modules the OS needs from the
-// initramfs, mounts the root file system (/root.sfs, a squashfs) read-only
-// through a loop device, puts the slot's own files (/slot: its version, its
-// health checks) in a tmpfs that becomes /run, and switch_roots into
-// systemd. Any failure is logged to /dev/kmsg and ends in a panic (PID 1
-// exits), which panic= on the command line turns into a reset.
+// it (/init) once it has decided that nothing needs applying, and it loads
+// the kernel modules the OS needs from the initramfs, mounts the root file
+// system (/root.sfs, a squashfs) read-only through a loop device under a
+// tmpfs overlay, puts the slot's own layer (/slot: the stagehand binaries,
+// units and health checks, the slot's version) into the overlay's upper
+// directory, and switch_roots into systemd. Any failure is logged to
+// /dev/kmsg and ends PID 1, which panic= on the command line turns into a
+// reset.
 package main
 
 import (
@@ -26,6 +28,8 @@ import (
 const (
 	rootImage = "/root.sfs"
 	slotTree  = "/slot"
+	lower     = "/.realos/lower" // the squashfs
+	rw        = "/.realos/rw"    // tmpfs: upper and work directories
 	newRoot   = "/sysroot"
 	systemd   = "/lib/systemd/systemd"
 )
@@ -50,14 +54,19 @@ func main() {
 }
 
 func run() error {
-	for _, m := range []struct{ src, dir, fstype, data string }{
-		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
-		{"proc", "/proc", "proc", ""},
-		{"sysfs", "/sys", "sysfs", ""},
-		{"tmpfs", "/run", "tmpfs", "mode=0755,nosuid,nodev"},
+	for _, m := range []struct {
+		src, dir, fstype, data string
+		flags                  uintptr
+	}{
+		{"devtmpfs", "/dev", "devtmpfs", "mode=0755", unix.MS_NOSUID},
+		{"proc", "/proc", "proc", "", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		{"sysfs", "/sys", "sysfs", "", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		{"tmpfs", "/run", "tmpfs", "mode=0755", unix.MS_NOSUID | unix.MS_NODEV},
 	} {
-		os.MkdirAll(m.dir, 0o755)
-		if err := unix.Mount(m.src, m.dir, m.fstype, unix.MS_NOSUID, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+		if err := os.MkdirAll(m.dir, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.src, m.dir, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mounting %s: %w", m.dir, err)
 		}
 	}
@@ -74,44 +83,77 @@ func run() error {
 		return fmt.Errorf("loading modules: %w", err)
 	}
 	logf("loaded %d modules", len(loaded))
-	if err := os.MkdirAll(newRoot, 0o755); err != nil {
-		return err
+	for _, d := range []string{lower, rw, newRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
 	l, err := loop.New(rootImage, "squashfs", "")
 	if err != nil {
 		return fmt.Errorf("loop device for %s: %w", rootImage, err)
 	}
-	if _, err := l.Mount(newRoot, unix.MS_RDONLY); err != nil {
-		return fmt.Errorf("mounting %s (%s) on %s: %w", rootImage, l.Dev, newRoot, err)
+	if _, err := l.Mount(lower, unix.MS_RDONLY); err != nil {
+		return fmt.Errorf("mounting %s (%s) on %s: %w", rootImage, l.Dev, lower, err)
 	}
-	logf("mounted %s read-only on %s (%s)", rootImage, newRoot, l.Dev)
-	// The slot's own files go to /run, which the switch moves into the new
-	// root: systemd keeps a /run it finds mounted.
-	return copyTree(slotTree, "/run")
+	if err := unix.Mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("mounting the overlay's tmpfs: %w", err)
+	}
+	upper, work := filepath.Join(rw, "upper"), filepath.Join(rw, "work")
+	for _, d := range []string{upper, work} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	// The slot's own layer goes into the upper directory before the
+	// overlay is mounted: it shows through as part of the root.
+	n, err := copyTree(slotTree, upper)
+	if err != nil {
+		return fmt.Errorf("copying the slot's layer: %w", err)
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	if err := unix.Mount("overlay", newRoot, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mounting the root overlay (%s): %w", opts, err)
+	}
+	logf("root: %s (%s, squashfs, read-only) under a tmpfs overlay with the slot's %d files", rootImage, l.Dev, n)
+	return nil
 }
 
-// copyTree copies the regular files and directories under src into dst.
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if errors.Is(err, fs.ErrNotExist) && p == src {
-			return filepath.SkipDir
-		}
+// copyTree copies the directories, regular files and symbolic links under
+// src into dst, keeping their modes, and returns how many files it copied.
+func copyTree(src, dst string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(src, p)
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
 		to := filepath.Join(dst, rel)
 		fi, err := d.Info()
 		if err != nil {
 			return err
 		}
-		if d.IsDir() {
+		switch {
+		case d.IsDir():
 			return os.MkdirAll(to, fi.Mode().Perm())
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			n++
+			return os.Symlink(target, to)
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			n++
+			return os.WriteFile(to, b, fi.Mode().Perm())
 		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(to, b, fi.Mode().Perm())
+		return fmt.Errorf("%s: not a directory, file or link", p)
 	})
+	return n, err
 }

@@ -25,7 +25,8 @@ var Modules = []string{"loop", "squashfs", "overlay", "vfat", "nls_cp437", "nls_
 // Masked are units of the Debian tree the real OS does not run: gettys (no
 // one logs in; the console is the tests' and the demo's), the first-boot
 // prompts, and systemd-boot-update (stagehand owns the ESP).
-var Masked = []string{"serial-getty@ttyS0.service", "getty@tty1.service", "systemd-firstboot.service", "systemd-boot-update.service"}
+var Masked = []string{"getty.target", "getty-static.service", "serial-getty@ttyS0.service", "getty@tty1.service",
+	"systemd-firstboot.service", "systemd-boot-update.service"}
 
 // machineID is the real OS's: fixed, so that no boot counts as a first
 // boot.

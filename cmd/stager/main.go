@@ -66,7 +66,7 @@ that systemd-boot sets), or the image file or block device given by --disk.`,
 	addStageFlags(root)
 	root.AddCommand(newMetaCmd())
 	root.AddCommand(newStatusCmd(), newCancelCmd(), newImageCmd(), newConfirmCmd(), newRollbackCmd(), newInitramfsCmd(), newCheckCmd())
-	root.AddCommand(newDiskCmd())
+	root.AddCommand(newDiskCmd(), newGuardCmd())
 	return root
 }
 

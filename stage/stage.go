@@ -287,3 +287,18 @@ func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, t
 	}
 	return probe.AddTransition(meta.Transition{Time: st.Time, From: meta.PhaseStaged, To: meta.PhaseStaged, Slot: target, Reason: "staged " + ref + " " + digest})
 }
+
+// Resolve returns the digest Stage would record for o.Image on o's
+// platform, reading the manifest only: no layer, no disk.
+func Resolve(ctx context.Context, o Options) (string, error) {
+	o.defaults()
+	src, _, err := o.source()
+	if err != nil {
+		return "", err
+	}
+	img, err := src.resolve(ctx, *o.Platform, o.Keychain)
+	if err != nil {
+		return "", err
+	}
+	return img.digest.String(), nil
+}

@@ -68,14 +68,14 @@ func (d *Drainer) Drain(ctx context.Context, node string) error {
 		return nil
 	}
 	left, blockers := d.blocked(context.WithoutCancel(ctx), node)
-	msg := fmt.Sprintf("%v: node %s after %s", ErrDrain, node, time.Since(start).Round(time.Second))
+	msg := fmt.Sprintf("node %s after %s", node, time.Since(start).Round(time.Second))
 	if len(left) > 0 {
 		msg += ": pods left: " + strings.Join(left, ", ")
 	}
 	if len(blockers) > 0 {
 		msg += "; blocked by PodDisruptionBudgets " + strings.Join(blockers, ", ")
 	}
-	return fmt.Errorf("%s (%s)", msg, firstLine(err.Error()))
+	return fmt.Errorf("%w: %s (%s)", ErrDrain, msg, firstLine(err.Error()))
 }
 
 // blocked lists the pods the drain would still evict and the budgets that

@@ -256,7 +256,7 @@ func (c *cluster) addWorkload() {
 			{ObjectMeta: metav1.ObjectMeta{Name: "static-" + n.name, Namespace: "kube-system", Annotations: map[string]string{corev1.MirrorPodAnnotationKey: "x"}}},
 		} {
 			p.Spec = corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/pause:3.10"}}}
-			if _, err := c.cs.CoreV1().Pods("kube-system").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			if err := kubetest.RunPod(ctx, c.cs, p); err != nil {
 				c.t.Fatal(err)
 			}
 		}

@@ -18,9 +18,16 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// AdminToken is the bearer token of the API server's administrator (group
-// system:masters).
-const AdminToken = "stagehand-test-admin"
+// Bearer tokens every test API server knows.
+const (
+	// AdminToken is the administrator's (group system:masters).
+	AdminToken = "stagehand-test-admin"
+	// AgentToken is the agent's service account's, stagehand in
+	// namespace stagehand-system: what contrib/kubernetes/rbac.yaml binds.
+	AgentToken = "stagehand-test-agent"
+	// NoRolesToken is a user's that no role is bound to.
+	NoRolesToken = "stagehand-test-nobody"
+)
 
 // APIServer is a real kube-apiserver on 127.0.0.1 with its own etcd: no
 // controller manager, scheduler or kubelet, so the test plays those.
@@ -59,7 +66,9 @@ func StartAPIServer(t testing.TB, users ...User) *APIServer {
 	}
 	saPub := filepath.Join(s.dir, "sa.pub")
 	writePEM(t, saPub, "PUBLIC KEY", pub)
-	tokens := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n", AdminToken)
+	tokens := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n", AdminToken) +
+		fmt.Sprintf("%s,system:serviceaccount:stagehand-system:stagehand,sa-stagehand,\"system:serviceaccounts,system:serviceaccounts:stagehand-system,system:authenticated\"\n", AgentToken) +
+		fmt.Sprintf("%s,nobody,nobody,\"system:authenticated\"\n", NoRolesToken)
 	for _, u := range users {
 		tokens += fmt.Sprintf("%s,%s,%s,\"%s\"\n", u.Name, u.Name, u.Name, strings.Join(u.Groups, ","))
 	}

@@ -84,7 +84,7 @@ func (c *Controllers) pass(ctx context.Context) {
 				continue
 			}
 			expected++
-			if p.DeletionTimestamp == nil {
+			if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
 				healthy++
 			}
 		}
@@ -123,7 +123,7 @@ func (c *Controllers) replaceOn(ctx context.Context, p *corev1.Pod) {
 			q.GenerateName = p.Name + "-"
 		}
 		q.Spec.NodeName = n.Name
-		c.cs.CoreV1().Pods(p.Namespace).Create(ctx, q, metav1.CreateOptions{})
+		RunPod(ctx, c.cs, q)
 		return
 	}
 }
@@ -176,6 +176,21 @@ func SetReady(t testing.TB, cs kubernetes.Interface, name string, ready bool, bo
 	}
 }
 
+// RunPod creates p and marks it Running and Ready, as its kubelet would
+// once its containers started: an eviction of a Pending pod ignores its
+// budget.
+func RunPod(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod) error {
+	p, err := cs.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	now := metav1.Now()
+	p.Status.Phase = corev1.PodRunning
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}}
+	_, err = cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	return err
+}
+
 // AddPods creates a ReplicaSet's worth of pods named app-0…, one on each of
 // nodes, owned by a ReplicaSet app (the object need not exist: drain reads
 // only DaemonSets), with a PodDisruptionBudget of minAvailable (-1: none).
@@ -194,14 +209,14 @@ func AddPods(t testing.TB, cs kubernetes.Interface, ns, app string, nodes []stri
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", app, i), GenerateName: app + "-", Namespace: ns, Labels: map[string]string{"app": app}, OwnerReferences: []metav1.OwnerReference{owner}},
 			Spec:       corev1.PodSpec{NodeName: n, Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/pause:3.10"}}},
 		}
-		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		if err := RunPod(ctx, cs, p); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if minAvailable < 0 {
 		return
 	}
-	ma := intstrFromInt(minAvailable)
+	ma := intstr.FromInt32(int32(minAvailable))
 	pdb := &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Name: app, Namespace: ns},
 		Spec:       policyv1.PodDisruptionBudgetSpec{MinAvailable: &ma, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}},
@@ -226,5 +241,3 @@ func PodsOn(t testing.TB, cs kubernetes.Interface, node string) []string {
 	}
 	return out
 }
-
-func intstrFromInt(i int) intstr.IntOrString { return intstr.FromInt32(int32(i)) }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -50,6 +51,12 @@ type Agent struct {
 	ReadyTimeout   time.Duration // wait for Ready and etcd after the reboot (default DefaultReadyTimeout)
 	Poll           time.Duration // default 2 s
 
+	// Sentinel, when set, is kured's reboot sentinel (/var/run/reboot-required
+	// on the host): the agent only stages and writes it, and kured's lock
+	// decides when the node drains and reboots. A stopped rollout stops
+	// the staging, and a node staged but not rebooted yet cancels.
+	Sentinel string
+
 	Booted meta.Slot                       // the running slot; default stage.BootedSlot()
 	Reboot func(ctx context.Context) error // reboots this machine (through its init system)
 	Log    io.Writer
@@ -63,6 +70,7 @@ type Outcome string
 const (
 	Upgraded  Outcome = "upgraded"  // the target runs, confirmed; lock released
 	Rebooting Outcome = "rebooting" // staged and rebooting into it
+	Staged    Outcome = "staged"    // staged, the sentinel written: kured reboots
 )
 
 // Result is a Run's outcome with the node's state.
@@ -181,6 +189,13 @@ func (a *Agent) Run(ctx context.Context) (*Result, error) {
 	}
 	if err := a.record(ctx, st, s); err != nil {
 		return nil, err
+	}
+	if s != stepReboot && s != stepUpgrade {
+		a.clearSentinel()
+	}
+	if a.Sentinel != "" && (s == stepReboot || s == stepUpgrade) {
+		res.Outcome = Staged
+		return res, a.stageForKured(ctx, node, digest, s == stepReboot)
 	}
 	switch s {
 	case stepDone:
@@ -497,4 +512,50 @@ func (a *Agent) reboot(ctx context.Context, node *corev1.Node, digest string) er
 		return errors.New("no way to reboot this machine")
 	}
 	return a.Reboot(ctx)
+}
+
+// stageForKured stages (unless staged already) and writes kured's sentinel;
+// while the rollout is stopped it stages nothing, and drops what it staged.
+func (a *Agent) stageForKured(ctx context.Context, node *corev1.Node, digest string, staged bool) error {
+	stop, err := a.Lock.Stopped(ctx)
+	if err != nil {
+		return err
+	}
+	if stop != nil {
+		a.clearSentinel()
+		a.undo(ctx, node)
+		return &StoppedError{*stop}
+	}
+	if !staged {
+		o := a.Stage
+		o.Logf = func(f string, args ...any) { a.logf(f, args...) }
+		res, err := stage.Stage(ctx, o)
+		if err != nil {
+			return fmt.Errorf("staging %s: %w", a.Stage.Image, err)
+		}
+		digest = res.Staged.Digest
+		a.logf("staged %s (%s) for slot %s", res.Staged.Image, digest, res.Staged.Target)
+	}
+	ann := map[string]*string{AnnTarget: str(a.Stage.Image), AnnTargetDigest: str(digest), AnnBootID: str(node.Status.NodeInfo.BootID)}
+	if err := patchNode(ctx, a.Client, a.Node, map[string]*string{LabelPhase: str(string(meta.PhaseStaged))}, ann); err != nil {
+		return err
+	}
+	if _, err := os.Stat(a.Sentinel); err == nil {
+		return nil
+	}
+	if err := os.WriteFile(a.Sentinel, nil, 0o644); err != nil {
+		return fmt.Errorf("writing kured's sentinel: %w", err)
+	}
+	a.logf("wrote %s: kured reboots node %s when its lock allows", a.Sentinel, a.Node)
+	return event(ctx, a.Client, node, corev1.EventTypeNormal, "Staged", "staged "+a.Stage.Image+" "+digest+"; kured reboots the node", a.Now())
+}
+
+// clearSentinel removes kured's sentinel if this agent uses one.
+func (a *Agent) clearSentinel() {
+	if a.Sentinel == "" {
+		return
+	}
+	if err := os.Remove(a.Sentinel); err == nil {
+		a.logf("removed %s", a.Sentinel)
+	}
 }

@@ -16,7 +16,7 @@ import (
 // Defaults for Lock.
 const (
 	DefaultLeaseName = "stagehand-upgrade"
-	DefaultNamespace = "kube-system"
+	DefaultNamespace = "system-upgrade" // system-upgrade-controller's, where its Jobs and the agent's account run
 	// DefaultLockTTL covers a drain, a staging, a reboot and the health
 	// checks of the new version: every run of the agent renews it.
 	DefaultLockTTL = 30 * time.Minute

@@ -95,3 +95,13 @@ func event(ctx context.Context, cs kubernetes.Interface, n *corev1.Node, typ, re
 	_, err := cs.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{})
 	return apiError("event on node "+n.Name, err)
 }
+
+// IsControlPlane reports whether the node carries ControlPlaneLabel.
+func IsControlPlane(ctx context.Context, cs kubernetes.Interface, name string) (bool, error) {
+	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return false, apiError("node "+name, err)
+	}
+	_, ok := n.Labels[ControlPlaneLabel]
+	return ok, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -27,13 +28,15 @@ import (
 // flow (applytest), the control-plane nodes each with a member of a real
 // etcd cluster that goes down while its node reboots.
 type cluster struct {
-	t     *testing.T
-	api   *kubetest.APIServer
-	cs    *kubernetes.Clientset
-	etcd  *kubetest.Etcd
-	ctrl  *kubetest.Controllers
-	reg   string
-	nodes []*node
+	t   *testing.T
+	api *kubetest.APIServer
+	cs  *kubernetes.Clientset // the administrator's
+	// agentCS is the agents': the service account of contrib's rbac.yaml.
+	agentCS *kubernetes.Clientset
+	etcd    *kubetest.Etcd
+	ctrl    *kubetest.Controllers
+	reg     string
+	nodes   []*node
 	// check, when set, runs at each reboot of a node, holding the locks.
 	check func(n *node)
 }
@@ -54,6 +57,9 @@ func newCluster(t *testing.T, cp, w int, versions ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, api: kubetest.StartAPIServer(t), reg: applytest.Registry(t)}
 	c.cs = c.api.Client(kubetest.AdminToken)
+	// The agents run as the shipped RBAC allows, and no more.
+	kubetest.Apply(t, c.cs, filepath.Join(kubetest.Root(), "contrib", "kubernetes", "rbac.yaml"), false)
+	c.agentCS = c.api.Client(kubetest.AgentToken)
 	c.ctrl = kubetest.RunControllers(t, c.cs)
 	if cp > 0 {
 		c.etcd = kubetest.StartEtcd(t, cp)
@@ -101,9 +107,9 @@ func (w logWriter) Write(p []byte) (int, error) {
 // agent is the agent of n for the target version, as the Plan runs it.
 func (c *cluster) agent(n *node, version string) *fleet.Agent {
 	a := &fleet.Agent{
-		Client: c.cs, Node: n.name,
+		Client: c.agentCS, Node: n.name,
 		Stage:  stage.Options{Disk: n.m.Img, Image: c.ref(version), Insecure: true},
-		Lock:   fleet.Lock{Namespace: "kube-system"},
+		Lock:   fleet.Lock{},
 		Drain:  fleet.Drainer{Timeout: 20 * time.Second},
 		Booted: n.slot, Poll: 50 * time.Millisecond,
 		ConfirmTimeout: 5 * time.Second, ReadyTimeout: 20 * time.Second,
@@ -178,7 +184,7 @@ func (c *cluster) getNode(name string) *corev1.Node {
 
 // lock is the fleet lock of slots leases, as the agents use it.
 func (c *cluster) lock(slots int) *fleet.Lock {
-	return &fleet.Lock{Client: c.cs, Namespace: "kube-system", Slots: slots}
+	return &fleet.Lock{Client: c.cs, Slots: slots}
 }
 
 // checkUpgraded checks n runs version confirmed, schedulable, with the

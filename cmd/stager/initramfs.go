@@ -1,8 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,27 +81,13 @@ The same inputs give the same bytes.`,
 			}
 		}
 		// Write beside the output and rename: a failure leaves no half file.
-		tmp, err := os.CreateTemp(filepath.Dir(output), "."+filepath.Base(output)+".*")
+		var n int64
+		err := replaceFile(output, 0o644, func(w io.Writer) (err error) {
+			n, err = initramfs.Append(w, baseBytes, a)
+			return err
+		})
 		if err != nil {
 			return err
-		}
-		defer os.Remove(tmp.Name())
-		bw := bufio.NewWriterSize(tmp, 1<<20)
-		n, err := initramfs.Append(bw, baseBytes, a)
-		if err == nil {
-			err = bw.Flush()
-		}
-		if err == nil {
-			err = tmp.Chmod(0o644)
-		}
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), output)
-		}
-		if err != nil {
-			return fmt.Errorf("writing %s: %w", output, err)
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%s: base %s, prestage part %s)\n", output, humanBytes(n), humanBytes(int64(len(baseBytes))), humanBytes(n-int64(len(baseBytes))))
 		return nil

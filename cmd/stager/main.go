@@ -26,7 +26,8 @@ func main() {
 type usageError struct{ error }
 
 // run executes one stager command and returns the exit code: 0 on success,
-// 1 when the command failed, 2 on bad usage. Errors are printed as one line.
+// 1 when the command failed, 2 on bad usage (stager node upgrade has 3 and
+// 4 too). Errors are printed as one line.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRoot()
 	root.SetArgs(args)
@@ -41,6 +42,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
 	}
 	return 1
 }
@@ -66,7 +71,7 @@ that systemd-boot sets), or the image file or block device given by --disk.`,
 	addStageFlags(root)
 	root.AddCommand(newMetaCmd())
 	root.AddCommand(newStatusCmd(), newCancelCmd(), newImageCmd(), newConfirmCmd(), newRollbackCmd(), newInitramfsCmd(), newCheckCmd())
-	root.AddCommand(newDiskCmd(), newGuardCmd())
+	root.AddCommand(newDiskCmd(), newGuardCmd(), newNodeCmd())
 	return root
 }
 

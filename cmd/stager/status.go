@@ -18,18 +18,27 @@ import (
 
 func newStatusCmd() *cobra.Command {
 	var asJSON bool
-	var efivars string
+	var efivars, prom string
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the slots, what is staged, and the last transitions with their reasons",
 		Long: `Show the upgrade state recorded in META: the slot this system booted from,
 the default slot, each slot's state and version, the staged payload, and the
 last transitions with their reasons, including those written at early boot by
-the pre-stage init.`,
+the pre-stage init.
+
+With --prometheus FILE it writes node-exporter textfile metrics instead
+(stagehand_info, stagehand_phase, stagehand_slot_good, stagehand_rollbacks,
+stagehand_off_active, stagehand_last_transition_timestamp_seconds), replacing
+FILE at once so that the collector never reads half of it; "-" is stdout.`,
+		Example: `  stager status
+  stager status --json
+  stager status --prometheus /var/lib/node-exporter/textfile/stagehand.prom`,
 		Args: exactArgs(0, "no arguments"),
 	}
 	diskPath := addDiskFlag(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVar(&prom, "prometheus", "", "write node-exporter textfile metrics to this file (- for stdout)")
 	cmd.Flags().StringVar(&efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
 	cmd.Flags().MarkHidden("efivars")
 	var booted string
@@ -50,6 +59,11 @@ the pre-stage init.`,
 			st.SetBooted(meta.Slot(booted))
 		default:
 			return usageError{fmt.Errorf("--slot %q: give a or b", booted)}
+		}
+		if prom == "-" {
+			return st.WritePrometheus(cmd.OutOrStdout())
+		} else if prom != "" {
+			return replaceFile(prom, 0o644, st.WritePrometheus)
 		}
 		var vars efivar.Store
 		if efivars != "" {

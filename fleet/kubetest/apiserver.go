@@ -23,7 +23,7 @@ const (
 	// AdminToken is the administrator's (group system:masters).
 	AdminToken = "stagehand-test-admin"
 	// AgentToken is the agent's service account's, stagehand in
-	// namespace stagehand-system: what contrib/kubernetes/rbac.yaml binds.
+	// namespace system-upgrade: what contrib/kubernetes/rbac.yaml binds.
 	AgentToken = "stagehand-test-agent"
 	// NoRolesToken is a user's that no role is bound to.
 	NoRolesToken = "stagehand-test-nobody"
@@ -67,7 +67,7 @@ func StartAPIServer(t testing.TB, users ...User) *APIServer {
 	saPub := filepath.Join(s.dir, "sa.pub")
 	writePEM(t, saPub, "PUBLIC KEY", pub)
 	tokens := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n", AdminToken) +
-		fmt.Sprintf("%s,system:serviceaccount:stagehand-system:stagehand,sa-stagehand,\"system:serviceaccounts,system:serviceaccounts:stagehand-system,system:authenticated\"\n", AgentToken) +
+		fmt.Sprintf("%s,system:serviceaccount:system-upgrade:stagehand,sa-stagehand,\"system:serviceaccounts,system:serviceaccounts:system-upgrade,system:authenticated\"\n", AgentToken) +
 		fmt.Sprintf("%s,nobody,nobody,\"system:authenticated\"\n", NoRolesToken)
 	for _, u := range users {
 		tokens += fmt.Sprintf("%s,%s,%s,\"%s\"\n", u.Name, u.Name, u.Name, strings.Join(u.Groups, ","))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -99,6 +100,9 @@ func event(ctx context.Context, cs kubernetes.Interface, n *corev1.Node, typ, re
 // IsControlPlane reports whether the node carries ControlPlaneLabel.
 func IsControlPlane(ctx context.Context, cs kubernetes.Interface, name string) (bool, error) {
 	n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil // Agent.Run says so
+	}
 	if err != nil {
 		return false, apiError("node "+name, err)
 	}

@@ -3,6 +3,8 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -318,5 +320,79 @@ func TestBadInput(t *testing.T) {
 	}
 	if evs, _ := c.cs.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{}); len(evs.Items) != 1 {
 		t.Errorf("events: %d, want the one Rebooting", len(evs.Items))
+	}
+}
+
+// TestKured: the kured variant stages on every node and writes the
+// sentinel; kured reboots them one by one; a rollback stops the rollout:
+// a node staged but not rebooted yet cancels and clears its sentinel.
+func TestKured(t *testing.T) {
+	c := newCluster(t, 0, 3, "v3")
+	ctx := context.Background()
+	sentinel := func(n *node) string { return filepath.Join(n.m.Dir, "reboot-required") }
+	kured := func(a *fleet.Agent) { a.Sentinel = sentinel(c.node(a.Node)) }
+	for _, n := range c.nodes {
+		n.healthy = func(v string) bool { return n.name != "w-0" }
+		res, err := c.job(n, "v3", kured)
+		if err != nil || res.Outcome != fleet.Staged || n.reboot {
+			t.Fatalf("%s: %+v, %v", n.name, res, err)
+		}
+		if _, err := os.Stat(sentinel(n)); err != nil {
+			t.Fatalf("%s: no sentinel: %v", n.name, err)
+		}
+		if n.m.Staged() == nil || c.getNode(n.name).Spec.Unschedulable {
+			t.Fatalf("%s: not staged, or cordoned by stagehand", n.name)
+		}
+	}
+	// kured takes its lock and reboots w-1: v3 comes up there.
+	w0, w1, w2 := c.nodes[0], c.nodes[1], c.nodes[2]
+	c.boot(w1)
+	if res, err := c.job(w1, "v3", kured); err != nil || res.Outcome != fleet.Upgraded {
+		t.Fatalf("w-1: %+v, %v", res, err)
+	}
+	if _, err := os.Stat(sentinel(w1)); err == nil {
+		t.Error("w-1's sentinel left after its upgrade")
+	}
+	c.checkUpgraded(w1, "v3")
+	// Then w-0, where v3 does not come up: rolled back, the rollout stops.
+	c.boot(w0)
+	if _, err := c.job(w0, "v3", kured); !errors.Is(err, fleet.ErrRolledBack) {
+		t.Fatalf("w-0: %v", err)
+	}
+	// w-2, staged, with its sentinel, is next in kured's line: its agent
+	// cancels first.
+	if _, err := c.job(w2, "v3", kured); !errors.Is(err, fleet.ErrStopped) {
+		t.Fatalf("w-2: %v", err)
+	}
+	if _, err := os.Stat(sentinel(w2)); err == nil {
+		t.Error("w-2's sentinel left while the rollout is stopped")
+	}
+	c.checkUntouched(w2)
+	if s, _ := c.lock(1).Stopped(ctx); s == nil || s.Node != "w-0" {
+		t.Fatalf("stop %+v", s)
+	}
+}
+
+// TestWaitNodes: the workers' Plan waits for the control plane.
+func TestWaitNodes(t *testing.T) {
+	c := newCluster(t, 1, 1, "v2")
+	sel := fleet.ControlPlaneLabel
+	cs := c.agentCS
+	ctx := context.Background()
+	err := fleet.WaitNodes(ctx, cs, sel, "v2", 50*time.Millisecond, 300*time.Millisecond)
+	if !errors.Is(err, fleet.ErrNotDone) || !strings.Contains(err.Error(), "cp-0 (none, none)") {
+		t.Fatalf("%v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- fleet.WaitNodes(ctx, cs, sel, "v2", 50*time.Millisecond, time.Minute) }()
+	// A single member: the guard refuses (no quorum left), rightly.
+	if _, err := c.job(c.nodes[0], "v2", func(a *fleet.Agent) { a.Etcd = nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("after the upgrade: %v", err)
+	}
+	if err := fleet.WaitNodes(ctx, cs, "no-such-label", "v2", time.Millisecond, time.Millisecond); err == nil || !strings.Contains(err.Error(), "no node matches") {
+		t.Fatal(err)
 	}
 }

@@ -34,17 +34,19 @@ func (e exitError) Unwrap() error { return e.error }
 
 func newNodeCmd() *cobra.Command {
 	g := groupOnly(&cobra.Command{Use: "node", Short: "Upgrade this Kubernetes node as one step of a fleet rollout"})
-	g.AddCommand(newNodeUpgradeCmd(), newNodeResumeCmd())
+	g.AddCommand(newNodeUpgradeCmd(), newNodeResumeCmd(), newNodeWaitCmd())
 	return g
 }
 
-// kubeFlags adds --kubeconfig and --namespace and returns the client maker.
+// kubeFlags adds --kubeconfig, and the fleet lock's flags when lock is
+// set, and returns the client maker.
 func kubeFlags(cmd *cobra.Command, lock *fleet.Lock) func() (kubernetes.Interface, error) {
 	var kubeconfig string
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: the pod's service account in a cluster, else $KUBECONFIG or ~/.kube/config)")
-	cmd.Flags().StringVar(&lock.Namespace, "namespace", fleet.DefaultNamespace, "namespace of the fleet lock's Leases")
-	cmd.Flags().StringVar(&lock.Name, "lock-name", fleet.DefaultLeaseName, "name of the fleet lock's Leases (NAME-0, NAME-1, …)")
-	cmd.Flags().IntVar(&lock.Slots, "max-unavailable", 1, "nodes of the fleet that may upgrade at once (Leases in the lock)")
+	if lock != nil {
+		cmd.Flags().StringVar(&lock.Namespace, "namespace", fleet.DefaultNamespace, "namespace of the fleet lock's Leases")
+		cmd.Flags().StringVar(&lock.Name, "lock-name", fleet.DefaultLeaseName, "name of the fleet lock's Leases (NAME-0, NAME-1, …)")
+	}
 	return func() (kubernetes.Interface, error) {
 		var cfg *rest.Config
 		var err error
@@ -97,6 +99,8 @@ the next step only, so it may be run any number of times:
 
 While the rollout is stopped, or another node holds the lock, it changes
 nothing and exits 4. stager node resume starts a stopped rollout again.
+With --reboot-sentinel it takes no lock and neither drains nor reboots: it
+stages and writes kured's sentinel, and kured's lock decides the reboots.
 The fleet lock is held across the reboot by the node's name, and taken over
 by another node only when not renewed for --lock-ttl.`,
 		Example: `  stager node upgrade --image registry.example/os:v2
@@ -106,6 +110,7 @@ by another node only when not renewed for --lock-ttl.`,
 		Args: exactArgs(0, "no arguments"),
 	}
 	newClient := kubeFlags(cmd, &a.Lock)
+	cmd.Flags().IntVar(&a.Lock.Slots, "max-unavailable", 1, "nodes of the fleet that may upgrade at once (Leases in the lock)")
 	cmd.Flags().StringVar(&a.Stage.Image, "image", "", "installer image to upgrade to (without a tag: $SYSTEM_UPGRADE_PLAN_LATEST_VERSION is the tag)")
 	cmd.Flags().BoolVar(&a.Stage.Insecure, "insecure", false, "talk plain HTTP to the registry")
 	cmd.Flags().StringVar(&node, "node", "", "this node's name (default: $SYSTEM_UPGRADE_NODE_NAME, $NODE_NAME, the host name)")
@@ -116,6 +121,7 @@ by another node only when not renewed for --lock-ttl.`,
 	cmd.Flags().DurationVar(&a.ReadyTimeout, "ready-timeout", fleet.DefaultReadyTimeout, "wait this long for Ready (and etcd) after the reboot")
 	cmd.Flags().StringVar(&hostRoot, "host-root", "", "the host's root inside a container (SUC mounts it at /host): reboot through its systemd")
 	cmd.Flags().BoolVar(&noGuard, "no-etcd-guard", false, "upgrade a control-plane node without the etcd guard")
+	cmd.Flags().StringVar(&a.Sentinel, "reboot-sentinel", "", "only stage and write this file (kured's /var/run/reboot-required): kured drains and reboots")
 	etcd := addEtcdFlags(cmd)
 	diskPath := addDiskFlag(cmd)
 	trust := addTrustFlags(cmd)
@@ -228,6 +234,45 @@ status on it.`,
 			return nil
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "resumed the rollout stopped at %s by node %s: %s\n", s.Time.Format(time.RFC3339), s.Node, s.Reason)
+		return nil
+	}
+	return cmd
+}
+
+func newNodeWaitCmd() *cobra.Command {
+	var selector, version string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait --selector SELECTOR",
+		Short: "Wait until the nodes SELECTOR matches run a version, confirmed",
+		Long: `Wait until every node the label selector matches runs --version (default
+$SYSTEM_UPGRADE_PLAN_LATEST_VERSION), confirmed, Ready and with nothing of an
+upgrade left on it, as their stagehand.dev/ labels say: the prepare step of
+the workers' Plan, so that they start after the control plane. A node that
+rolled back ends the wait at once (exit 3).`,
+		Example: `  stager node wait --selector node-role.kubernetes.io/control-plane --version v2`,
+		Args:    exactArgs(0, "no arguments"),
+	}
+	newClient := kubeFlags(cmd, nil)
+	cmd.Flags().StringVar(&selector, "selector", "", "label selector of the nodes to wait for")
+	cmd.Flags().StringVar(&version, "version", os.Getenv("SYSTEM_UPGRADE_PLAN_LATEST_VERSION"), "the version they must run")
+	cmd.Flags().DurationVar(&timeout, "timeout", time.Hour, "give up after this long")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if selector == "" || version == "" {
+			return usageError{errors.New("--selector and --version (or $SYSTEM_UPGRADE_PLAN_LATEST_VERSION) are required")}
+		}
+		cs, err := newClient()
+		if err != nil {
+			return err
+		}
+		err = fleet.WaitNodes(cmd.Context(), cs, selector, version, 5*time.Second, timeout)
+		if errors.Is(err, fleet.ErrRolledBack) {
+			return exitError{exitRolledBack, err}
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "every node %q runs %s\n", selector, version)
 		return nil
 	}
 	return cmd

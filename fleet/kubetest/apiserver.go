@@ -89,6 +89,7 @@ func StartAPIServer(t testing.TB, users ...User) *APIServer {
 		// No controller manager makes service accounts' tokens or the
 		// default account: pods are admitted without one.
 		"--disable-admission-plugins=ServiceAccount",
+		"--allow-privileged=true", // SUC's Jobs and the kured variant run privileged
 		"--v=0",
 	}
 	log, err := os.Create(filepath.Join(s.dir, "kube-apiserver.log"))

@@ -79,6 +79,9 @@ type Result struct {
 	Version string
 	Slot    meta.Slot
 	Digest  string
+	// Staging is how long the staging took in this run (pull, write,
+	// sync): the rest of a run is the agent's own work and the drain.
+	Staging time.Duration
 }
 
 func (a *Agent) defaults() {
@@ -214,7 +217,7 @@ func (a *Agent) Run(ctx context.Context) (*Result, error) {
 		return res, a.reboot(ctx, node, digest)
 	}
 	res.Outcome = Rebooting
-	return res, a.upgrade(ctx, node, digest)
+	return res, a.upgrade(ctx, node, digest, res)
 }
 
 func (a *Agent) node(ctx context.Context) (*corev1.Node, error) {
@@ -452,7 +455,7 @@ func (a *Agent) rolledBack(ctx context.Context, node *corev1.Node, digest string
 }
 
 // upgrade takes the locks, cordons, drains, stages and reboots.
-func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, digest string) error {
+func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, digest string, out *Result) error {
 	if err := a.acquire(ctx, node); err != nil {
 		return err
 	}
@@ -487,7 +490,9 @@ func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, digest string) e
 	}
 	o := a.Stage
 	o.Logf = func(f string, args ...any) { a.logf(f, args...) }
+	start := time.Now()
 	res, err := stage.Stage(ctx, o)
+	out.Staging = time.Since(start)
 	if err != nil {
 		return fail(fmt.Errorf("staging %s: %w", a.Stage.Image, err))
 	}

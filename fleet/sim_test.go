@@ -28,7 +28,7 @@ import (
 // flow (applytest), the control-plane nodes each with a member of a real
 // etcd cluster that goes down while its node reboots.
 type cluster struct {
-	t   *testing.T
+	t   testing.TB
 	api *kubetest.APIServer
 	cs  *kubernetes.Clientset // the administrator's
 	// agentCS is the agents': the service account of contrib's rbac.yaml.
@@ -53,7 +53,7 @@ type node struct {
 
 // newCluster makes cp control-plane and w worker nodes running v1, with a
 // registry serving the versions given.
-func newCluster(t *testing.T, cp, w int, versions ...string) *cluster {
+func newCluster(t testing.TB, cp, w int, versions ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, api: kubetest.StartAPIServer(t), reg: applytest.Registry(t)}
 	c.cs = c.api.Client(kubetest.AdminToken)

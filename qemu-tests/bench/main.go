@@ -43,7 +43,7 @@ var (
 	rssRuns   = flag.Int("rss-runs", 3, "runs of the 128 MiB apply in a 256 MiB VM")
 	rssMemory = flag.Int("rss-memory", 256, "the memory of the VM of the 128 MiB apply, in MiB (the budget is for 256)")
 	quietWait = flag.Duration("quiet-wait", 5*time.Minute, "longest wait for other QEMU processes to end before measuring")
-	only      = flag.String("only", "", "comma-separated parts to measure (host, sizes, noop, reboot, rss); default all")
+	only      = flag.String("only", "", "comma-separated parts to measure (host, fleet, sizes, noop, reboot, rss); default all")
 	readme    = flag.String("readme", "", "a README whose <!-- bench:begin --> … <!-- bench:end --> section gets the table")
 )
 
@@ -129,6 +129,9 @@ func (b *bench) run() {
 
 	if b.want("host") {
 		b.hostFigures()
+	}
+	if b.want("fleet") {
+		b.fleetFigures()
 	}
 	if !b.want("sizes") && !b.want("noop") && !b.want("reboot") && !b.want("rss") {
 		return

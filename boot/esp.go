@@ -728,7 +728,7 @@ func (f *FAT) Sync() error {
 		if err != nil {
 			return fmt.Errorf("ESP: %w", err)
 		}
-		if r.FAT {
+		if r.reread() {
 			if err := f.reload(); err != nil {
 				return err
 			}

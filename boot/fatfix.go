@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -8,23 +9,47 @@ import (
 
 // repaired says what repairFAT put right.
 type repaired struct {
-	FAT    bool // clusters no file uses were freed
-	Dirs   bool // a directory's ".." was set to the root
-	FSInfo bool // the free cluster count and next free cluster were set
+	FAT     bool // clusters no file uses were freed, or chains cut to their files' sizes
+	Copies  bool // the FAT copies differed (a cut between their writes) and were made one
+	Entries bool // directory entries whose clusters a cut left unallocated were dropped
+	Dirs    bool // a directory's ".." was set to the root
+	FSInfo  bool // the free cluster count and next free cluster were set
 }
 
 // any tells whether repairFAT wrote anything.
-func (r repaired) any() bool { return r.FAT || r.Dirs || r.FSInfo }
+func (r repaired) any() bool { return r.FAT || r.Copies || r.Entries || r.Dirs || r.FSInfo }
 
-// repairFAT puts right what go-diskfs v1.9.4 leaves wrong on a FAT32, so
-// that fsck.fat finds nothing: the clusters of removed or replaced files
-// that it does not free are freed, the ".." entries of directories in the
-// root point to cluster 0 (go-diskfs writes the root's cluster), and the
-// FSInfo sector gets the true free cluster count. It reads and writes dev
-// directly, each FAT copy in one write (a storage writes only what
-// changed), and says what it wrote: when it freed clusters, the go-diskfs
-// file system must be read again (its table still holds them), and dev
-// must be synced in any case. It does not sync.
+// reread tells whether the go-diskfs file system must be read again: its
+// table or a directory it read is not what the device holds any more.
+func (r repaired) reread() bool { return r.FAT || r.Copies || r.Entries }
+
+// fatEOC is the smallest end-of-chain value of a FAT32 entry.
+const fatEOC = 0x0ffffff8
+
+// repairFAT puts right what go-diskfs v1.9.4 leaves wrong on a FAT32, and
+// what a power cut leaves when the writes since the last sync landed in
+// any subset (a disk's volatile cache, see the README's crash model), so
+// that fsck.fat finds nothing and go-diskfs reads the file system:
+//
+//   - FAT copies that differ are made one: an entry takes the first copy's
+//     value unless that is free and another copy's is not (a cut between
+//     the copies' writes, which go-diskfs makes with no sync between);
+//   - a directory entry whose cluster chain is broken (its first cluster
+//     free, a link to a free or foreign cluster, fewer clusters than its
+//     size) is dropped with its long name: the file was being written when
+//     the power failed, and no write that completed before the last sync
+//     is undone (every such entry's chain was whole then);
+//   - chains longer than their file are cut, clusters no file uses are
+//     freed (removed or replaced files, whose clusters go-diskfs does not
+//     free, and allocations whose entry did not land);
+//   - the ".." entries of directories in the root point to cluster 0
+//     (go-diskfs writes the root's cluster), orphaned long-name entries are
+//     dropped, and the FSInfo sector gets the true free cluster count.
+//
+// It reads and writes dev directly, each FAT copy in one write (a storage
+// writes only what changed), and says what it wrote: when the FAT or a
+// directory changed, the go-diskfs file system must be read again, and
+// dev must be synced in any case. It does not sync.
 func repairFAT(dev Device) (repaired, error) {
 	var r repaired
 	bs := make([]byte, 512)
@@ -37,89 +62,207 @@ func repairFAT(dev Device) (repaired, error) {
 	}
 	clusterSize, maxCluster := g.clusterSize(), g.maxCluster
 
-	fatBytes := make([]byte, g.fatBytes())
-	if _, err := dev.ReadAt(fatBytes, g.fatOffset(0)); err != nil {
-		return r, fmt.Errorf("reading the FAT: %w", err)
-	}
-	next := func(c uint32) uint32 { return binary.LittleEndian.Uint32(fatBytes[4*c:]) & 0x0fffffff }
-	used := make([]bool, maxCluster+1)
-	// chain marks and returns a cluster chain, stopping at the end, a bad
-	// link or a loop.
-	chain := func(c uint32) []uint32 {
-		var cs []uint32
-		for c >= 2 && c <= maxCluster && !used[c] {
-			used[c] = true
-			cs = append(cs, c)
-			c = next(c)
+	copies := make([][]byte, g.nfats)
+	for i := range copies {
+		copies[i] = make([]byte, g.fatBytes())
+		if _, err := dev.ReadAt(copies[i], g.fatOffset(int64(i))); err != nil {
+			return r, fmt.Errorf("reading FAT %d: %w", i+1, err)
 		}
-		return cs
 	}
-	// walk marks what the directory at cluster dir holds; a directory in
-	// the root has its ".." set to 0.
-	var walk func(dir uint32, parentIsRoot bool, depth int) error
-	walk = func(dir uint32, parentIsRoot bool, depth int) error {
+	fat := append([]byte(nil), copies[0]...)
+	for _, other := range copies[1:] {
+		if bytes.Equal(other, copies[0]) {
+			continue
+		}
+		r.Copies = true
+		for c := uint32(2); c <= maxCluster; c++ {
+			if binary.LittleEndian.Uint32(fat[4*c:])&0x0fffffff == 0 {
+				copy(fat[4*c:4*c+4], other[4*c:4*c+4])
+			}
+		}
+	}
+	next := func(c uint32) uint32 { return binary.LittleEndian.Uint32(fat[4*c:]) & 0x0fffffff }
+	setNext := func(c, v uint32) {
+		binary.LittleEndian.PutUint32(fat[4*c:], binary.LittleEndian.Uint32(fat[4*c:])&0xf0000000|v)
+	}
+	inRange := func(c uint32) bool { return c >= 2 && c <= maxCluster }
+	used := make([]bool, maxCluster+1)
+	// follow returns up to max clusters of the chain from c (max 0: to its
+	// end) and whether the chain is whole that far: every link to a
+	// cluster in range, allocated and no other file's. It marks nothing.
+	follow := func(c uint32, max int) ([]uint32, bool) {
+		var cs []uint32
+		seen := map[uint32]bool{}
+		for {
+			if !inRange(c) || used[c] || seen[c] || next(c) == 0 || next(c) == 0x0ffffff7 {
+				return cs, false
+			}
+			seen[c] = true
+			cs = append(cs, c)
+			if max > 0 && len(cs) == max {
+				return cs, true
+			}
+			n := next(c)
+			if n >= fatEOC {
+				return cs, max == 0
+			}
+			c = n
+		}
+	}
+	// claim marks cs used and ends the chain at its last cluster.
+	claim := func(cs []uint32) {
+		for _, c := range cs {
+			used[c] = true
+		}
+		if last := cs[len(cs)-1]; next(last) < fatEOC {
+			setNext(last, 0x0fffffff)
+			r.FAT = true
+		}
+	}
+
+	// walk checks the directory whose chain is cs, marking what it holds,
+	// and drops the entries whose chains are broken; a directory in the
+	// root has its ".." set to 0.
+	var walk func(cs []uint32, parentIsRoot bool, depth int) error
+	walk = func(cs []uint32, parentIsRoot bool, depth int) error {
 		if depth > 64 {
 			return errors.New("directories nested too deep")
 		}
-		buf := make([]byte, clusterSize)
-		for _, c := range chain(dir) {
-			off := g.clusterOffset(c)
-			if _, err := dev.ReadAt(buf, off); err != nil {
+		self := cs[0]
+		buf := make([]byte, int64(len(cs))*clusterSize)
+		for i, c := range cs {
+			if _, err := dev.ReadAt(buf[int64(i)*clusterSize:int64(i+1)*clusterSize], g.clusterOffset(c)); err != nil {
 				return fmt.Errorf("reading directory cluster %d: %w", c, err)
 			}
-			dirty := false
-		entries:
-			for i := 0; i+32 <= len(buf); i += 32 {
-				e := buf[i : i+32]
-				switch {
-				case e[0] == 0:
-					break entries
-				case e[0] == 0xe5, e[11] == 0x0f, e[11]&0x08 != 0:
-					continue // deleted, long name part, volume label
-				}
-				first := uint32(binary.LittleEndian.Uint16(e[20:]))<<16 | uint32(binary.LittleEndian.Uint16(e[26:]))
-				switch name := string(e[:11]); {
-				case name == ".          ":
-				case name == "..         ":
-					if parentIsRoot && first != 0 {
-						binary.LittleEndian.PutUint16(e[20:], 0)
-						binary.LittleEndian.PutUint16(e[26:], 0)
-						dirty = true
-					}
-				case e[11]&0x10 != 0:
-					if err := walk(first, dir == g.root, depth+1); err != nil {
-						return err
-					}
-				default:
-					chain(first)
-				}
+		}
+		orig := append([]byte(nil), buf...)
+		lfn := -1 // where the long name run before the next entry starts
+		drop := func(i int) {
+			from := i
+			if lfn >= 0 {
+				from = lfn
 			}
-			if dirty {
-				if _, err := dev.WriteAt(buf, off); err != nil {
+			for j := from; j <= i; j += 32 {
+				buf[j] = 0xe5
+			}
+			r.Entries = true
+		}
+		var subdirs [][]uint32
+		var subInRoot []bool
+	entries:
+		for i := 0; i+32 <= len(buf); i += 32 {
+			e := buf[i : i+32]
+			switch {
+			case e[0] == 0:
+				break entries
+			case e[0] == 0xe5:
+				lfn = -1
+				continue
+			case e[11] == 0x0f:
+				if e[0]&0x40 != 0 || lfn < 0 {
+					lfn = i
+				}
+				continue
+			}
+			if lfn >= 0 && !lfnMatches(buf[lfn:i], e[:11]) {
+				for j := lfn; j < i; j += 32 {
+					buf[j] = 0xe5 // an orphaned long name
+				}
+				r.Entries, lfn = true, -1
+			}
+			if e[11]&0x08 != 0 { // the volume label
+				lfn = -1
+				continue
+			}
+			first := uint32(binary.LittleEndian.Uint16(e[20:]))<<16 | uint32(binary.LittleEndian.Uint16(e[26:]))
+			size := int64(binary.LittleEndian.Uint32(e[28:]))
+			switch name := string(e[:11]); {
+			case name == ".          ":
+			case name == "..         ":
+				if parentIsRoot && first != 0 {
+					binary.LittleEndian.PutUint16(e[20:], 0)
+					binary.LittleEndian.PutUint16(e[26:], 0)
+					r.Dirs = true
+				}
+			case e[11]&0x10 != 0:
+				sub, _ := follow(first, 0)
+				if len(sub) == 0 || first == self {
+					drop(i)
+					break
+				}
+				claim(sub) // a directory cut short keeps what it holds
+				subdirs, subInRoot = append(subdirs, sub), append(subInRoot, self == g.root)
+			case first == 0 && size == 0:
+			default:
+				need := max(1, int((size+clusterSize-1)/clusterSize))
+				fc, ok := follow(first, need)
+				if !ok {
+					drop(i)
+					break
+				}
+				claim(fc)
+			}
+			lfn = -1
+		}
+		if !bytes.Equal(buf, orig) {
+			for i, c := range cs {
+				b := buf[int64(i)*clusterSize : int64(i+1)*clusterSize]
+				if bytes.Equal(b, orig[int64(i)*clusterSize:int64(i+1)*clusterSize]) {
+					continue
+				}
+				if _, err := dev.WriteAt(b, g.clusterOffset(c)); err != nil {
 					return fmt.Errorf("writing directory cluster %d: %w", c, err)
 				}
-				r.Dirs = true
+			}
+		}
+		for i, sub := range subdirs {
+			if err := walk(sub, subInRoot[i], depth+1); err != nil {
+				return err
 			}
 		}
 		return nil
 	}
-	if err := walk(g.root, false, 0); err != nil {
+	root, _ := follow(g.root, 0)
+	if len(root) == 0 {
+		return r, fmt.Errorf("the root directory's cluster %d is not allocated", g.root)
+	}
+	claim(root)
+	if err := walk(root, false, 0); err != nil {
 		return r, err
 	}
 
 	for c := uint32(2); c <= maxCluster; c++ {
 		if !used[c] && next(c) != 0 {
-			binary.LittleEndian.PutUint32(fatBytes[4*c:], binary.LittleEndian.Uint32(fatBytes[4*c:])&0xf0000000)
+			setNext(c, 0)
 			r.FAT = true
 		}
 	}
-	if r.FAT {
-		for i := range g.nfats {
-			if _, err := dev.WriteAt(fatBytes, g.fatOffset(i)); err != nil {
-				return r, fmt.Errorf("writing FAT %d: %w", i+1, err)
-			}
+	for i, cp := range copies {
+		if bytes.Equal(cp, fat) {
+			continue
+		}
+		if _, err := dev.WriteAt(fat, g.fatOffset(int64(i))); err != nil {
+			return r, fmt.Errorf("writing FAT %d: %w", i+1, err)
 		}
 	}
-	r.FSInfo, err = writeFSInfo(dev, g, g.countFree(fatBytes, 0, len(fatBytes)), g.firstFree(fatBytes))
+	r.FSInfo, err = writeFSInfo(dev, g, g.countFree(fat, 0, len(fat)), g.firstFree(fat))
 	return r, err
+}
+
+// lfnMatches tells whether the long-name entries run (in on-disk order)
+// belong to the short entry name (11 bytes): their checksums are the
+// short name's and their sequence numbers count down to 1.
+func lfnMatches(run, name []byte) bool {
+	var sum byte
+	for _, c := range name {
+		sum = (sum>>1 | sum<<7) + c
+	}
+	n := len(run) / 32
+	for k := 0; k < n; k++ {
+		e := run[32*k : 32*k+32]
+		if e[11] != 0x0f || e[13] != sum || int(e[0]&0x3f) != n-k || (k == 0) != (e[0]&0x40 != 0) {
+			return false
+		}
+	}
+	return n > 0
 }

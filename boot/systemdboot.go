@@ -208,8 +208,20 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 	if err := s.esp.Sync(); err != nil {
 		return fmt.Errorf("installing slot %s: %w", slot, err)
 	}
+	// The entry is written under a name systemd-boot does not list
+	// (stagehand-b.part), synced, then renamed: the rename is one write of
+	// a directory sector, so a cut leaves no half-written entry among the
+	// entries (the data of a file written in one go may land after its
+	// directory entry).
+	part := path.Join(entriesDir, EntryID(slot)+".part")
+	if err := s.esp.WriteFile(part, bytes.NewReader(conf)); err != nil {
+		return fmt.Errorf("installing slot %s: %w", slot, err)
+	}
+	if err := s.esp.Sync(); err != nil {
+		return fmt.Errorf("installing slot %s: %w", slot, err)
+	}
 	name := EntryName{ID: EntryID(slot), Counting: img.Tries > 0, Left: img.Tries}.Path()
-	if err := s.esp.WriteFile(name, bytes.NewReader(conf)); err != nil {
+	if err := s.esp.Rename(part, name); err != nil {
 		return fmt.Errorf("installing slot %s: %w", slot, err)
 	}
 	return s.esp.Sync()
@@ -375,12 +387,20 @@ func (s *SystemdBoot) matchSlot(pattern string) (meta.Slot, error) {
 	}
 }
 
-// Slots implements Backend.
+// ErrBadEntry marks a slot's Type #1 entry that systemd-boot would not
+// boot (no linux line): Slots leaves such a slot out, as systemd-boot does.
+var ErrBadEntry = errors.New("not a bootable loader entry")
+
+// Slots implements Backend. A slot whose entry systemd-boot would skip
+// (ErrBadEntry) is left out.
 func (s *SystemdBoot) Slots(ctx context.Context) ([]SlotEntry, error) {
 	var out []SlotEntry
 	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
 		se, _, err := s.slotEntry(slot)
-		if errors.Is(err, ErrSlotEmpty) {
+		if errors.Is(err, ErrSlotEmpty) || errors.Is(err, ErrBadEntry) {
+			// systemd-boot skips an entry with no linux line as well: a
+			// slot half written by a cut that an earlier version's
+			// install left (the apply writes it again).
 			continue
 		}
 		if err != nil {
@@ -428,7 +448,7 @@ func (s *SystemdBoot) slotEntry(slot meta.Slot) (SlotEntry, *Entry, error) {
 	}
 	e, err := ParseEntry(b)
 	if err != nil {
-		return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %s: %w", slot, n, err)
+		return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %s: %w: %w", slot, n, ErrBadEntry, err)
 	}
 	se := SlotEntry{
 		Slot: slot, Version: e.Version, Cmdline: e.Options, Kernel: e.Linux,

@@ -301,14 +301,15 @@ func TestReadSlot(t *testing.T) {
 }
 
 // racingFS is an ESP where another program (systemd-bless-boot) renames
-// the counted entry just before Bless does.
+// the counted entry just before Bless does (InstallSlot's rename of the
+// entry it wrote is left alone).
 type racingFS struct {
 	FS
 	raced bool
 }
 
 func (r *racingFS) Rename(from, to string) error {
-	if !r.raced {
+	if !r.raced && strings.Contains(path.Base(from), "+") {
 		r.raced = true
 		if err := r.FS.Rename(from, to); err != nil {
 			return err

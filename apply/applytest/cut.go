@@ -19,7 +19,8 @@ var ErrCut = errors.New("power cut")
 
 // CutFS is an ESP whose At-th change (write, rename, remove, sync) never
 // happens: the machine loses power just before it. N counts the changes
-// asked for so far.
+// asked for so far, with those of META (CutMETA) and of the EFI variables
+// (CutVars) opened with it.
 type CutFS struct {
 	boot.FS
 	At, N int
@@ -65,13 +66,36 @@ func (c *CutVars) Remove(name, vendor string) error {
 	return c.Inner.Remove(name, vendor)
 }
 
-// OpenCut opens the machine's disk like Open, with the ESP and the EFI
-// variables cut at their at-th change.
+// CutMETA is a META partition that loses power before its At-th change
+// (a copy's write or sync), counting with the ESP's changes: the cuts
+// inside a META commit, and between a commit and the ESP or EFI variable
+// change next to it (boot-once set, the trial not yet recorded).
+type CutMETA struct {
+	meta.Device
+	FS *CutFS
+}
+
+func (c *CutMETA) WriteAt(p []byte, off int64) (int, error) {
+	c.FS.Step(fmt.Sprintf("writing META at %d", off))
+	return c.Device.WriteAt(p, off)
+}
+
+func (c *CutMETA) Sync() error { c.FS.Step("syncing META"); return c.Device.Sync() }
+
+// OpenCut opens the machine's disk like Open, with the ESP, META and the
+// EFI variables cut at their at-th change.
 func (m *Machine) OpenCut(booted meta.Slot, at int) (*apply.Disk, *CutFS) {
 	m.T.Helper()
 	d := m.Open(booted)
 	d.Close()
-	store, dk, err := disk.OpenMETA(context.Background(), m.Img, true)
+	dk, err := disk.Open(m.Img, true)
+	if err != nil {
+		m.T.Fatal(err)
+	}
+	metaR, err := dk.META()
+	if err == nil {
+		err = dk.Lock(context.Background(), true)
+	}
 	if err != nil {
 		m.T.Fatal(err)
 	}
@@ -82,6 +106,10 @@ func (m *Machine) OpenCut(booted meta.Slot, at int) (*apply.Disk, *CutFS) {
 		m.T.Fatal(err)
 	}
 	cf := &CutFS{FS: fat, At: at}
+	store, err := meta.Load(&CutMETA{Device: metaR, FS: cf}, metaR.Name())
+	if err != nil {
+		m.T.Fatal(err)
+	}
 	env := d.Env
 	env.Store, env.Stage, env.StageSize = store, stageR, stageR.Size
 	env.Loader = boot.NewSystemdBoot(cf, boot.WithEFIVars(&CutVars{Inner: m.Vars, FS: cf}))

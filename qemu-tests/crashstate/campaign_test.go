@@ -24,6 +24,7 @@ var (
 	prefixes = flag.Int("crash.prefixes", 2, "prefixes per epoch segment (2: the flush points only)")
 	subsets  = flag.Int("crash.subsets", 0, "random subsets per epoch segment")
 	torn     = flag.Int("crash.torn", 0, "torn writes per epoch segment")
+	keep     = flag.String("crash.keep", "", "save the failing states in this directory (regression inputs, testdata/regress)")
 )
 
 // scenario is one recorded run: prepare makes the machine (not recorded),
@@ -105,13 +106,15 @@ func TestCampaign(t *testing.T) {
 				}
 			}
 			states := crashstate.Generate(rec, o)
-			c := &crashstate.Checker{T: t, Base: base, Rec: rec, Inputs: m.Dir, Versions: versions}
+			c := &crashstate.Checker{T: t, Base: base, Rec: rec, Inputs: m.Dir, Versions: versions, Name: sc.name, Keep: *keep}
 			fails := c.Check(states)
 			t.Logf("%s: %d entries, %d flushes, %d epochs, %d EFI variable states, %d crash states checked, %d failed (%s)",
 				sc.name, len(rec.Entries), flushes, len(eps), len(rec.Vars), len(states), len(fails), time.Since(start).Round(time.Millisecond))
 			for i, f := range fails {
 				if i < 5 {
 					t.Errorf("epoch %d, variables %d, %s of %d writes: %s\n%s", f.State.Epoch, f.State.VarIndex, f.State.Kind, len(f.State.Writes), f.Err, f.Log)
+				} else {
+					t.Errorf("epoch %d, variables %d, %s of %d writes: %s", f.State.Epoch, f.State.VarIndex, f.State.Kind, len(f.State.Writes), f.Err)
 				}
 			}
 		})

@@ -40,6 +40,8 @@ type Checker struct {
 	Rec      *Recording       // what happened to it
 	Inputs   string           // the machine's input directory (Machine.Dir)
 	Versions map[string]Files // the versions a slot may hold
+	Name     string           // the scenario's, for saved states
+	Keep     string           // when set, the directory failing states are saved in (Save)
 
 	dir     string
 	durable *os.File // Base with the epochs before the current one applied
@@ -183,6 +185,72 @@ func (c *Checker) one(st State) (fail *Failure) {
 		c.T.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
+	img := filepath.Join(dir, "disk.img")
+	f, err := c.copyOf(c.durable.Name(), img)
+	if err == nil {
+		err = Apply(f, st.Writes)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	var pre string
+	if c.Keep != "" {
+		// The state as the cut left it, before the boot changes it.
+		pre = img + ".cut"
+		p, err := c.copyOf(img, pre)
+		if err != nil {
+			c.T.Fatal(err)
+		}
+		p.Close()
+	}
+	fail = c.boot(st, dir, img, c.Rec.Vars[st.VarIndex], c.floor)
+	if fail != nil && pre != "" {
+		c.save(pre, st)
+	}
+	return fail
+}
+
+// save keeps the state's image in c.Keep, as the sectors where it
+// differs from the durable image of its epoch, saved once.
+func (c *Checker) save(img string, st State) {
+	name := strings.ReplaceAll(c.Name, " ", "-")
+	what := fmt.Sprintf("%s: epoch %d, variables %d, %s of %d writes", c.Name, st.Epoch, st.VarIndex, st.Kind, len(st.Writes))
+	base := fmt.Sprintf("%s-epoch%d.base.gz", name, st.Epoch)
+	p := filepath.Join(c.Keep, fmt.Sprintf("%s-%x.state.gz", name, st.Hash[:6]))
+	err := os.MkdirAll(c.Keep, 0o755)
+	if _, serr := os.Stat(filepath.Join(c.Keep, base)); err == nil && serr != nil {
+		err = Save(filepath.Join(c.Keep, base), c.durable.Name(), c.Rec.Vars[st.VarIndex], c.floor, fmt.Sprintf("%s: durable before epoch %d", c.Name, st.Epoch), "", "")
+	}
+	if err == nil {
+		err = Save(p, img, c.Rec.Vars[st.VarIndex], c.floor, what, c.durable.Name(), base)
+	}
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	c.T.Logf("saved %s", p)
+}
+
+// CheckSaved boots a saved state (Save) as Check boots a generated one.
+func (c *Checker) CheckSaved(path string) *Failure {
+	c.T.Helper()
+	s, err := Load(path)
+	if err != nil {
+		c.T.Fatal(err)
+	}
+	dir := c.T.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := s.WriteImage(img); err != nil {
+		c.T.Fatal(err)
+	}
+	return c.boot(State{Kind: s.What}, dir, img, s.Vars, s.Floor)
+}
+
+// boot runs the machine of one state, the image img with the variables
+// vars, in dir, and checks it.
+func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *Failure) {
 	t := &stateT{TB: c.T, log: &strings.Builder{}, dir: dir}
 	defer func() {
 		if r := recover(); r != nil {
@@ -193,29 +261,22 @@ func (c *Checker) one(st State) (fail *Failure) {
 			fail = &Failure{State: st, Err: e.msg, Log: t.log.String()}
 		}
 	}()
-	img := filepath.Join(dir, "disk.img")
-	f, err := c.copyOf(c.durable.Name(), img)
-	if err == nil {
-		err = Apply(f, st.Writes)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
 	vars := filepath.Join(dir, "vars")
-	if err == nil {
-		err = c.Rec.Vars[st.VarIndex].Write(vars)
-	}
-	if err != nil {
+	if err := vv.Write(vars); err != nil {
 		c.T.Fatal(err)
 	}
 	g, err := generation(img)
 	if err != nil {
 		t.Fatalf("META after the cut: %v", err)
 	}
-	if g < c.floor {
-		t.Fatalf("META generation %d after the cut, older than %d, durable at the last flush", g, c.floor)
+	if g < floor {
+		t.Fatalf("META generation %d after the cut, older than %d, durable at the last flush", g, floor)
 	}
-	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: c.Inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
+	inputs := c.Inputs
+	if inputs == "" {
+		inputs = dir
+	}
+	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
 	ctx := context.Background()
 	m.OnFirmware = func(d *apply.Disk, slot meta.Slot) {
 		k, i, e, err := applytest.ReadSlot(ctx, d.Loader, slot)

@@ -451,8 +451,16 @@ func (a *Agent) rolledBack(ctx context.Context, node *corev1.Node, digest string
 	if err := patchNode(ctx, a.Client, a.Node, nil, map[string]*string{AnnTarget: nil, AnnTargetDigest: nil, AnnBootID: nil}); err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: %s; the rollout is stopped (stager node resume starts it again)", ErrRolledBack, msg)
+	return &rolledBackError{msg}
 }
+
+// rolledBackError is ErrRolledBack with what the node recorded.
+type rolledBackError struct{ msg string }
+
+func (e *rolledBackError) Error() string {
+	return e.msg + "; the rollout is stopped (stager node resume starts it again)"
+}
+func (e *rolledBackError) Unwrap() error { return ErrRolledBack }
 
 // upgrade takes the locks, cordons, drains, stages and reboots.
 func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, digest string, out *Result) error {

@@ -1,3 +1,7 @@
+// make unit runs the campaign; make qemu-test (go test -tags vm
+// ./qemu-tests/...) would run it a second time.
+//go:build !vm
+
 package crashstate_test
 
 import (
@@ -22,8 +26,8 @@ var (
 	seed     = flag.Uint64("crash.seed", 1, "seed of the random subsets and tears")
 	large    = flag.Bool("crash.large", false, "the large campaign (make crash-campaign)")
 	prefixes = flag.Int("crash.prefixes", 2, "prefixes per epoch segment (2: the flush points only)")
-	subsets  = flag.Int("crash.subsets", 0, "random subsets per epoch segment")
-	torn     = flag.Int("crash.torn", 0, "torn writes per epoch segment")
+	subsets  = flag.Int("crash.subsets", 4, "random subsets per epoch segment")
+	torn     = flag.Int("crash.torn", 4, "torn writes per epoch segment")
 	keep     = flag.String("crash.keep", "", "save the failing states in this directory (regression inputs, testdata/regress)")
 )
 
@@ -71,7 +75,7 @@ func applytestNew(t *testing.T) *applytest.Machine { return applytest.New(t) }
 func TestCampaign(t *testing.T) {
 	o := crashstate.Options{Seed: *seed, Prefixes: *prefixes, Subsets: *subsets, Torn: *torn}
 	if *large {
-		o = crashstate.Options{Seed: *seed, Prefixes: 200, Subsets: 60, Torn: 40}
+		o = crashstate.Options{Seed: *seed, Prefixes: 100, Subsets: 40, Torn: 30}
 	}
 	t.Logf("seed %d (-crash.seed to repeat)", o.Seed)
 	for _, sc := range scenarios {

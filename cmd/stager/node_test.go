@@ -216,6 +216,16 @@ func TestNodeUpgrade(t *testing.T) {
 		}
 		kubetest.SetReady(t, cs, "w-0", true, "boot-1")
 		stager(t, 0, "upgraded: node w-0, v2", "--node", "w-0", "--image", v2)
+		// What node-exporter's textfile collector reads.
+		prom := filepath.Join(t.TempDir(), "stagehand.prom")
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), []string{"status", "--disk", m.Img, "--prometheus", prom}, &stdout, &stderr); code != 0 {
+			t.Fatalf("status --prometheus: %d %s", code, &stderr)
+		}
+		b, err := os.ReadFile(prom)
+		if err != nil || !strings.Contains(string(b), `stagehand_info{slot="b",version="v2",`) || !strings.Contains(string(b), `stagehand_phase{phase="idle"} 1`) {
+			t.Fatalf("%s: %v\n%s", prom, err, b)
+		}
 	})
 	t.Run("rolled back", func(t *testing.T) {
 		stager(t, 0, "rebooting", "--node", "w-0", "--image", v3)

@@ -5,12 +5,15 @@ package qemutests
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/initramfs"
@@ -158,6 +161,172 @@ func TestRealOSPlainBoot(t *testing.T) {
 	t.Logf("power on to the real OS's driver %s (prestage handed off after %s); power off after %s", round(booted), handoff[1], round(r.Elapsed()))
 	if metaHash(t, img) != before {
 		t.Errorf("a boot with nothing staged changed META:%s", lastReasons(status(t, img), 3))
+	}
+	fsckESP(t, img)
+}
+
+// Health checks of the scenarios' slots, in the slot's layer.
+var (
+	wantedFails = initramfs.File{Path: "etc/stagehand/check/wanted.d/60-fails", Mode: 0o755,
+		Data: []byte("#!/bin/sh\necho 'this wanted check fails on purpose'\nexit 1\n")}
+	requiredFails = initramfs.File{Path: "etc/stagehand/check/required.d/20-service", Mode: 0o755,
+		Data: []byte("#!/bin/sh\necho 'the service of this version does not answer'\nexit 1\n")}
+)
+
+// realOSImageBuild builds the installer image of a real OS version (the
+// kernel of flavor, the driver's steps, files in its layer) with `stager
+// image build` into the OCI layout dir/version, and returns its reference
+// there, oci:DIR/VERSION:VERSION.
+func realOSImageBuild(t testing.TB, dir, flavor, version, steps string, files ...initramfs.File) string {
+	t.Helper()
+	layout := "oci:" + filepath.Join(dir, version) + ":" + version
+	out := hostStager(t, "image", "build", "--kernel", kernel(t, flavor).Vmlinuz, "--initramfs", realOSInitramfs(t, flavor, version, files...),
+		"--cmdline", realOSCmdline+" stagehand.realos.steps="+steps, "--version", version, "--output", layout)
+	t.Logf("%s", strings.TrimSpace(out))
+	return layout
+}
+
+// realOSDisk makes a disk whose slot A holds v1 of the real OS on the
+// cloud kernel, with the driver's steps and more kernel parameters.
+func realOSDisk(t testing.TB, params, steps string) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "disk.img")
+	_, err := boot.InitDisk(context.Background(), img, boot.DiskConfig{
+		Layout:    testLayout(),
+		Kernel:    kernel(t, "cloud").Vmlinuz,
+		Initramfs: realOSInitramfs(t, "cloud", "v1"),
+		Cmdline:   strings.Join(strings.Fields(realOSCmdline+" "+params+" stagehand.realos.steps="+steps), " "),
+		Version:   "v1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// realOSTiming is the driver's timing line.
+var realOSTiming = regexp.MustCompile(`realos: timing: boot-complete=(\d+)us confirm=(-?\d+)us`)
+
+// TestRealOSUpgrade: the whole story on the real OS, in two power-ons of
+// one machine.
+//
+// Power on 1: v1 (slot a, cloud kernel) boots through prestage (nothing
+// staged) to boot-complete.target; the driver shows the units and the
+// early stagehand: lines from journalctl -k -b, opens a file on the ESP
+// (mounted by systemd's automount on first access) and keeps it open,
+// mounts the images disk and runs `stager --image oci:…v2 --reboot`:
+// staging writes only STAGE and META, and the reboot goes through
+// systemd, which stops the holder and unmounts the ESP. The firmware
+// starts a again; its prestage applies v2 and kexecs into the generic
+// kernel. v2's wanted check fails: the confirm unit confirms it after
+// boot-complete.target, the warning recorded in META.
+//
+// Power on 2 (cold, v3 staged on the host meanwhile): the firmware starts
+// v2 (slot b: it stayed); its prestage applies v3 to slot a and kexecs.
+// v3's required check fails: no confirm, stager check --reboot; the
+// firmware boots a's counted entry once more (systemd-bless-boot pulled in
+// by LoaderBootCountPath, never run: boot-complete.target is not
+// reached), it fails again, and the next boot is b's, whose prestage rolls
+// back; v2's stager status says why.
+func TestRealOSUpgrade(t *testing.T) {
+	checkHost(t)
+	k1, k2 := kernel(t, "cloud"), kernel(t, "generic")
+	tree := t.TempDir()
+	realOSImageBuild(t, filepath.Join(tree, "images"), "generic", "v2", "units,status,kmsg,timing,poweroff", wantedFails)
+	images := imagesDisk(t, tree)
+	const ref = "oci:/mnt/images/v2:v2"
+	img := realOSDisk(t, "", "units,kmsg,hold-esp,stage-reboot:"+ref)
+	m := newMachine(t, img, "-drive", "if=none,id=images,format=raw,readonly=on,file="+images, "-device", "virtio-blk-pci,drive=images")
+
+	r := start(t, m)
+	expect(t, r, "v1's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: continue: nothing staged`))
+	v1 := expectRealOS(t, r, "v1", "v1", k1, meta.SlotA)
+	got, _ := expect(t, r, "v1's units", stepTimeout, realOSUnits)
+	if got[1] != "active" || got[2] != "active" || got[3] != "active" {
+		t.Errorf("v1's units: check %s, confirm %s, boot-complete.target %s; want all active", got[1], got[2], got[3])
+	}
+	expect(t, r, "v1: journalctl -k -b", stepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: handing off to /init`))
+	got, _ = expect(t, r, "v1 holds a file on the ESP", stepTimeout, regexp.MustCompile(`realos: esp: (\S+ vfat .*)`))
+	t.Logf("v1: esp: %s", got[1])
+	got, staged := expect(t, r, "stager --image in v1", stepTimeout, regexp.MustCompile(`realos: stager: (staged `+regexp.QuoteMeta(ref)+` \(sha256:[0-9a-f]+\) for slot b.*)`))
+	t.Logf("v1: %s", got[1])
+	expect(t, r, "stager --reboot", stepTimeout, regexp.MustCompile(`realos: stager: rebooting through systemd`))
+	expect(t, r, "systemd unmounts the ESP", poweroffTimeout, regexp.MustCompile(`Unmounted efi\.mount`))
+	apply := applied(t, r)
+	expect(t, r, "kexec", stepTimeout, kexecInto)
+	expect(t, r, "v2's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot b\): trial boot 1 of 2 of slot b \(v2\)`))
+	v2 := expectRealOS(t, r, "v2 (kexec)", "v2", k2, meta.SlotB)
+	got, _ = expect(t, r, "v2's units", stepTimeout, realOSUnits)
+	if got[1] != "active" || got[2] != "active" || got[3] != "active" {
+		t.Errorf("v2's units: check %s, confirm %s, boot-complete.target %s; want all active", got[1], got[2], got[3])
+	}
+	expect(t, r, "v2: stager status", stepTimeout, regexp.MustCompile(`realos: status: slot b:\s+good\s+v2`))
+	expect(t, r, "v2: journalctl -k -b", stepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: trial → trial \(slot b\): trial boot 1 of 2`))
+	tm, _ := expect(t, r, "v2: timing", stepTimeout, realOSTiming)
+	realOSPowerDown(t, r, "v2")
+	if n := strings.Count(r.Console(), "BdsDxe: starting"); n != 2 {
+		t.Errorf("the firmware started %d times, want 2 (power on, stager --reboot)", n)
+	}
+	t.Logf("power on 1: v1's driver after %s, staged after %s; apply %s; v2 (kexec'd) boot-complete.target %sus after its kernel started, confirm %sus; power off after %s",
+		round(v1), round(staged), round(apply), tm[1], tm[2], round(r.Elapsed()))
+	t.Logf("v2 (kexec'd) driver %s after power on", round(v2))
+
+	st := status(t, img)
+	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA || sl.B.State != "good" || sl.B.Version != "v2" || st.Staged != nil {
+		t.Fatalf("META after v2's boot: %+v%s", sl, lastReasons(st, 5))
+	}
+	var checked string
+	for _, x := range st.Transitions {
+		if strings.HasPrefix(x.Reason, "health checks of slot b (v2)") {
+			checked = x.Reason
+		}
+	}
+	if !strings.Contains(checked, "passed") || !strings.Contains(checked, "60-fails") {
+		t.Errorf("META records v2's health checks as %q, want passed with the wanted check 60-fails's warning%s", checked, lastReasons(st, 5))
+	}
+	espOf(t, img, false, func(esp *boot.FAT, _ *boot.SystemdBoot) {
+		b, err := esp.ReadFile(HeldFileOnESP)
+		if err != nil || !strings.HasPrefix(string(b), "held open by the real OS") {
+			t.Errorf("%s on the ESP: %q, %v", HeldFileOnESP, b, err)
+		}
+	})
+	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b.conf"}, entries(t, img)); d != "" {
+		t.Errorf("entries after v2's confirm (-want, +got):\n%s", d)
+	}
+	fsckESP(t, img)
+
+	// v3, whose required check fails, staged on the host.
+	v3 := realOSImageBuild(t, t.TempDir(), "cloud", "v3", "units", requiredFails)
+	t.Logf("staged v3 on the host:\n%s", strings.TrimSpace(hostStager(t, "--image", v3, "--disk", img)))
+	r = start(t, m)
+	got, _ = expect(t, r, "the cold boot", realOSBootTimeout, regexp.MustCompile(`Command line: (.*)`))
+	if !strings.Contains(got[1], "stagehand.slot=b") || !strings.Contains(r.Console(), k2.Release) {
+		t.Errorf("the cold boot started %q, want slot b (v2, %s)", got[1], k2.Release)
+	}
+	expect(t, r, "v2's prestage applies v3", realOSBootTimeout, regexp.MustCompile(`stagehand: staged → applying \(slot a\)`))
+	expect(t, r, "v2's prestage arms v3's trial", realOSBootTimeout, regexp.MustCompile(`stagehand: applying → trial \(slot a\)`))
+	expect(t, r, "kexec into v3", stepTimeout, regexp.MustCompile(`stagehand: kexec into slot a after`))
+	for try := 1; try <= 2; try++ {
+		what := fmt.Sprintf("v3's try %d", try)
+		expect(t, r, what, realOSBootTimeout, regexp.MustCompile(fmt.Sprintf(`stagehand: trial → trial \(slot a\): trial boot %d of 2 of slot a \(v3\)`, try)))
+		expect(t, r, what, realOSBootTimeout, regexp.MustCompile(`the trial slot is not healthy: rebooting \(\d tries left`))
+	}
+	expect(t, r, "b's prestage rolls back", realOSBootTimeout, regexp.MustCompile(`stagehand: trial → idle \(slot a\): (.*)`))
+	expectRealOS(t, r, "v2 again", "v2", k2, meta.SlotB)
+	got, _ = expect(t, r, "v2: stager status", stepTimeout, regexp.MustCompile(`realos: status: slot a:\s+bad\s+v3\s*(.*)`))
+	t.Logf("v2: stager status: slot a: bad v3 %s", got[1])
+	realOSPowerDown(t, r, "v2 again")
+	if n := strings.Count(r.Console(), "BdsDxe: starting"); n != 3 {
+		t.Errorf("the firmware started %d times, want 3 (power on, v3's two failed checks)", n)
+	}
+	t.Logf("power on 2: v2 back after %s", round(r.Elapsed()))
+
+	st = status(t, img)
+	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.A.State != "bad" || sl.A.Version != "v3" || !strings.Contains(sl.A.Reason, "health check failed") {
+		t.Errorf("META after v3's failed trial: %+v%s", sl, lastReasons(st, 6))
+	}
+	if es := entries(t, img); len(es) != 2 || es[1] != "stagehand-b.conf" || es[0] == "stagehand-a.conf" {
+		t.Errorf("entries after v3's failed trial: %v, want a's counted entry (never blessed) and stagehand-b.conf", es)
 	}
 	fsckESP(t, img)
 }

@@ -124,47 +124,6 @@ func realOSPowerDown(t testing.TB, r *vm.Run, what string) {
 	}
 }
 
-// TestRealOSPlainBoot: a fresh disk whose slot A holds the real OS on the
-// cloud kernel. OVMF, systemd-boot, the kernel, prestage (nothing staged:
-// it hands off), the real OS's init (squashfs root under an overlay,
-// switch_root), systemd up to boot-complete.target through the health
-// checks, the confirm unit (slot a is confirmed already), and the driver:
-// the units' states, stager status and the early-boot stagehand: lines
-// of this boot from journalctl -k -b, then systemctl poweroff.
-func TestRealOSPlainBoot(t *testing.T) {
-	checkHost(t)
-	k := kernel(t, "cloud")
-	img := filepath.Join(t.TempDir(), "disk.img")
-	_, err := boot.InitDisk(context.Background(), img, boot.DiskConfig{
-		Layout:    testLayout(),
-		Kernel:    k.Vmlinuz,
-		Initramfs: realOSInitramfs(t, "cloud", "v1"),
-		Cmdline:   realOSCmdline + " stagehand.realos.steps=units,status,kmsg,poweroff",
-		Version:   "v1",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	before := metaHash(t, img)
-	r := start(t, newMachine(t, img))
-	expect(t, r, "prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: continue: nothing staged`))
-	handoff, _ := expect(t, r, "prestage", stepTimeout, regexp.MustCompile(`stagehand: handing off to /init after (\S+)`))
-	expect(t, r, "the real OS's init", stepTimeout, regexp.MustCompile(`realos-init: switching to systemd`))
-	booted := expectRealOS(t, r, "boot", "v1", k, meta.SlotA)
-	got, _ := expect(t, r, "units", stepTimeout, realOSUnits)
-	if got[1] != "active" || got[2] != "active" || got[3] != "active" {
-		t.Errorf("units: check %s, confirm %s, boot-complete.target %s; want all active", got[1], got[2], got[3])
-	}
-	expect(t, r, "stager status", stepTimeout, regexp.MustCompile(`realos: status: slot a:\s+good\s+v1`))
-	expect(t, r, "journalctl -k -b", stepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: handing off to /init`))
-	realOSPowerDown(t, r, "boot")
-	t.Logf("power on to the real OS's driver %s (prestage handed off after %s); power off after %s", round(booted), handoff[1], round(r.Elapsed()))
-	if metaHash(t, img) != before {
-		t.Errorf("a boot with nothing staged changed META:%s", lastReasons(status(t, img), 3))
-	}
-	fsckESP(t, img)
-}
-
 // Health checks of the scenarios' slots, in the slot's layer.
 var (
 	wantedFails = initramfs.File{Path: "etc/stagehand/check/wanted.d/60-fails", Mode: 0o755,
@@ -210,9 +169,12 @@ var realOSTiming = regexp.MustCompile(`realos: timing: boot-complete=(\d+)us con
 // TestRealOSUpgrade: the whole story on the real OS, in two power-ons of
 // one machine.
 //
-// Power on 1: v1 (slot a, cloud kernel) boots through prestage (nothing
-// staged) to boot-complete.target; the driver shows the units and the
-// early stagehand: lines from journalctl -k -b, opens a file on the ESP
+// Power on 1, the plain boot: OVMF, systemd-boot, v1's kernel (slot a,
+// cloud), prestage (nothing staged: it hands off), the real OS's init
+// (squashfs root under a tmpfs overlay, switch_root), systemd up to
+// boot-complete.target through the health checks and the confirm unit
+// (slot a is confirmed already); the driver shows the units and the early
+// stagehand: lines of this boot from journalctl -k -b, opens a file on the ESP
 // (mounted by systemd's automount on first access) and keeps it open,
 // mounts the images disk and runs `stager --image oci:…v2 --reboot`:
 // staging writes only STAGE and META, and the reboot goes through
@@ -232,7 +194,7 @@ func TestRealOSUpgrade(t *testing.T) {
 	checkHost(t)
 	k1, k2 := kernel(t, "cloud"), kernel(t, "generic")
 	tree := t.TempDir()
-	realOSImageBuild(t, filepath.Join(tree, "images"), "generic", "v2", "units,status,kmsg,timing,poweroff", wantedFails)
+	realOSImageBuild(t, tree, "generic", "v2", "units,status,kmsg,timing,poweroff", wantedFails)
 	images := imagesDisk(t, tree)
 	const ref = "oci:/mnt/images/v2:v2"
 	img := realOSDisk(t, "", "units,kmsg,hold-esp,stage-reboot:"+ref)
@@ -240,18 +202,19 @@ func TestRealOSUpgrade(t *testing.T) {
 
 	r := start(t, m)
 	expect(t, r, "v1's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: continue: nothing staged`))
+	expect(t, r, "v1's init", stepTimeout, regexp.MustCompile(`realos-init: root: /root.sfs \(/dev/loop0, squashfs, read-only\) under a tmpfs overlay`))
 	v1 := expectRealOS(t, r, "v1", "v1", k1, meta.SlotA)
 	got, _ := expect(t, r, "v1's units", stepTimeout, realOSUnits)
 	if got[1] != "active" || got[2] != "active" || got[3] != "active" {
 		t.Errorf("v1's units: check %s, confirm %s, boot-complete.target %s; want all active", got[1], got[2], got[3])
 	}
 	expect(t, r, "v1: journalctl -k -b", stepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: handing off to /init`))
-	got, _ = expect(t, r, "v1 holds a file on the ESP", stepTimeout, regexp.MustCompile(`realos: esp: (\S+ vfat .*)`))
+	got, _ = expect(t, r, "v1 holds a file on the ESP", stepTimeout, regexp.MustCompile(`realos: esp: (systemd-1 autofs /dev/vda1 vfat .*)`))
 	t.Logf("v1: esp: %s", got[1])
 	got, staged := expect(t, r, "stager --image in v1", stepTimeout, regexp.MustCompile(`realos: stager: (staged `+regexp.QuoteMeta(ref)+` \(sha256:[0-9a-f]+\) for slot b.*)`))
 	t.Logf("v1: %s", got[1])
 	expect(t, r, "stager --reboot", stepTimeout, regexp.MustCompile(`realos: stager: rebooting through systemd`))
-	expect(t, r, "systemd unmounts the ESP", poweroffTimeout, regexp.MustCompile(`Unmounted efi\.mount`))
+	expect(t, r, "systemd unmounts the ESP", poweroffTimeout, regexp.MustCompile(`Unmounted \S*efi\.mount`))
 	apply := applied(t, r)
 	expect(t, r, "kexec", stepTimeout, kexecInto)
 	expect(t, r, "v2's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot b\): trial boot 1 of 2 of slot b \(v2\)`))
@@ -327,6 +290,47 @@ func TestRealOSUpgrade(t *testing.T) {
 	}
 	if es := entries(t, img); len(es) != 2 || es[1] != "stagehand-b.conf" || es[0] == "stagehand-a.conf" {
 		t.Errorf("entries after v3's failed trial: %v, want a's counted entry (never blessed) and stagehand-b.conf", es)
+	}
+	fsckESP(t, img)
+}
+
+// TestRealOSBlessBoot: systemd-bless-boot present and active. v1 runs
+// with stagehand.kexec=0, so its prestage applies the staged v2 and
+// reboots through the firmware: systemd-boot boots b's counted entry
+// (stagehand-b+1-1.conf) and sets LoaderBootCountPath, which makes
+// systemd 252's generator pull systemd-bless-boot.service in. stager
+// confirm (the confirm unit) blesses the entry, META first; bless-boot,
+// ordered after it by contrib's drop-in, finds it blessed and succeeds.
+// The result is a plain confirm's: META and the entries agree, and the ESP
+// passes fsck.fat -n.
+func TestRealOSBlessBoot(t *testing.T) {
+	checkHost(t)
+	k2 := kernel(t, "generic")
+	img := realOSDisk(t, "stagehand.kexec=0", "poweroff")
+	v2 := realOSImageBuild(t, t.TempDir(), "generic", "v2", "units,bless,status,poweroff")
+	t.Logf("staged v2 on the host:\n%s", strings.TrimSpace(hostStager(t, "--image", v2, "--disk", img)))
+	r := start(t, newMachine(t, img))
+	applied(t, r)
+	expect(t, r, "the firmware reboot", stepTimeout, regexp.MustCompile(`stagehand: .*reboot`))
+	expectRealOS(t, r, "v2 (firmware)", "v2", k2, meta.SlotB)
+	got, _ := expect(t, r, "v2's units", stepTimeout, realOSUnits)
+	if got[1] != "active" || got[2] != "active" || got[3] != "active" || got[4] != "active" {
+		t.Errorf("v2's units: check %s, confirm %s, boot-complete.target %s, systemd-bless-boot %s; want all active", got[1], got[2], got[3], got[4])
+	}
+	expect(t, r, "v2: stager status", stepTimeout, regexp.MustCompile(`realos: status: slot b:\s+good\s+v2`))
+	realOSPowerDown(t, r, "v2")
+	for _, l := range regexp.MustCompile(`realos: bless: .*`).FindAllString(ansi.ReplaceAllString(r.Console(), ""), -1) {
+		t.Logf("%s", l)
+	}
+	if n := strings.Count(r.Console(), "BdsDxe: starting"); n != 2 {
+		t.Errorf("the firmware started %d times, want 2 (power on, the apply's reboot)", n)
+	}
+	st := status(t, img)
+	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.B.State != "good" || sl.B.Version != "v2" || sl.A.State != "good" {
+		t.Errorf("META: %+v%s", sl, lastReasons(st, 5))
+	}
+	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b.conf"}, entries(t, img)); d != "" {
+		t.Errorf("entries (-want, +got):\n%s", d)
 	}
 	fsckESP(t, img)
 }

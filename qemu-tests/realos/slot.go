@@ -18,15 +18,29 @@ var layer embed.FS
 
 // Modules are what the real OS's init loads from the initramfs (with their
 // dependencies), besides prestage's: the root image's loop device,
-// squashfs and overlay, the ESP's vfat with its code pages, and ext4 (the
+// squashfs and overlay, autofs (the ESP's automount), the ESP's vfat with its code pages, and ext4 (the
 // tests' images disk).
-var Modules = []string{"loop", "squashfs", "overlay", "vfat", "nls_cp437", "nls_ascii", "nls_iso8859-1", "ext4"}
+var Modules = []string{"loop", "squashfs", "overlay", "autofs4", "vfat", "nls_cp437", "nls_ascii", "nls_iso8859-1", "ext4"}
 
 // Masked are units of the Debian tree the real OS does not run: gettys (no
 // one logs in; the console is the tests' and the demo's), the first-boot
-// prompts, and systemd-boot-update (stagehand owns the ESP).
+// prompts, systemd-boot-update (stagehand owns the ESP), and what a
+// read-only image with its users and modules built in has no use for
+// (modprobe@: the init loaded the modules; sysusers; utmp; pstore). Under
+// TCG every exec of a binary linked with libsystemd-shared costs about a
+// second.
 var Masked = []string{"getty.target", "getty-static.service", "serial-getty@ttyS0.service", "getty@tty1.service",
-	"systemd-firstboot.service", "systemd-boot-update.service"}
+	"systemd-firstboot.service", "systemd-boot-update.service", "modprobe@.service", "systemd-sysusers.service",
+	"systemd-update-utmp.service", "systemd-update-utmp-runlevel.service", "systemd-pstore.service"}
+
+// MaskedGenerators are the generators of the Debian tree the real OS does
+// not run: it has no encrypted, verity or integrity volumes, no swap to
+// resume from, no SysV scripts, no rc.local, and its root is no GPT
+// partition. What stays: fstab (the ESP's automount), bless-boot (boot
+// counting) and run.
+var MaskedGenerators = []string{"systemd-cryptsetup-generator", "systemd-debug-generator", "systemd-getty-generator",
+	"systemd-gpt-auto-generator", "systemd-hibernate-resume-generator", "systemd-integritysetup-generator",
+	"systemd-rc-local-generator", "systemd-system-update-generator", "systemd-sysv-generator", "systemd-veritysetup-generator"}
 
 // machineID is the real OS's: fixed, so that no boot counts as a first
 // boot.
@@ -108,6 +122,9 @@ func (s Slot) Archive() (*initramfs.Archive, error) {
 	}
 	for _, u := range Masked {
 		files = append(files, link(path.Join("etc/systemd/system", u), "/dev/null"))
+	}
+	for _, g := range MaskedGenerators {
+		files = append(files, link(path.Join("etc/systemd/system-generators", g), "/dev/null"))
 	}
 	for _, f := range s.Files {
 		f.Path = l(f.Path)

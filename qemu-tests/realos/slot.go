@@ -17,10 +17,12 @@ import (
 var layer embed.FS
 
 // Modules are what the real OS's init loads from the initramfs (with their
-// dependencies), besides prestage's: the root image's loop device,
-// squashfs and overlay, autofs (the ESP's automount), the ESP's vfat with its code pages, and ext4 (the
-// tests' images disk).
-var Modules = []string{"loop", "squashfs", "overlay", "autofs4", "vfat", "nls_cp437", "nls_ascii", "nls_iso8859-1", "ext4"}
+// dependencies): the virtio disk and efivarfs (prestage loaded them
+// already when it ran; the OS boots without it too), the root image's loop
+// device, squashfs and overlay, autofs (the ESP's automount), the ESP's
+// vfat with its code pages, and ext4 (the tests' images disk).
+var Modules = []string{"virtio_pci", "virtio_blk", "efivarfs", "loop", "squashfs", "overlay", "autofs4",
+	"vfat", "nls_cp437", "nls_ascii", "nls_iso8859-1", "ext4"}
 
 // Masked are units of the Debian tree the real OS does not run: gettys (no
 // one logs in; the console is the tests' and the demo's), the first-boot

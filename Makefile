@@ -40,14 +40,18 @@ qemu-test: deps
 	$(GO) test -tags vm -count=1 -timeout 40m ./qemu-tests/...
 
 # The large crash-state campaign (issue 14): every scenario of the
-# simulated machine recorded, up to 100 prefixes, 40 random subsets and 30
+# simulated machine recorded, up to 100 prefixes, 80 random subsets and 60
 # torn writes per epoch segment (make unit runs 2, 4 and 4), each state
 # booted and checked; CRASHSEED picks the random ones (the seed is printed).
 # Failing states are saved in build/crash-failed (regression inputs).
 CRASHSEED ?= 1
+# Then the VM recording (TestCrashStatesVM): more of its states checked,
+# and every epoch's worst state booted for real under OVMF (about a minute
+# and a half each under TCG).
 crash-campaign: deps
 	$(GO) test -count=1 -timeout 120m -v -run 'TestCampaign$$' ./qemu-tests/crashstate \
 	  -crash.large -crash.seed $(CRASHSEED) -crash.keep $(CURDIR)/$(BUILD)/crash-failed
+	$(GO) test -tags vm -count=1 -timeout 120m -v -run 'TestCrashStatesVM$$' ./qemu-tests/ -crash.vmlarge
 
 # The main job end to end: build, stage v2 from Debian's docker-registry on
 # 127.0.0.1, boot the disk under QEMU, watch v2 applied, kexec'd, confirmed

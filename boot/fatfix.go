@@ -190,6 +190,14 @@ func repairFAT(dev Device) (repaired, error) {
 					drop(i)
 					break
 				}
+				if ok, err := dirStarts(dev, g, first); err != nil {
+					return err
+				} else if !ok {
+					// Made at the cut: its cluster never got its "."
+					// and "..", and holds what it held before.
+					drop(i)
+					break
+				}
 				claim(sub) // a directory cut short keeps what it holds
 				subdirs, subInRoot = append(subdirs, sub), append(subInRoot, self == g.root)
 			case first == 0 && size == 0:
@@ -247,6 +255,21 @@ func repairFAT(dev Device) (repaired, error) {
 	}
 	r.FSInfo, err = writeFSInfo(dev, g, g.countFree(fat, 0, len(fat)), g.firstFree(fat))
 	return r, err
+}
+
+// dirStarts tells whether the directory cluster c starts as a directory
+// does: a "." entry naming c, then a ".." entry. go-diskfs writes a new
+// directory's cluster whole, so one that does not holds what the cluster
+// held before: the directory was made at a cut, and its cluster's write
+// was lost.
+func dirStarts(dev Device, g *fatGeometry, c uint32) (bool, error) {
+	b := make([]byte, 64)
+	if _, err := dev.ReadAt(b, g.clusterOffset(c)); err != nil {
+		return false, fmt.Errorf("reading directory cluster %d: %w", c, err)
+	}
+	self := uint32(binary.LittleEndian.Uint16(b[20:]))<<16 | uint32(binary.LittleEndian.Uint16(b[26:]))
+	return string(b[:11]) == ".          " && b[11]&0x10 != 0 && self == c &&
+		string(b[32:43]) == "..         " && b[43]&0x10 != 0, nil
 }
 
 // lfnMatches tells whether the long-name entries run (in on-disk order)

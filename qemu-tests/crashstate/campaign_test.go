@@ -75,7 +75,7 @@ func applytestNew(t *testing.T) *applytest.Machine { return applytest.New(t) }
 func TestCampaign(t *testing.T) {
 	o := crashstate.Options{Seed: *seed, Prefixes: *prefixes, Subsets: *subsets, Torn: *torn}
 	if *large {
-		o = crashstate.Options{Seed: *seed, Prefixes: 100, Subsets: 40, Torn: 30}
+		o = crashstate.Options{Seed: *seed, Prefixes: 100, Subsets: 80, Torn: 60}
 	}
 	t.Logf("seed %d (-crash.seed to repeat)", o.Seed)
 	for _, sc := range scenarios {

@@ -2,7 +2,9 @@ package crashstate
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -49,6 +51,7 @@ type Checker struct {
 	floor   uint64 // META generation of durable
 	epochs  []Epoch
 	n       int
+	run     string // names this run's saved bases
 }
 
 // Failure is a state that did not pass, with why and the flow's log.
@@ -216,9 +219,14 @@ func (c *Checker) one(st State) (fail *Failure) {
 // save keeps the state's image in c.Keep, as the sectors where it
 // differs from the durable image of its epoch, saved once.
 func (c *Checker) save(img string, st State) {
-	name := strings.ReplaceAll(c.Name, " ", "-")
+	name := strings.NewReplacer(" ", "-", ",", "").Replace(c.Name)
 	what := fmt.Sprintf("%s: epoch %d, variables %d, %s of %d writes", c.Name, st.Epoch, st.VarIndex, st.Kind, len(st.Writes))
-	base := fmt.Sprintf("%s-epoch%d.base.gz", name, st.Epoch)
+	if c.run == "" {
+		var b [4]byte
+		rand.Read(b[:])
+		c.run = hex.EncodeToString(b[:]) // a run's bases never replace another's
+	}
+	base := fmt.Sprintf("%s-epoch%d-%s.base.gz", name, st.Epoch, c.run)
 	p := filepath.Join(c.Keep, fmt.Sprintf("%s-%x.state.gz", name, st.Hash[:6]))
 	err := os.MkdirAll(c.Keep, 0o755)
 	if _, serr := os.Stat(filepath.Join(c.Keep, base)); err == nil && serr != nil {

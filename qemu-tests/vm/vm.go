@@ -52,6 +52,11 @@ type Config struct {
 	MemoryMB int      // zero: 1024
 	CPUs     int      // zero: 1
 	Args     []string // more QEMU arguments
+	// WriteLog, when set, is a file QEMU's blklogwrites driver logs every
+	// write and flush the guest makes to Disk into (dm-log-writes v1, see
+	// qemu-tests/writelog), with the disk's volatile write cache on so
+	// that the guest's flushes reach the log. It is emptied at each Start.
+	WriteLog string
 }
 
 // Machine is one VM, booted any number of times in a row; its disk and its
@@ -106,16 +111,33 @@ func (m *Machine) Args() []string {
 		"-nic", "none",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + m.cfg.Firmware.Code,
 		"-drive", "if=pflash,format=raw,unit=1,file=" + m.vars,
-		"-drive", "if=none,id=disk0,format=raw,file=" + m.cfg.Disk,
-		"-device", "virtio-blk-pci,drive=disk0",
-		"-serial", "stdio",
 	}
+	if m.cfg.WriteLog != "" {
+		// NOTES.md: no cache.no-flush on the blklogwrites node (it would
+		// hide the flushes), no discard or write-zeroes requests (logged
+		// without data), the superblock's count updated at every entry.
+		args = append(args,
+			"-blockdev", "driver=file,node-name=img,filename="+m.cfg.Disk,
+			"-blockdev", "driver=file,node-name=log,filename="+m.cfg.WriteLog,
+			"-blockdev", "driver=blklogwrites,node-name=disk0,file=img,log=log,log-sector-size=512,log-super-update-interval=1",
+			"-device", "virtio-blk-pci,drive=disk0,write-cache=on,discard=off,write-zeroes=off")
+	} else {
+		args = append(args,
+			"-drive", "if=none,id=disk0,format=raw,file="+m.cfg.Disk,
+			"-device", "virtio-blk-pci,drive=disk0")
+	}
+	args = append(args, "-serial", "stdio")
 	return append(args, m.cfg.Args...)
 }
 
 // Start boots the machine and returns the running boot. The console goes to
 // Dir/console-N.log (N counting the machine's boots from 1).
 func (m *Machine) Start() (*Run, error) {
+	if m.cfg.WriteLog != "" {
+		if err := os.WriteFile(m.cfg.WriteLog, nil, 0o644); err != nil {
+			return nil, fmt.Errorf("vm: emptying the write log: %w", err)
+		}
+	}
 	m.boots++
 	log := filepath.Join(m.cfg.Dir, fmt.Sprintf("console-%d.log", m.boots))
 	lf, err := os.Create(log)

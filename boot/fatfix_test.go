@@ -36,6 +36,17 @@ func TestRepairCut(t *testing.T) {
 	}
 	fat := func(i int64) [2]int64 { return [2]int64{g.fatOffset(i), g.fatOffset(i) + g.fatBytes()} }
 	data := [2]int64{g.dataStart(), int64(len(after))}
+	// newDir is the cluster of stagehand/b, made by the write: it starts
+	// with "." after and did not before.
+	newDir := int64(-1)
+	for off := g.dataStart(); off+g.clusterSize() <= int64(len(after)); off += g.clusterSize() {
+		if string(after[off:off+11]) == ".          " && string(before[off:off+11]) != ".          " {
+			newDir = off
+		}
+	}
+	if newDir < 0 {
+		t.Fatal("no new directory cluster")
+	}
 	for _, c := range []struct {
 		name   string
 		landed [][2]int64 // what of after landed on before
@@ -46,6 +57,7 @@ func TestRepairCut(t *testing.T) {
 		{"the directories and data, no FAT", [][2]int64{{0, g.fatOffset(0)}, data}, false},
 		{"the first FAT only", [][2]int64{fat(0)}, false},
 		{"the second FAT only", [][2]int64{fat(1)}, false},
+		{"all but the new directory's cluster", [][2]int64{{0, newDir}, {newDir + g.clusterSize(), int64(len(after))}}, false},
 	} {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
 			b := append([]byte(nil), before...)

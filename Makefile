@@ -53,9 +53,11 @@ crash-campaign: deps
 	  -crash.large -crash.seed $(CRASHSEED) -crash.keep $(CURDIR)/$(BUILD)/crash-failed
 	$(GO) test -tags vm -count=1 -timeout 120m -v -run 'TestCrashStatesVM$$' ./qemu-tests/ -crash.vmlarge
 
-# The main job end to end: build, stage v2 from Debian's docker-registry on
-# 127.0.0.1, boot the disk under QEMU, watch v2 applied, kexec'd, confirmed
-# and kept. Logs in build/demo/.
+# The main job end to end on the real systemd OS (qemu-tests/realos, built
+# from Debian packages with mmdebstrap and cached under build/realos): stage
+# v2 from Debian's docker-registry on 127.0.0.1, boot the disk under QEMU,
+# watch v2 applied, kexec'd, health-checked and confirmed; then v3, whose
+# required health check fails, tried and rolled back. Logs in build/demo/.
 demo: deps build
 	@scripts/deps.sh demo
 	$(GO) run ./qemu-tests/demo -root . -out $(BUILD)/demo

@@ -36,6 +36,11 @@ const realOSCmdline = "rdinit=/prestage console=ttyS0 panic=5"
 // thirty units under TCG.
 const realOSBootTimeout = 4 * time.Minute
 
+// realOSStepTimeout bounds a step within a boot: staging, kexec's load and
+// the driver's steps move some 100 MiB of slot (the stager alone is 56 MiB)
+// under TCG on a shared machine.
+const realOSStepTimeout = 2 * time.Minute
+
 // realOSImage builds (or takes from the cache) the root image, once per
 // test binary run.
 func realOSImage(t testing.TB) string {
@@ -114,7 +119,7 @@ func expectRealOS(t testing.TB, r *vm.Run, what, version string, k Kernel, slot 
 // of a step fails the test.
 func realOSPowerDown(t testing.TB, r *vm.Run, what string) {
 	t.Helper()
-	expect(t, r, what, stepTimeout, regexp.MustCompile(`realos: powering off`))
+	expect(t, r, what, realOSStepTimeout, regexp.MustCompile(`realos: powering off`))
 	expect(t, r, what, poweroffTimeout, regexp.MustCompile(`reboot: Power down`))
 	if err := r.Wait(poweroffTimeout); err != nil {
 		t.Fatalf("%s: QEMU after power off: %v", what, err)
@@ -202,30 +207,30 @@ func TestRealOSUpgrade(t *testing.T) {
 
 	r := start(t, m)
 	expect(t, r, "v1's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: continue: nothing staged`))
-	expect(t, r, "v1's init", stepTimeout, regexp.MustCompile(`realos-init: root: /root.sfs \(/dev/loop0, squashfs, read-only\) under a tmpfs overlay`))
+	expect(t, r, "v1's init", realOSStepTimeout, regexp.MustCompile(`realos-init: root: /root.sfs \(/dev/loop0, squashfs, read-only\) under a tmpfs overlay`))
 	v1 := expectRealOS(t, r, "v1", "v1", k1, meta.SlotA)
-	got, _ := expect(t, r, "v1's units", stepTimeout, realOSUnits)
+	got, _ := expect(t, r, "v1's units", realOSStepTimeout, realOSUnits)
 	if got[1] != "active" || got[2] != "active" || got[3] != "active" {
 		t.Errorf("v1's units: check %s, confirm %s, boot-complete.target %s; want all active", got[1], got[2], got[3])
 	}
-	expect(t, r, "v1: journalctl -k -b", stepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: handing off to /init`))
-	got, _ = expect(t, r, "v1 holds a file on the ESP", stepTimeout, regexp.MustCompile(`realos: esp: (systemd-1 autofs /dev/vda1 vfat .*)`))
+	expect(t, r, "v1: journalctl -k -b", realOSStepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: handing off to /init`))
+	got, _ = expect(t, r, "v1 holds a file on the ESP", realOSStepTimeout, regexp.MustCompile(`realos: esp: (systemd-1 autofs /dev/vda1 vfat .*)`))
 	t.Logf("v1: esp: %s", got[1])
-	got, staged := expect(t, r, "stager --image in v1", stepTimeout, regexp.MustCompile(`realos: stager: (staged `+regexp.QuoteMeta(ref)+` \(sha256:[0-9a-f]+\) for slot b.*)`))
+	got, staged := expect(t, r, "stager --image in v1", realOSStepTimeout, regexp.MustCompile(`realos: stager: (staged `+regexp.QuoteMeta(ref)+` \(sha256:[0-9a-f]+\) for slot b.*)`))
 	t.Logf("v1: %s", got[1])
-	expect(t, r, "stager --reboot", stepTimeout, regexp.MustCompile(`realos: stager: rebooting through systemd`))
+	expect(t, r, "stager --reboot", realOSStepTimeout, regexp.MustCompile(`realos: stager: rebooting through systemd`))
 	expect(t, r, "systemd unmounts the ESP", poweroffTimeout, regexp.MustCompile(`Unmounted \S*efi\.mount`))
 	apply := applied(t, r)
-	expect(t, r, "kexec", stepTimeout, kexecInto)
+	expect(t, r, "kexec", realOSStepTimeout, kexecInto)
 	expect(t, r, "v2's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot b\): trial boot 1 of 2 of slot b \(v2\)`))
 	v2 := expectRealOS(t, r, "v2 (kexec)", "v2", k2, meta.SlotB)
-	got, _ = expect(t, r, "v2's units", stepTimeout, realOSUnits)
+	got, _ = expect(t, r, "v2's units", realOSStepTimeout, realOSUnits)
 	if got[1] != "active" || got[2] != "active" || got[3] != "active" {
 		t.Errorf("v2's units: check %s, confirm %s, boot-complete.target %s; want all active", got[1], got[2], got[3])
 	}
-	expect(t, r, "v2: stager status", stepTimeout, regexp.MustCompile(`realos: status: slot b:\s+good\s+v2`))
-	expect(t, r, "v2: journalctl -k -b", stepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: trial → trial \(slot b\): trial boot 1 of 2`))
-	tm, _ := expect(t, r, "v2: timing", stepTimeout, realOSTiming)
+	expect(t, r, "v2: stager status", realOSStepTimeout, regexp.MustCompile(`realos: status: slot b:\s+good\s+v2`))
+	expect(t, r, "v2: journalctl -k -b", realOSStepTimeout, regexp.MustCompile(`realos: kmsg: .*stagehand: trial → trial \(slot b\): trial boot 1 of 2`))
+	tm, _ := expect(t, r, "v2: timing", realOSStepTimeout, realOSTiming)
 	realOSPowerDown(t, r, "v2")
 	if n := strings.Count(r.Console(), "BdsDxe: starting"); n != 2 {
 		t.Errorf("the firmware started %d times, want 2 (power on, stager --reboot)", n)
@@ -268,7 +273,7 @@ func TestRealOSUpgrade(t *testing.T) {
 	}
 	expect(t, r, "v2's prestage applies v3", realOSBootTimeout, regexp.MustCompile(`stagehand: staged → applying \(slot a\)`))
 	expect(t, r, "v2's prestage arms v3's trial", realOSBootTimeout, regexp.MustCompile(`stagehand: applying → trial \(slot a\)`))
-	expect(t, r, "kexec into v3", stepTimeout, regexp.MustCompile(`stagehand: kexec into slot a after`))
+	expect(t, r, "kexec into v3", realOSStepTimeout, regexp.MustCompile(`stagehand: kexec into slot a after`))
 	for try := 1; try <= 2; try++ {
 		what := fmt.Sprintf("v3's try %d", try)
 		expect(t, r, what, realOSBootTimeout, regexp.MustCompile(fmt.Sprintf(`stagehand: trial → trial \(slot a\): trial boot %d of 2 of slot a \(v3\)`, try)))
@@ -276,7 +281,7 @@ func TestRealOSUpgrade(t *testing.T) {
 	}
 	expect(t, r, "b's prestage rolls back", realOSBootTimeout, regexp.MustCompile(`stagehand: trial → idle \(slot a\): (.*)`))
 	expectRealOS(t, r, "v2 again", "v2", k2, meta.SlotB)
-	got, _ = expect(t, r, "v2: stager status", stepTimeout, regexp.MustCompile(`realos: status: slot a:\s+bad\s+v3\s*(.*)`))
+	got, _ = expect(t, r, "v2: stager status", realOSStepTimeout, regexp.MustCompile(`realos: status: slot a:\s+bad\s+v3\s*(.*)`))
 	t.Logf("v2: stager status: slot a: bad v3 %s", got[1])
 	realOSPowerDown(t, r, "v2 again")
 	if n := strings.Count(r.Console(), "BdsDxe: starting"); n != 3 {
@@ -311,13 +316,13 @@ func TestRealOSBlessBoot(t *testing.T) {
 	t.Logf("staged v2 on the host:\n%s", strings.TrimSpace(hostStager(t, "--image", v2, "--disk", img)))
 	r := start(t, newMachine(t, img))
 	applied(t, r)
-	expect(t, r, "the firmware reboot", stepTimeout, regexp.MustCompile(`stagehand: .*reboot`))
+	expect(t, r, "the firmware reboot", realOSStepTimeout, regexp.MustCompile(`stagehand: .*reboot`))
 	expectRealOS(t, r, "v2 (firmware)", "v2", k2, meta.SlotB)
-	got, _ := expect(t, r, "v2's units", stepTimeout, realOSUnits)
+	got, _ := expect(t, r, "v2's units", realOSStepTimeout, realOSUnits)
 	if got[1] != "active" || got[2] != "active" || got[3] != "active" || got[4] != "active" {
 		t.Errorf("v2's units: check %s, confirm %s, boot-complete.target %s, systemd-bless-boot %s; want all active", got[1], got[2], got[3], got[4])
 	}
-	expect(t, r, "v2: stager status", stepTimeout, regexp.MustCompile(`realos: status: slot b:\s+good\s+v2`))
+	expect(t, r, "v2: stager status", realOSStepTimeout, regexp.MustCompile(`realos: status: slot b:\s+good\s+v2`))
 	realOSPowerDown(t, r, "v2")
 	for _, l := range regexp.MustCompile(`realos: bless: .*`).FindAllString(ansi.ReplaceAllString(r.Console(), ""), -1) {
 		t.Logf("%s", l)

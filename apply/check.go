@@ -25,17 +25,18 @@ func RecordChecks(ctx context.Context, env *Env, healthy bool, summary string) (
 	if err != nil {
 		return nil, err
 	}
-	if s.slots.Phase != meta.PhaseTrial || env.Booted == "" || env.Booted != s.slots.Trial {
+	booted := s.running(ctx)
+	if s.slots.Phase != meta.PhaseTrial || booted == "" || booted != s.slots.Trial {
 		return &CheckOutcome{}, nil
 	}
-	ts := s.slotState(env.Booted)
+	ts := s.slotState(booted)
 	out := &CheckOutcome{Trial: true, TriesLeft: s.slots.TriesLeft}
-	reason := fmt.Sprintf("health checks of slot %s (%s) passed: %s", env.Booted, ts.Version, summary)
+	reason := fmt.Sprintf("health checks of slot %s (%s) passed: %s", booted, ts.Version, summary)
 	if !healthy {
 		ts.Reason = "health check failed: " + summary
-		reason = fmt.Sprintf("health checks of slot %s (%s) failed, no confirm: %s", env.Booted, ts.Version, summary)
+		reason = fmt.Sprintf("health checks of slot %s (%s) failed, no confirm: %s", booted, ts.Version, summary)
 	}
-	if err := s.commit(meta.PhaseTrial, env.Booted, reason); err != nil {
+	if err := s.commit(meta.PhaseTrial, booted, reason); err != nil {
 		return nil, fmt.Errorf("recording the health checks: %w", err)
 	}
 	out.Recorded = true

@@ -30,10 +30,10 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	booted := env.Booted
+	booted := s.running(ctx)
 	switch {
 	case booted == "":
-		return nil, fmt.Errorf("%w: the running kernel was not booted from a stagehand slot (no stagehand.slot= on its command line)", ErrRefused)
+		return nil, fmt.Errorf("%w: the running kernel was not booted from a stagehand slot (no stagehand.slot= on its command line, and the bootloader names no stagehand entry)", ErrRefused)
 	case s.slots.Phase == meta.PhaseTrial && booted == s.slots.Trial:
 		ts := s.slotState(booted)
 		ts.State, ts.Reason = "good", ""

@@ -42,8 +42,11 @@ type Env struct {
 	Loader    Loader
 	Booted    meta.Slot // the slot the running kernel came from; "" when unknown
 	Tries     int       // boots a trial gets; 0 means DefaultTries
-	Now       func() time.Time
-	Logf      func(format string, args ...any)
+	// SecureBoot: the firmware enforces Secure Boot, so it refuses to
+	// start a UKI that is not signed with a key it trusts.
+	SecureBoot bool
+	Now        func() time.Time
+	Logf       func(format string, args ...any)
 }
 
 func (e *Env) defaults() {
@@ -151,6 +154,18 @@ func (s *state) bootedEntry(ctx context.Context) (meta.Slot, bool) {
 	return s.entry, s.entryKnown
 }
 
+// running is the slot the running kernel came from: Env.Booted (its
+// stagehand.slot=), else, as for a UKI booted by the firmware, whose
+// command line names no slot, the entry the bootloader says it booted; ""
+// when neither says.
+func (s *state) running(ctx context.Context) meta.Slot {
+	if s.env.Booted != "" {
+		return s.env.Booted
+	}
+	slot, _ := s.bootedEntry(ctx)
+	return slot
+}
+
 func (s *state) slotState(sl meta.Slot) *meta.SlotState {
 	if sl == meta.SlotB {
 		return &s.slots.B
@@ -167,14 +182,7 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 	if err != nil {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
-	booted := env.Booted
-	if booted == "" {
-		// A UKI's command line names no slot: the bootloader says which
-		// entry it booted.
-		if slot, ok := s.bootedEntry(ctx); ok {
-			booted = slot
-		}
-	}
+	booted := s.running(ctx)
 	if booted == "" {
 		booted = s.slots.Active
 	}
@@ -444,12 +452,18 @@ func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, erro
 	if booted != trial {
 		spent := s.env.Tries - s.slots.TriesLeft
 		if spent == 0 {
-			if counted, err := s.firmwareBoots(ctx, trial); err != nil {
+			if e, err := s.trialEntry(ctx, trial); err != nil {
 				s.env.Logf("reading slot %s's boot counter: %v", trial, err)
-			} else if counted == 0 {
+			} else if e.Done == 0 {
 				return s.neverBooted(ctx, booted)
 			} else {
-				return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm: the machine came back to slot %s after %d firmware boot(s) of %s that never reached its prestage (its kernel or initramfs fails early: panic, reset or hang)", trial, booted, counted, trial), Continue)
+				why := "its kernel or initramfs fails early: panic, reset or hang"
+				if s.env.SecureBoot && e.UKI && !e.Signed {
+					why = "Secure Boot is on and its UKI is not signed: the firmware refuses to start it"
+				} else if s.env.SecureBoot && e.UKI {
+					why += ", or the firmware refused its signature (Secure Boot is on)"
+				}
+				return s.rollback(ctx, fmt.Sprintf("slot %s did not confirm: the machine came back to slot %s after %d firmware boot(s) of %s that never reached its prestage (%s)", trial, booted, e.Done, trial, why), Continue)
 			}
 		}
 		// The firmware brought the machine back: the trial slot reset,
@@ -478,23 +492,23 @@ func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, erro
 // MaxRearm bounds how often a trial that was never booted is armed again.
 const MaxRearm = 1
 
-// firmwareBoots is how many times the bootloader started slot's counted
-// entry, as its file name counts them (systemd-boot renames it at each
-// start; a kexec does not count).
-func (s *state) firmwareBoots(ctx context.Context, slot meta.Slot) (int, error) {
+// trialEntry is the trial slot's counted entry: its Done is how many times
+// the bootloader started it, as its file name counts them (systemd-boot
+// renames it at each start; a kexec does not count).
+func (s *state) trialEntry(ctx context.Context, slot meta.Slot) (boot.SlotEntry, error) {
 	entries, err := s.env.Loader.Slots(ctx)
 	if err != nil {
-		return 0, err
+		return boot.SlotEntry{}, err
 	}
 	for _, e := range entries {
 		if e.Slot == slot {
 			if !e.Counting {
-				return 0, fmt.Errorf("slot %s's entry %s does not count its tries", slot, e.Description)
+				return boot.SlotEntry{}, fmt.Errorf("slot %s's entry %s does not count its tries", slot, e.Description)
 			}
-			return e.Done, nil
+			return e, nil
 		}
 	}
-	return 0, fmt.Errorf("slot %s: %w", slot, boot.ErrSlotEmpty)
+	return boot.SlotEntry{}, fmt.Errorf("slot %s: %w", slot, boot.ErrSlotEmpty)
 }
 
 // neverBooted handles a trial that META armed and that no boot reached:

@@ -156,3 +156,77 @@ func TestUKIRefused(t *testing.T) {
 }
 
 func readFile(p string) ([]byte, error) { return os.ReadFile(p) }
+
+// TestUKIRefusedByFirmware: a UKI trial the firmware starts (counting its
+// try) but that never reaches its prestage, and the machine back on slot a:
+// the rollback says why, naming Secure Boot when the firmware enforces it
+// and the UKI carries no signature.
+func TestUKIRefusedByFirmware(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		secureBoot bool
+		why        string
+	}{
+		{"no secure boot", false, "(its kernel or initramfs fails early: panic, reset or hang)"},
+		{"secure boot", true, "(Secure Boot is on and its UKI is not signed: the firmware refuses to start it)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := applytest.NewDisk(t, "v1")
+			m.StageUKI("v2")
+			m.Firmware()
+			if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec || d.Slot != meta.SlotB {
+				t.Fatalf("applying v2: %+v", d)
+			}
+			// No kexec (prestage refuses an unsigned UKI under Secure
+			// Boot): the firmware boot-once starts b and refuses it; a
+			// reset, and the default a boots.
+			if s := m.Firmware(); s != meta.SlotB {
+				t.Fatalf("boot-once starts slot %s", s)
+			}
+			if s := m.Firmware(); s != meta.SlotA {
+				t.Fatalf("after the refused boot the firmware starts slot %s", s)
+			}
+			d := m.Open(meta.SlotA)
+			d.SecureBoot = tc.secureBoot
+			dec, err := apply.Boot(context.Background(), &d.Env)
+			d.Close()
+			if err != nil || dec.Action != apply.Continue {
+				t.Fatalf("back on a: %+v, %v", dec, err)
+			}
+			want := "slot b did not confirm: the machine came back to slot a after 1 firmware boot(s) of b that never reached its prestage " + tc.why
+			if sl := m.Slots(); sl.B.State != "bad" || sl.B.Reason != want || sl.Active != meta.SlotA {
+				t.Errorf("after the rollback: slot b %+v, active %s; want bad with %q", sl.B, sl.Active, want)
+			}
+		})
+	}
+}
+
+// TestUKIConfirmFirmwareBoot: a UKI trial booted by the firmware (kexec
+// unavailable) runs with no stagehand.slot= on its command line; stager
+// confirm knows the slot from the entry systemd-boot says it booted, as
+// prestage does. Before, it refused ("not booted from a stagehand slot")
+// and such a trial could never be confirmed.
+func TestUKIConfirmFirmwareBoot(t *testing.T) {
+	m := applytest.NewDisk(t, "v1")
+	m.StageUKI("v2")
+	m.Firmware()
+	if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec || d.Slot != meta.SlotB {
+		t.Fatalf("applying v2: %+v", d)
+	}
+	if s := m.Firmware(); s != meta.SlotB { // kexec unavailable: boot-once
+		t.Fatalf("boot-once starts slot %s", s)
+	}
+	if d := m.Prestage(""); d.Action != apply.Continue || !strings.Contains(d.Reason, "trial boot of slot b") {
+		t.Fatalf("trial boot: %+v", d)
+	}
+	res, err := m.Confirm("")
+	if err != nil || res.Slot != meta.SlotB || !res.Changed {
+		t.Fatalf("Confirm with no slot on the command line = %+v, %v; want slot b confirmed", res, err)
+	}
+	if sl := m.Slots(); sl.Active != meta.SlotB || sl.B.State != "good" || sl.Phase != meta.PhaseIdle {
+		t.Errorf("after confirm: %+v", sl)
+	}
+	if d := cmp.Diff([]string{"loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b.efi"}, espEntries(t, m)); d != "" {
+		t.Errorf("entries after confirm (-want, +got):\n%s", d)
+	}
+}

@@ -35,6 +35,10 @@ type SlotEntry struct {
 	Kernel  string // where the bootloader loads them from (the UKI's path for a UKI)
 	Initrd  string
 	UKI     bool // a unified kernel image: Cmdline is its .cmdline with stagehand.slot= added
+	// Signed: the UKI carries an Authenticode signature (its PE
+	// certificate table is not empty). Whether the firmware trusts it is
+	// the firmware's to check at boot; kexec checks only the kernel inside.
+	Signed bool
 	// Tries left and done, when the bootloader counts tries of the slot.
 	Counting    bool
 	Left, Done  int

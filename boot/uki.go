@@ -147,7 +147,7 @@ func ukiEntry(slot meta.Slot, n EntryName, u *uki.Image) SlotEntry {
 		}
 	}
 	return SlotEntry{
-		Slot: slot, Version: u.Version(), Cmdline: opts, Kernel: "/" + n.Path(), UKI: true,
+		Slot: slot, Version: u.Version(), Cmdline: opts, Kernel: "/" + n.Path(), UKI: true, Signed: u.File.CertTableSize > 0,
 		Counting: n.Counting, Left: n.Left, Done: n.Done, Description: n.Path(),
 	}
 }

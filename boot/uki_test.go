@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -185,5 +186,45 @@ func TestBootedSlot(t *testing.T) {
 		if err != nil || slot != tc.want || ok != (tc.want != "") {
 			t.Errorf("LoaderEntrySelected %q: BootedSlot = %q %v %v, want %q", tc.selected, slot, ok, err, tc.want)
 		}
+	}
+}
+
+// TestUKISigned: a slot's entry says whether its UKI carries a signature
+// (what prestage checks before a kexec under Secure Boot): one signed with
+// sbsign does, the same UKI unsigned does not.
+func TestUKISigned(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	unsigned := filepath.Join(dir, "v2.efi")
+	if err := os.WriteFile(unsigned, boottest.UKI(t, bytes.Repeat([]byte("bzImage!"), 4000), []byte("cpio"), "console=ttyS0", "v2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key, cert := boottest.Snakeoil(t, dir)
+	signed := filepath.Join(dir, "v2.signed.efi")
+	if out, err := exec.Command("sbsign", "--key", key, "--cert", cert, "--output", signed, unsigned).CombinedOutput(); err != nil {
+		t.Fatalf("sbsign (Debian package sbsigntool, run make deps): %v: %s", err, out)
+	}
+	for _, tc := range []struct {
+		file string
+		want bool
+	}{{unsigned, false}, {signed, true}} {
+		t.Run(filepath.Base(tc.file), func(t *testing.T) {
+			b, err := os.ReadFile(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sb := boot.NewSystemdBoot(boot.Dir(t.TempDir()), boot.WithEFIVars(efivar.Dir(t.TempDir())))
+			if err := sb.InstallSlot(ctx, meta.SlotB, boot.Image{UKI: bytes.NewReader(b), Tries: 2}); err != nil {
+				t.Fatal(err)
+			}
+			f, err := sb.OpenSlot(ctx, meta.SlotB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if f.Entry.Signed != tc.want || !f.Entry.UKI {
+				t.Errorf("slot b's entry: UKI %v, Signed %v; want a UKI, Signed %v", f.Entry.UKI, f.Entry.Signed, tc.want)
+			}
+		})
 	}
 }

@@ -192,3 +192,24 @@ func (d Dir) Remove(name, vendor string) error {
 	}
 	return err
 }
+
+// GlobalVendor is the vendor GUID of the UEFI specification's own
+// variables (SecureBoot, BootOrder, ...).
+const GlobalVendor = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+// SecureBoot tells whether the firmware enforces Secure Boot: the
+// SecureBoot variable (one byte) is 1. An unset variable (firmware without
+// Secure Boot) is false, without error.
+func SecureBoot(s Store) (bool, error) {
+	_, data, err := s.Get("SecureBoot", GlobalVendor)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading SecureBoot: %w", err)
+	}
+	if len(data) != 1 {
+		return false, fmt.Errorf("SecureBoot holds %d bytes, want 1", len(data))
+	}
+	return data[0] == 1, nil
+}

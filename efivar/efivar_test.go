@@ -236,3 +236,30 @@ func TestRemoveImmutable(t *testing.T) {
 		t.Errorf("removing it again: %v", err)
 	}
 }
+
+func TestSecureBoot(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data []byte // nil: unset
+		want bool
+		err  bool
+	}{
+		{"unset", nil, false, false},
+		{"enforced", []byte{1}, true, false},
+		{"off", []byte{0}, false, false},
+		{"malformed", []byte{1, 0}, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := Dir(t.TempDir())
+			if tc.data != nil {
+				if err := d.Set("SecureBoot", GlobalVendor, BootServiceAccess|RuntimeAccess, tc.data); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := SecureBoot(d)
+			if got != tc.want || (err != nil) != tc.err {
+				t.Errorf("SecureBoot = %v, %v; want %v, error %v", got, err, tc.want, tc.err)
+			}
+		})
+	}
+}

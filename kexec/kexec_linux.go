@@ -73,15 +73,25 @@ func MemFile(name string, r io.Reader) (*os.File, error) {
 	return f, nil
 }
 
+// SecurityFS is where securityfs is mounted; Lockdown reads it.
+const SecurityFS = "/sys/kernel/security"
+
 // Lockdown returns the kernel's lockdown mode ("none", "integrity",
-// "confidentiality"), or "" when the kernel does not say. Under lockdown
-// only signed kernels load.
+// "confidentiality"), or "" when the kernel does not say (no securityfs
+// mounted at SecurityFS, or no lockdown support). Under lockdown only
+// kernels signed by a key the running kernel trusts load.
 func Lockdown() string {
-	b, err := os.ReadFile("/sys/kernel/security/lockdown")
+	b, err := os.ReadFile(SecurityFS + "/lockdown")
 	if err != nil {
 		return ""
 	}
-	for _, w := range strings.Fields(string(b)) {
+	return lockdownMode(string(b))
+}
+
+// lockdownMode is the mode in brackets of securityfs's lockdown file
+// ("none [integrity] confidentiality").
+func lockdownMode(s string) string {
+	for _, w := range strings.Fields(s) {
 		if strings.HasPrefix(w, "[") && strings.HasSuffix(w, "]") {
 			return strings.Trim(w, "[]")
 		}

@@ -54,3 +54,17 @@ func TestLoadRefusesGarbage(t *testing.T) {
 		t.Errorf("unexpected error: %v", err)
 	}
 }
+
+func TestLockdownMode(t *testing.T) {
+	for in, want := range map[string]string{
+		"[none] integrity confidentiality\n": "none",
+		"none [integrity] confidentiality\n": "integrity",
+		"none integrity [confidentiality]":   "confidentiality",
+		"":                                   "",
+		"none integrity":                     "",
+	} {
+		if got := lockdownMode(in); got != want {
+			t.Errorf("lockdownMode(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

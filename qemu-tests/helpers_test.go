@@ -258,11 +258,17 @@ func newDisk(t testing.TB, k Kernel, version, cmdline string) string {
 // STAGEHAND_VM_LOGS/TEST-NAME to keep it.
 func newMachine(t testing.TB, img string, args ...string) *vm.Machine {
 	t.Helper()
+	return newMachineOn(t, vm.OVMF, img, args...)
+}
+
+// newMachineOn is newMachine with the firmware fw.
+func newMachineOn(t testing.TB, fw vm.Firmware, img string, args ...string) *vm.Machine {
+	t.Helper()
 	dir := t.TempDir()
 	if keep := os.Getenv("STAGEHAND_VM_LOGS"); keep != "" {
 		dir = filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
 	}
-	m, err := vm.New(vm.Config{Dir: dir, Disk: img, Args: args})
+	m, err := vm.New(vm.Config{Dir: dir, Disk: img, Firmware: fw, Args: args})
 	if err != nil {
 		t.Fatal(err)
 	}

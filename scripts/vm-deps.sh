@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what stagehand's VM tests need on a Debian machine, as root:
-# QEMU, OVMF, systemd-boot, the FAT, ext4 and cpio tools, mmdebstrap and
-# squashfs-tools (the real systemd OS, qemu-tests/realos), and two different Debian
+# QEMU, OVMF (with its Secure Boot build and snakeoil key), systemd-boot, the
+# signing tools for Secure Boot (sbsigntool, openssl), the FAT, ext4 and cpio
+# tools, mmdebstrap and squashfs-tools (the real systemd OS, qemu-tests/realos),
+# and two different Debian
 # kernels unpacked into build/kernels/{cloud,generic}/ (vmlinuz, release,
 # package, lib/modules/RELEASE/...).
 # Idempotent: packages already installed are not touched, apt-get update runs
@@ -16,11 +18,16 @@ die() {
 	exit 1
 }
 
-need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools)
+need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl)
 need_files=(
 	/usr/bin/qemu-system-x86_64
 	/usr/share/OVMF/OVMF_CODE_4M.fd
 	/usr/share/OVMF/OVMF_VARS_4M.fd
+	/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd
+	/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd
+	/usr/share/ovmf/PkKek-1-snakeoil.key
+	/usr/share/ovmf/PkKek-1-snakeoil.pem
+	/usr/lib/systemd/boot/efi/linuxx64.efi.stub
 	/usr/lib/systemd/boot/efi/systemd-bootx64.efi
 	/usr/sbin/fsck.fat
 	/usr/bin/mdir
@@ -29,6 +36,9 @@ need_files=(
 	/usr/sbin/mkfs.ext4
 	/usr/bin/mmdebstrap
 	/usr/bin/mksquashfs
+	/usr/bin/sbsign
+	/usr/bin/sbattach
+	/usr/bin/openssl
 )
 
 updated=0

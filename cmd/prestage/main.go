@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/cmdline"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
@@ -94,6 +95,18 @@ func (p *prestage) stepf(format string, args ...any) {
 	p.last = now
 }
 
+// mount mounts the pseudo-filesystem fs on dir, to be unmounted before
+// the hand-off; one already mounted there is left as it is.
+func (p *prestage) mount(fs, dir string, flags uintptr) {
+	switch err := unix.Mount(fs, dir, fs, flags, ""); err {
+	case nil:
+		p.mounted = append(p.mounted, dir)
+	case unix.EBUSY:
+	default:
+		p.logf("mounting %s on %s: %v", fs, dir, err)
+	}
+}
+
 func (p *prestage) param(key string) (string, bool) { return cmdline.Get(p.params, key) }
 
 // setup mounts devtmpfs, proc and sysfs, and logs to /dev/kmsg with the
@@ -101,13 +114,7 @@ func (p *prestage) param(key string) (string, bool) { return cmdline.Get(p.param
 func (p *prestage) setup() {
 	for _, m := range []struct{ fs, dir string }{{"devtmpfs", "/dev"}, {"proc", "/proc"}, {"sysfs", "/sys"}} {
 		os.MkdirAll(m.dir, 0o755)
-		switch err := unix.Mount(m.fs, m.dir, m.fs, unix.MS_NOSUID|unix.MS_NOEXEC, ""); err {
-		case nil:
-			p.mounted = append(p.mounted, m.dir)
-		case unix.EBUSY:
-		default:
-			p.logf("mounting %s on %s: %v", m.fs, m.dir, err)
-		}
+		p.mount(m.fs, m.dir, unix.MS_NOSUID|unix.MS_NOEXEC)
 	}
 	os.WriteFile("/proc/sys/kernel/printk_devkmsg", []byte("on\n"), 0)
 	if err := kmsg.SetupLogger(p.log, "stagehand:", nil); err != nil {
@@ -143,6 +150,9 @@ func (p *prestage) run() apply.Decision {
 	}
 	slot, _ := p.param("stagehand.slot")
 	dk.Booted = meta.Slot(slot)
+	if dk.SecureBoot, err = efivar.SecureBoot(vars); err != nil {
+		p.logf("EFI variables: %v; taking Secure Boot as off", err)
+	}
 	p.stepf("opened boot disk %s: META generation %d, booted slot %q", path, dk.Store.Generation(), slot)
 	dk.Logf = p.logf
 	if d := dk.Store.Damaged(); d != "" {
@@ -248,6 +258,9 @@ func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot
 	}
 	defer f.Close()
 	entry := f.Entry
+	if err := kexecAllowed(dk.SecureBoot, slot, entry); err != nil {
+		return err
+	}
 	kf, err := kexec.MemFile("vmlinuz", f.Kernel)
 	if err != nil {
 		return err
@@ -260,12 +273,27 @@ func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot
 	defer inf.Close()
 	start := time.Now()
 	if err := kexec.Load(kf, inf, entry.Cmdline); err != nil {
+		// Say whether lockdown is why: the kernel tells it in securityfs,
+		// mounted only for this (and unmounted with the rest).
+		p.mount("securityfs", kexec.SecurityFS, unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV)
 		if mode := kexec.Lockdown(); mode != "" && mode != "none" {
-			return fmt.Errorf("%w (kernel lockdown %q: only signed kernels load)", err, mode)
+			return fmt.Errorf("%w (kernel lockdown %q: only a kernel signed by a key the running kernel trusts loads: its built-in keys or UEFI db)", err, mode)
 		}
 		return err
 	}
 	p.logf("loaded slot %s's kernel for kexec in %s: %s", slot, time.Since(start).Round(time.Millisecond), entry.Cmdline)
+	return nil
+}
+
+// kexecAllowed refuses a kexec that would bypass the firmware's check: under
+// Secure Boot the firmware refuses an unsigned UKI, while kexec checks only
+// the kernel inside it. Kexec'd, such a slot would run its trial, confirm
+// and become the default that no cold boot can start; through the firmware
+// it is refused at once and boot counting brings the machine back.
+func kexecAllowed(secureBoot bool, slot meta.Slot, e boot.SlotEntry) error {
+	if secureBoot && e.UKI && !e.Signed {
+		return fmt.Errorf("slot %s's UKI %s is not signed and Secure Boot is on: not kexec'd, the firmware is to check it", slot, e.Description)
+	}
 	return nil
 }
 

@@ -91,9 +91,6 @@ func recordChecks(cmd *cobra.Command, flags *flowFlags, rep *health.Report) *app
 		return &apply.CheckOutcome{}
 	}
 	defer dk.Close()
-	if dk.Booted == "" {
-		return &apply.CheckOutcome{}
-	}
 	o, err := apply.RecordChecks(cmd.Context(), &dk.Env, rep.Healthy(), rep.Summary())
 	if err != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v\n", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -128,4 +129,28 @@ func reboot() error {
 	say("rebooting")
 	err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	return os.NewSyscallError("reboot", err)
+}
+
+// showSecureBoot prints what the firmware and the kernel say of Secure
+// Boot: the SecureBoot EFI variable (1: enforced) and the kernel's lockdown
+// mode (from securityfs, which it mounts).
+func showSecureBoot() error {
+	vars, err := efiVars()
+	if err != nil {
+		return err
+	}
+	sb, err := efivar.SecureBoot(vars)
+	if err != nil {
+		return err
+	}
+	const securityfs = "/sys/kernel/security"
+	if err := unix.Mount("securityfs", securityfs, "securityfs", 0, ""); err != nil && err != unix.EBUSY {
+		return fmt.Errorf("mounting securityfs: %w", err)
+	}
+	b, err := os.ReadFile(securityfs + "/lockdown")
+	if err != nil {
+		return err
+	}
+	say("secureboot: SecureBoot=%v lockdown=%s", sb, strings.TrimSpace(string(b)))
+	return nil
 }

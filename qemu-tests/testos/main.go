@@ -9,7 +9,8 @@
 // crash the kernel (panic), or hang under an armed watchdog (watchdog,
 // hang); esp-hold mounts the ESP with the kernel's vfat and keeps files on
 // it open, mount-images mounts the second disk holding installer images,
-// iowatch prints the disk's write and flush counters as they change.
+// iowatch prints the disk's write and flush counters as they change,
+// secureboot the SecureBoot variable and the kernel's lockdown mode.
 // Each step is announced ("step NAME: start") and its end said ("step
 // NAME: ok" or "step NAME: error: ...").
 //
@@ -101,6 +102,8 @@ func run(step string) error {
 		return waitDisks(10 * time.Second)
 	case "efivars":
 		return showEFIVars()
+	case "secureboot":
+		return showSecureBoot()
 	case "bootonce-a":
 		return bootOnce(meta.SlotA)
 	case "bootonce-b":

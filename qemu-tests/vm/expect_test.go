@@ -3,7 +3,10 @@ package vm
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,5 +62,39 @@ func TestExpectFailsEarly(t *testing.T) {
 	}
 	if time.Since(start) > 10*time.Second {
 		t.Error("Expect did not fail early")
+	}
+}
+
+// TestArgsSecureBoot: a machine on OVMF's Secure Boot build gets SMM and a
+// secure flash, with its code and its own copy of the variable store; one
+// on plain OVMF gets neither. The disk is attached the same way on both.
+func TestArgsSecureBoot(t *testing.T) {
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		fw   Firmware
+		want []string
+		not  []string
+	}{
+		{OVMFSecureBoot, []string{"q35,smm=on", "driver=cfi.pflash01,property=secure,value=on", "readonly=on,file=" + OVMFSecureBoot.Code}, nil},
+		{OVMF, []string{"q35", "readonly=on,file=" + OVMF.Code}, []string{"smm=on", "property=secure"}},
+	} {
+		m, err := New(Config{Dir: t.TempDir(), Disk: disk, Firmware: tc.fw})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.fw.Code, err)
+		}
+		args := strings.Join(m.Args(), " ")
+		for _, w := range append(tc.want, "file="+m.Vars(), "if=none,id=disk0,format=raw,file="+disk) {
+			if !strings.Contains(args, w) {
+				t.Errorf("%s: %q lacks %q", tc.fw.Code, args, w)
+			}
+		}
+		for _, n := range tc.not {
+			if strings.Contains(args, n) {
+				t.Errorf("%s: %q has %q", tc.fw.Code, args, n)
+			}
+		}
 	}
 }

@@ -18,12 +18,19 @@ import (
 // Firmware is an OVMF build: read-only code and a template of the variable
 // store, which each machine copies.
 type Firmware struct {
-	Code string
-	Vars string
+	Code       string
+	Vars       string
+	SecureBoot bool // the build enforces Secure Boot: SMM and a secure flash
 }
 
 // OVMF is Debian's ovmf package (4 MiB flash, no Secure Boot).
 var OVMF = Firmware{Code: "/usr/share/OVMF/OVMF_CODE_4M.fd", Vars: "/usr/share/OVMF/OVMF_VARS_4M.fd"}
+
+// OVMFSecureBoot is Debian's ovmf build with Secure Boot enforced: its
+// variable store enrolls the snakeoil test key (PK, KEK and db;
+// /usr/share/ovmf/PkKek-1-snakeoil.key). It needs SMM (Machine.Args adds
+// it and the secure flash).
+var OVMFSecureBoot = Firmware{Code: "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd", Vars: "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd", SecureBoot: true}
 
 // QEMU is the emulator binary.
 const QEMU = "qemu-system-x86_64"
@@ -104,14 +111,20 @@ func (m *Machine) Vars() string { return m.vars }
 
 // Args returns the QEMU command line of the machine.
 func (m *Machine) Args() []string {
-	args := []string{
-		"-machine", "q35", "-accel", "tcg", "-cpu", "max",
+	machine := []string{"-machine", "q35"}
+	if m.cfg.Firmware.SecureBoot {
+		// OVMF's Secure Boot builds keep their variables in SMM, and
+		// only a secure flash keeps the OS from writing them directly.
+		machine = []string{"-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"}
+	}
+	args := append(machine,
+		"-accel", "tcg", "-cpu", "max",
 		"-m", fmt.Sprint(m.cfg.MemoryMB), "-smp", fmt.Sprint(m.cfg.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-nic", "none",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + m.cfg.Firmware.Code,
-		"-drive", "if=pflash,format=raw,unit=1,file=" + m.vars,
-	}
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+m.cfg.Firmware.Code,
+		"-drive", "if=pflash,format=raw,unit=1,file="+m.vars,
+	)
 	if m.cfg.WriteLog != "" {
 		// NOTES.md: no cache.no-flush on the blklogwrites node (it would
 		// hide the flushes), no discard or write-zeroes requests (logged

@@ -65,7 +65,9 @@ demo: deps build
 # Measures stagehand against baselines run in the same invocation and
 # against its budgets: Go benchmarks on the host, boots under QEMU (OVMF,
 # systemd-boot, Debian kernels). Writes build/bench/report.md and
-# report.json; fails when a budget is missed. 6-13 minutes here.
+# report.json; fails when a budget is missed. 6-13 minutes here, and about
+# 6 more for the real OS's boots (part realos: 3 boots with and 3 without
+# prestage; -realos-boots N).
 bench: deps
 	$(GO) run ./qemu-tests/bench -root . -out $(BUILD)/bench $(BENCHFLAGS)
 

@@ -36,15 +36,16 @@ import (
 )
 
 var (
-	root      = flag.String("root", ".", "the repository")
-	out       = flag.String("out", "build/bench", "where the report, logs and work files go")
-	hostRuns  = flag.Int("runs", 5, "runs of each host benchmark")
-	boots     = flag.Int("boots", 5, "boots of each VM variant (no-op, reboot)")
-	rssRuns   = flag.Int("rss-runs", 3, "runs of the 128 MiB apply in a 256 MiB VM")
-	rssMemory = flag.Int("rss-memory", 256, "the memory of the VM of the 128 MiB apply, in MiB (the budget is for 256)")
-	quietWait = flag.Duration("quiet-wait", 5*time.Minute, "longest wait for other QEMU processes to end before measuring")
-	only      = flag.String("only", "", "comma-separated parts to measure (host, fleet, sizes, noop, reboot, rss); default all")
-	readme    = flag.String("readme", "", "a README whose <!-- bench:begin --> … <!-- bench:end --> section gets the table")
+	root        = flag.String("root", ".", "the repository")
+	out         = flag.String("out", "build/bench", "where the report, logs and work files go")
+	hostRuns    = flag.Int("runs", 5, "runs of each host benchmark")
+	boots       = flag.Int("boots", 5, "boots of each VM variant (no-op, reboot)")
+	rssRuns     = flag.Int("rss-runs", 3, "runs of the 128 MiB apply in a 256 MiB VM")
+	rssMemory   = flag.Int("rss-memory", 256, "the memory of the VM of the 128 MiB apply, in MiB (the budget is for 256)")
+	quietWait   = flag.Duration("quiet-wait", 5*time.Minute, "longest wait for other QEMU processes to end before measuring")
+	only        = flag.String("only", "", "comma-separated parts to measure (host, fleet, sizes, noop, reboot, rss, realos); default all")
+	realOSBoots = flag.Int("realos-boots", 3, "boots of each real OS variant (rdinit=/prestage, rdinit=/init)")
+	readme      = flag.String("readme", "", "a README whose <!-- bench:begin --> … <!-- bench:end --> section gets the table")
 )
 
 type bench struct {
@@ -133,7 +134,7 @@ func (b *bench) run() {
 	if b.want("fleet") {
 		b.fleetFigures()
 	}
-	if !b.want("sizes") && !b.want("noop") && !b.want("reboot") && !b.want("rss") {
+	if !b.want("sizes") && !b.want("noop") && !b.want("reboot") && !b.want("rss") && !b.want("realos") {
 		return
 	}
 	g := &guest{root: b.root, dir: filepath.Join(b.out, "vm")}
@@ -154,6 +155,9 @@ func (b *bench) run() {
 	}
 	if b.want("rss") {
 		b.rss(g)
+	}
+	if b.want("realos") {
+		b.realOS(g)
 	}
 }
 

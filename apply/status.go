@@ -15,6 +15,10 @@ type LoaderStatus struct {
 	Entries  []boot.SlotEntry `json:"entries"`
 	Default  meta.Slot        `json:"default,omitempty"`
 	BootOnce meta.Slot        `json:"boot_once,omitempty"`
+	// Selected is the slot whose entry the bootloader says it booted
+	// (LoaderEntrySelected): how a UKI booted by the firmware, whose
+	// command line names no slot, is known.
+	Selected meta.Slot `json:"selected,omitempty"`
 }
 
 // ReadLoader reads the slots' entries, the default and the boot-once slot
@@ -52,6 +56,11 @@ func ReadLoader(ctx context.Context, path string, vars efivar.Store) (*LoaderSta
 	if vars != nil {
 		if s, ok, err := l.BootOnce(ctx); err == nil && ok {
 			st.BootOnce = s
+		} else if err != nil && !errors.Is(err, boot.ErrNoEFIVars) {
+			return nil, err
+		}
+		if s, ok, err := l.BootedSlot(ctx); err == nil && ok {
+			st.Selected = s
 		} else if err != nil && !errors.Is(err, boot.ErrNoEFIVars) {
 			return nil, err
 		}

@@ -313,6 +313,9 @@ func TestUKIUpgrade(t *testing.T) {
 	t.Logf("v3's prestage: rolled back: %s", got[2])
 	expectTestOS(t, r, "back on a", "v3", k1, "")
 	expectEFIVars(t, r, "back on a", "none", "stagehand-a.efi", "none")
+	// v3 was booted by the firmware from its UKI: status knows the slot
+	// from LoaderEntrySelected.
+	expect(t, r, "stager status on a", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: booted:\s+a\s`))
 	expect(t, r, "stager status on a", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: slot b:\s+bad\s+v4\s+slot b did not confirm`))
 	powerDown(t, r, "back on a")
 	t.Logf("3. UKI v4 panics, rolled back to v3: %s power on to power off", round(r.Elapsed()))
@@ -454,6 +457,7 @@ func TestUKISecureBoot(t *testing.T) {
 	expectSecureBoot(t, r, "back on v2")
 	// No reset since the refused start: its count path is still set.
 	expectEFIVars(t, r, "back on v2", "none", "stagehand-b.efi", `\EFI\Linux\stagehand-a+1-1.efi`)
+	expect(t, r, "stager status on v2", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: booted:\s+b\s`))
 	expect(t, r, "stager status on v2", stepTimeout, regexp.MustCompile(`stagehand-testos: stager status: slot a:\s+bad\s+v4\s+slot a did not confirm.*Secure Boot is on and its UKI is not signed`))
 	powerDown(t, r, "back on v2")
 	if strings.Contains(r.Console(), "Press any key to enter the Boot Manager Menu") {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/stagehand-dev/stagehand/apply"
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -124,6 +125,43 @@ func TestDiskInitInstall(t *testing.T) {
 	} {
 		if code, _, e := stager(t, bad...); code != 2 {
 			t.Errorf("stager %s: %d %q", strings.Join(bad, " "), code, e)
+		}
+	}
+}
+
+// TestStatusBootedFromLoader: with no stagehand.slot= on the command line
+// (a UKI booted by the firmware), stager status names the slot whose entry
+// systemd-boot says it booted; with neither, it says it does not know.
+func TestStatusBootedFromLoader(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	vars := t.TempDir()
+	k := boottest.FakeKernel(t, dir, "6.1.0-one", 1<<20)
+	initrd := filepath.Join(dir, "initrd")
+	os.WriteFile(initrd, []byte(strings.Repeat("initramfs", 1000)), 0o644)
+	if code, out, e := stager(t, "disk", "init", "--disk", img, "--size", "600M", "--stage-size", "64M", "--kernel", k, "--initramfs", initrd, "--version", "v1"); code != 0 {
+		t.Fatalf("stager disk init: %d %s %s", code, out, e)
+	}
+	for _, tc := range []struct {
+		selected string // LoaderEntrySelected; "" unset
+		want     string
+	}{
+		{"", "booted:   unknown (no stagehand.slot= on the kernel command line, and the bootloader names no stagehand entry)"},
+		{"stagehand-a.efi", "booted:   a\n"},
+		{"debian.conf", "booted:   unknown"},
+	} {
+		d := efivar.Dir(vars)
+		if err := d.Remove(boot.SelectedVar, efivar.LoaderVendor); err != nil {
+			t.Fatal(err)
+		}
+		if tc.selected != "" {
+			if err := efivar.SetString(d, boot.SelectedVar, efivar.LoaderVendor, efivar.BootServiceAccess|efivar.RuntimeAccess, tc.selected); err != nil {
+				t.Fatal(err)
+			}
+		}
+		code, out, e := stager(t, "status", "--disk", img, "--efivars", vars)
+		if code != 0 || !strings.Contains(out, tc.want) {
+			t.Errorf("LoaderEntrySelected %q: status exit %d\n%s%s\nwant %q", tc.selected, code, out, e, tc.want)
 		}
 	}
 }

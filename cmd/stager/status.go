@@ -75,6 +75,10 @@ FILE at once so that the collector never reads half of it; "-" is stdout.`,
 		if err != nil {
 			fmt.Fprintf(cmd.ErrOrStderr(), "warning: reading the bootloader: %v\n", err)
 		}
+		if st.Booted == "" && loader != nil && loader.Selected != "" {
+			// A UKI booted by the firmware: its command line names no slot.
+			st.SetBooted(loader.Selected)
+		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), struct {
 				*stage.Status
@@ -90,7 +94,7 @@ func printStatus(w io.Writer, st *stage.Status, loader *apply.LoaderStatus) erro
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	booted := string(st.Booted)
 	if booted == "" {
-		booted = "unknown (no stagehand.slot= on the kernel command line)"
+		booted = "unknown (no stagehand.slot= on the kernel command line, and the bootloader names no stagehand entry)"
 	}
 	if st.OffActive != "" {
 		fmt.Fprintf(w, "WARNING: %s\n", st.OffActive)

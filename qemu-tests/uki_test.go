@@ -38,12 +38,10 @@ type ukiSpec struct {
 	trustedKernel   bool   // the kernel inside re-signed with the snakeoil key (ukiKernel)
 }
 
-// cmdline is the version's kernel command line: slotCmdline, and
-// no_timer_check, since these scenarios boot many kernels in a row and a
-// TCG guest on a loaded host fails the kernel's timer check at random
-// ("IO-APIC + timer doesn't work!", seen here at load 13).
+// cmdline is the version's kernel command line: slotCmdline, its
+// parameters and the test OS's steps.
 func (s ukiSpec) cmdline() string {
-	return strings.Join(strings.Fields(slotCmdline+" no_timer_check "+s.params+" stagehand.testos.steps="+s.steps), " ")
+	return strings.Join(strings.Fields(slotCmdline+" "+s.params+" stagehand.testos.steps="+s.steps), " ")
 }
 
 // snakeoil is the snakeoil key without its passphrase, and its

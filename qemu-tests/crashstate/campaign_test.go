@@ -7,6 +7,7 @@ package crashstate_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"flag"
 	"os"
 	"path/filepath"
@@ -156,8 +157,10 @@ func copyFile(t *testing.T, src, dst string) {
 }
 
 // TestCheckerFails: the checker passes an untouched machine and fails one
-// whose META copies are both overwritten, and one whose ESP lost its boot
-// sector and FAT.
+// whose META copies are both overwritten, one whose ESP lost its boot
+// sector and FAT, and one whose first FAT copy (the one the firmware
+// reads) is zeroed but for its first sector, which stagehand's repair
+// would put right from the second.
 func TestCheckerFails(t *testing.T) {
 	m := applytest.NewDisk(t, "v1")
 	base := filepath.Join(t.TempDir(), "base.img")
@@ -179,16 +182,29 @@ func TestCheckerFails(t *testing.T) {
 	k, i := m.Inputs("v1")
 	c := &crashstate.Checker{T: t, Base: base, Rec: &crashstate.Recording{Vars: []crashstate.Vars{vars}}, Inputs: m.Dir,
 		Versions: map[string]crashstate.Files{"v1": crashstate.FilesOf(read(t, k), read(t, i))}}
+	// The first FAT zeroed: stagehand's repair takes the second copy's
+	// entries, the firmware (which reads the first) finds no file.
+	bs := make([]byte, 512)
+	if f, err := os.Open(base); err != nil {
+		t.Fatal(err)
+	} else {
+		f.ReadAt(bs, esp.Offset)
+		f.Close()
+	}
+	fat1 := esp.Offset + int64(binary.LittleEndian.Uint16(bs[14:]))*512
+	fatBytes := int64(binary.LittleEndian.Uint32(bs[36:])) * 512
+	zero := []writelog.Entry{{Sector: uint64(fat1/crashstate.SectorSize) + 1, NrSectors: uint64(fatBytes/crashstate.SectorSize) - 1, Data: make([]byte, fatBytes-512)}}
 	fails := c.Check([]crashstate.State{
 		{Kind: "untouched"},
 		{Kind: "META overwritten", Writes: junk(mr.Offset, mr.Size)},
 		{Kind: "ESP overwritten", Writes: junk(esp.Offset, 1<<20)},
+		{Kind: "first FAT zeroed", Writes: zero},
 	})
-	if len(fails) != 2 || fails[0].State.Kind != "META overwritten" || fails[1].State.Kind != "ESP overwritten" {
+	if len(fails) != 3 || fails[0].State.Kind != "META overwritten" || fails[1].State.Kind != "ESP overwritten" || fails[2].State.Kind != "first FAT zeroed" {
 		for _, f := range fails {
 			t.Logf("%s: %s", f.State.Kind, f.Err)
 		}
-		t.Fatalf("%d failures, want the two overwritten states", len(fails))
+		t.Fatalf("%d failures, want the two overwritten states and the zeroed first FAT", len(fails))
 	}
 	for _, f := range fails {
 		t.Logf("%s: %s", f.State.Kind, f.Err)

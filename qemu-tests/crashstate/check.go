@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -286,7 +288,24 @@ func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *
 	}
 	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
 	ctx := context.Background()
+	// What the real firmware reads first is the ESP as the cut left it,
+	// through its first FAT (EDK2's FAT driver reads that copy), before
+	// any repair of stagehand's.
+	fw := filepath.Join(dir, "firmware.img")
+	if f, err := c.copyOf(img, fw); err != nil {
+		c.T.Fatal(err)
+	} else {
+		f.Close()
+	}
+	first := true
 	m.OnFirmware = func(d *apply.Disk, slot meta.Slot) {
+		if first {
+			first = false
+			if err := firmwareView(ctx, fw, slot, c.known); err != nil {
+				t.Fatalf("the firmware starts slot %s: %v", slot, err)
+			}
+			os.Remove(fw)
+		}
 		k, i, e, err := applytest.ReadSlot(ctx, d.Loader, slot)
 		if err != nil {
 			t.Fatalf("the firmware starts slot %s, which does not read: %v", slot, err)
@@ -311,6 +330,63 @@ func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *
 	d.Close()
 	if err != nil || FilesOf(k, i) != want {
 		t.Fatalf("settled on slot %s (%s), whose files are not %s's (%v)", end, ver, ver, err)
+	}
+	return nil
+}
+
+// firmwareView reads slot's files from the image img as the firmware
+// reads them: the ESP unrepaired, every FAT copy taken as the first one.
+// It changes img.
+func firmwareView(ctx context.Context, img string, slot meta.Slot, known func(Files) bool) error {
+	d, err := disk.Open(img, false)
+	if err != nil {
+		return err
+	}
+	esp, err := d.Find(disk.LabelESP)
+	d.Close()
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	bs := make([]byte, 512)
+	if _, err := f.ReadAt(bs, esp.Offset); err != nil {
+		f.Close()
+		return err
+	}
+	bps, reserved := int64(binary.LittleEndian.Uint16(bs[11:])), int64(binary.LittleEndian.Uint16(bs[14:]))
+	nfats, fatSize := int64(bs[16]), int64(binary.LittleEndian.Uint32(bs[36:]))*int64(binary.LittleEndian.Uint16(bs[11:]))
+	fat := make([]byte, fatSize)
+	_, err = f.ReadAt(fat, esp.Offset+reserved*bps)
+	for i := int64(1); err == nil && i < nfats; i++ {
+		_, err = f.WriteAt(fat, esp.Offset+(reserved*bps)+i*fatSize)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("taking the first FAT: %w", err)
+	}
+	d, err = disk.Open(img, false) // read-only: stagehand's repair cannot write
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if esp, err = d.Find(disk.LabelESP); err != nil {
+		return err
+	}
+	fs, err := boot.OpenESP(esp, esp.Size)
+	if err != nil {
+		return fmt.Errorf("the ESP as the cut left it (first FAT): %w", err)
+	}
+	k, i, _, err := boot.NewSystemdBoot(fs).ReadSlot(ctx, slot)
+	if err != nil {
+		return fmt.Errorf("its files as the cut left them (first FAT): %w", err)
+	}
+	if !known(FilesOf(k, i)) {
+		return errors.New("its files as the cut left them (first FAT) are no known version's")
 	}
 	return nil
 }

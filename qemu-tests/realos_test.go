@@ -307,12 +307,14 @@ func TestRealOSUpgrade(t *testing.T) {
 // confirm (the confirm unit) blesses the entry, META first; bless-boot,
 // ordered after it by contrib's drop-in, finds it blessed and succeeds.
 // The result is a plain confirm's: META and the entries agree, and the ESP
-// passes fsck.fat -n.
+// passes fsck.fat -n. Then v2 runs stager rollback --reboot: systemd
+// reboots, the firmware starts slot a's default entry, and v1 runs again,
+// with META saying why.
 func TestRealOSBlessBoot(t *testing.T) {
 	checkHost(t)
 	k2 := kernel(t, "generic")
 	img := realOSDisk(t, "stagehand.kexec=0", "poweroff")
-	v2 := realOSImageBuild(t, t.TempDir(), "generic", "v2", "units,bless,status,poweroff")
+	v2 := realOSImageBuild(t, t.TempDir(), "generic", "v2", "units,bless,status,rollback-reboot")
 	t.Logf("staged v2 on the host:\n%s", strings.TrimSpace(hostStager(t, "--image", v2, "--disk", img)))
 	r := start(t, newMachine(t, img))
 	applied(t, r)
@@ -323,16 +325,23 @@ func TestRealOSBlessBoot(t *testing.T) {
 		t.Errorf("v2's units: check %s, confirm %s, boot-complete.target %s, systemd-bless-boot %s; want all active", got[1], got[2], got[3], got[4])
 	}
 	expect(t, r, "v2: stager status", realOSStepTimeout, regexp.MustCompile(`realos: status: slot b:\s+good\s+v2`))
-	realOSPowerDown(t, r, "v2")
 	for _, l := range regexp.MustCompile(`realos: bless: .*`).FindAllString(ansi.ReplaceAllString(r.Console(), ""), -1) {
 		t.Logf("%s", l)
 	}
-	if n := strings.Count(r.Console(), "BdsDxe: starting"); n != 2 {
-		t.Errorf("the firmware started %d times, want 2 (power on, the apply's reboot)", n)
+	got, _ = expect(t, r, "v2: stager rollback --reboot", realOSStepTimeout, regexp.MustCompile(`realos: stager: (slot a \(v1\) is the default now.*)`))
+	t.Logf("v2: %s", got[1])
+	expect(t, r, "stager rollback --reboot", realOSStepTimeout, regexp.MustCompile(`realos: stager: rebooting through systemd`))
+	expectRealOS(t, r, "v1 again (firmware)", "v1", kernel(t, "cloud"), meta.SlotA)
+	realOSPowerDown(t, r, "v1")
+	if n := strings.Count(r.Console(), "BdsDxe: starting"); n != 3 {
+		t.Errorf("the firmware started %d times, want 3 (power on, the apply's reboot, the rollback's)", n)
 	}
 	st := status(t, img)
-	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.B.State != "good" || sl.B.Version != "v2" || sl.A.State != "good" {
-		t.Errorf("META: %+v%s", sl, lastReasons(st, 5))
+	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotA || sl.Previous != meta.SlotB || sl.B.State != "good" || sl.B.Version != "v2" || sl.A.State != "good" {
+		t.Errorf("META after the rollback: %+v%s", sl, lastReasons(st, 5))
+	}
+	if last := st.Transitions[len(st.Transitions)-1]; !strings.Contains(last.Reason, "rolled back by stager rollback from slot b to slot a") {
+		t.Errorf("last transition %+v, want the rollback", last)
 	}
 	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b.conf"}, entries(t, img)); d != "" {
 		t.Errorf("entries (-want, +got):\n%s", d)

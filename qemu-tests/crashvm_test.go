@@ -47,18 +47,18 @@ func TestCrashStatesVM(t *testing.T) {
 	u := newUpgrade(t, "", "", "confirm")
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.img")
-	copySparse(t, u.img, base)
+	applytest.CopyImage(t, u.img, base)
 	logPath := filepath.Join(dir, "writes.log")
 	m, err := vm.New(vm.Config{Dir: filepath.Join(dir, "vm"), Disk: u.img, WriteLog: logPath})
 	if err != nil {
 		t.Fatal(err)
 	}
 	varsStart := filepath.Join(dir, "OVMF_VARS.start.fd")
-	copySparse(t, m.Vars(), varsStart)
+	applytest.CopyImage(t, m.Vars(), varsStart)
 	r := start(t, m)
 	expect(t, r, "the trial commit", bootTimeout, toTrial)
 	varsTrial := filepath.Join(dir, "OVMF_VARS.trial.fd") // boot-once set
-	copySparse(t, m.Vars(), varsTrial)
+	applytest.CopyImage(t, m.Vars(), varsTrial)
 	expect(t, r, "the confirm", bootTimeout, confirmedLine)
 	if err := r.Kill(); err != nil { // SIGKILL: no flush QEMU would add at a clean quit
 		t.Fatal(err)
@@ -191,7 +191,7 @@ func vmRecording(t *testing.T, logPath, base string) *crashstate.Recording {
 		metaFrom, metaTo = uint64(r.Offset/crashstate.SectorSize), uint64((r.Offset+r.Size)/crashstate.SectorSize)
 	})
 	replica := filepath.Join(t.TempDir(), "replica.img")
-	copySparse(t, base, replica)
+	applytest.CopyImage(t, base, replica)
 	rf, err := os.OpenFile(replica, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +261,7 @@ func vmRecording(t *testing.T, logPath, base string) *crashstate.Recording {
 // base.
 func writeState(t *testing.T, base string, eps []crashstate.Epoch, st crashstate.State, img string) {
 	t.Helper()
-	copySparse(t, base, img)
+	applytest.CopyImage(t, base, img)
 	f, err := os.OpenFile(img, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -329,26 +329,4 @@ func readFile(t testing.TB, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// copySparse copies the file src to dst, holes kept.
-func copySparse(t testing.TB, src, dst string) {
-	t.Helper()
-	s, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	fi, _ := s.Stat()
-	d, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Truncate(fi.Size()); err != nil {
-		t.Fatal(err)
-	}
-	if err := applytest.CopySparse(d, s, 0, fi.Size()); err != nil {
-		t.Fatal(err)
-	}
 }

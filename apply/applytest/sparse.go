@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,4 +44,30 @@ func CopySparse(dst io.WriterAt, src *os.File, off, n int64) error {
 		pos = hole
 	}
 	return nil
+}
+
+// CopyImage copies the image file src to a new file dst of its size with
+// CopySparse: the holes stay holes.
+func CopyImage(t testing.TB, src, dst string) {
+	t.Helper()
+	s, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fi, err := s.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Truncate(fi.Size()); err != nil {
+		t.Fatal(err)
+	}
+	if err := CopySparse(d, s, 0, fi.Size()); err != nil {
+		t.Fatal(err)
+	}
 }

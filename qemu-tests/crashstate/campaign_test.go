@@ -88,7 +88,7 @@ func TestCampaign(t *testing.T) {
 			start := time.Now()
 			m := sc.prepare(t)
 			base := filepath.Join(t.TempDir(), "base.img")
-			copyFile(t, m.Img, base)
+			applytest.CopyImage(t, m.Img, base)
 			r, err := crashstate.Start(m.Img, string(m.Vars))
 			if err != nil {
 				t.Fatal(err)
@@ -135,27 +135,6 @@ func read(t *testing.T, p string) []byte {
 	return b
 }
 
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	s, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	fi, _ := s.Stat()
-	d, err := os.Create(dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Truncate(fi.Size()); err != nil {
-		t.Fatal(err)
-	}
-	if err := applytest.CopySparse(d, s, 0, fi.Size()); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestCheckerFails: the checker passes an untouched machine and fails one
 // whose META copies are both overwritten, one whose ESP lost its boot
 // sector and FAT, and one whose first FAT copy (the one the firmware
@@ -164,7 +143,7 @@ func copyFile(t *testing.T, src, dst string) {
 func TestCheckerFails(t *testing.T) {
 	m := applytest.NewDisk(t, "v1")
 	base := filepath.Join(t.TempDir(), "base.img")
-	copyFile(t, m.Img, base)
+	applytest.CopyImage(t, m.Img, base)
 	vars, err := crashstate.ReadVars(string(m.Vars))
 	if err != nil {
 		t.Fatal(err)

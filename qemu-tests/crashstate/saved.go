@@ -56,14 +56,7 @@ func Save(path, img string, vars Vars, floor uint64, what, base, baseName string
 		marks = append(marks, "base "+baseName)
 		return saveDelta(path, f, bf, fi.Size(), marks, vars)
 	}
-	names := make([]string, 0, len(vars))
-	for n := range vars {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		marks = append(marks, "var "+n+" "+hex.EncodeToString(vars[n]))
-	}
+	marks = append(marks, varMarks(vars)...)
 	for _, m := range marks {
 		if err := lw.Append(writelog.Entry{Flags: writelog.Mark, Mark: m}); err != nil {
 			return fmt.Errorf("saving %s: %w", path, err)
@@ -109,14 +102,7 @@ func saveDelta(path string, f, base *os.File, size int64, marks []string, vars V
 	if err != nil {
 		return err
 	}
-	names := make([]string, 0, len(vars))
-	for n := range vars {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		marks = append(marks, "var "+n+" "+hex.EncodeToString(vars[n]))
-	}
+	marks = append(marks, varMarks(vars)...)
 	for _, m := range marks {
 		if err := lw.Append(writelog.Entry{Flags: writelog.Mark, Mark: m}); err != nil {
 			return fmt.Errorf("saving %s: %w", path, err)
@@ -264,4 +250,18 @@ func (w *memWriter) WriteAt(p []byte, off int64) (int, error) {
 		w.b = append(w.b, make([]byte, end-len(w.b))...)
 	}
 	return copy(w.b[off:], p), nil
+}
+
+// varMarks are the log's marks that carry vars, in name order.
+func varMarks(vars Vars) []string {
+	names := make([]string, 0, len(vars))
+	for n := range vars {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	marks := make([]string, 0, len(names))
+	for _, n := range names {
+		marks = append(marks, "var "+n+" "+hex.EncodeToString(vars[n]))
+	}
+	return marks
 }

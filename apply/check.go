@@ -29,7 +29,7 @@ func RecordChecks(ctx context.Context, env *Env, healthy bool, summary string) (
 	if s.slots.Phase != meta.PhaseTrial || booted == "" || booted != s.slots.Trial {
 		return &CheckOutcome{}, nil
 	}
-	ts := s.slotState(booted)
+	ts := s.slots.State(booted)
 	out := &CheckOutcome{Trial: true, TriesLeft: s.slots.TriesLeft}
 	reason := fmt.Sprintf("health checks of slot %s (%s) passed: %s", booted, ts.Version, summary)
 	if !healthy {

@@ -35,7 +35,7 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 	case booted == "":
 		return nil, fmt.Errorf("%w: the running kernel was not booted from a stagehand slot (no stagehand.slot= on its command line, and the bootloader names no stagehand entry)", ErrRefused)
 	case s.slots.Phase == meta.PhaseTrial && booted == s.slots.Trial:
-		ts := s.slotState(booted)
+		ts := s.slots.State(booted)
 		ts.State, ts.Reason = "good", ""
 		prev := s.slots.Active
 		s.slots.Previous, s.slots.Active = prev, booted
@@ -51,7 +51,7 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 		return &Result{Slot: booted, Changed: true, Staged: confirmed, Message: fmt.Sprintf("confirmed slot %s (%s): it is the default now; slot %s is kept for rollback", booted, ts.Version, prev)}, nil
 	case s.slots.Phase == meta.PhaseTrial:
 		return nil, fmt.Errorf("%w: slot %s is on trial but this system booted from slot %s; the trial is rolled back at the next boot", ErrRefused, s.slots.Trial, booted)
-	case booted == s.slots.Active && s.slotState(booted).State == "good":
+	case booted == s.slots.Active && s.slots.State(booted).State == "good":
 		// Already confirmed: make sure the bootloader agrees.
 		if err := s.finishDefault(ctx, booted); err != nil {
 			return nil, err
@@ -60,7 +60,7 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 	case booted != s.slots.Active:
 		return nil, fmt.Errorf("%w: this system booted from slot %s, which is not on trial; the default is slot %s (use stager rollback to switch)", ErrRefused, booted, s.slots.Active)
 	}
-	return nil, fmt.Errorf("%w: slot %s is %q, not on trial", ErrRefused, booted, s.slotState(booted).State)
+	return nil, fmt.Errorf("%w: slot %s is %q, not on trial", ErrRefused, booted, s.slots.State(booted).State)
 }
 
 // finishDefault brings the bootloader in line with a confirmed slot, then
@@ -102,7 +102,7 @@ func Rollback(ctx context.Context, env *Env) (*Result, error) {
 		return nil, fmt.Errorf("%w: an upgrade is %s; cancel it (stager cancel) first", ErrRefused, s.slots.Phase)
 	}
 	from, to := s.slots.Active, s.slots.Active.Other()
-	if st := s.slotState(to); st.State != "good" {
+	if st := s.slots.State(to); st.State != "good" {
 		why := st.State
 		if why == "" {
 			why = "empty"
@@ -113,11 +113,11 @@ func Rollback(ctx context.Context, env *Env) (*Result, error) {
 		return nil, fmt.Errorf("%w: slot %s does not hold a good image (%s)", ErrRefused, to, why)
 	}
 	s.slots.Previous, s.slots.Active = from, to
-	if err := s.commit(meta.PhaseIdle, to, fmt.Sprintf("rolled back by stager rollback from slot %s to slot %s (%s)", from, to, s.slotState(to).Version)); err != nil {
+	if err := s.commit(meta.PhaseIdle, to, fmt.Sprintf("rolled back by stager rollback from slot %s to slot %s (%s)", from, to, s.slots.State(to).Version)); err != nil {
 		return nil, err
 	}
 	if err := s.finishDefault(ctx, to); err != nil {
 		return nil, err
 	}
-	return &Result{Slot: to, Changed: true, Message: fmt.Sprintf("slot %s (%s) is the default now; it boots at the next reboot", to, s.slotState(to).Version)}, nil
+	return &Result{Slot: to, Changed: true, Message: fmt.Sprintf("slot %s (%s) is the default now; it boots at the next reboot", to, s.slots.State(to).Version)}, nil
 }

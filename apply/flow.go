@@ -166,13 +166,6 @@ func (s *state) running(ctx context.Context) meta.Slot {
 	return slot
 }
 
-func (s *state) slotState(sl meta.Slot) *meta.SlotState {
-	if sl == meta.SlotB {
-		return &s.slots.B
-	}
-	return &s.slots.A
-}
-
 // Boot runs the pre-stage step of the flow for this boot and says what to
 // do next. An error means META could not be read or written: the caller
 // logs it and continues the normal boot.
@@ -224,7 +217,7 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 func (s *state) offActive(ctx context.Context, booted, def meta.Slot, repaired bool) (Decision, error) {
 	active := s.slots.Active
 	hand := fmt.Sprintf("booted slot %s, the default is %s: chosen by hand, left alone", booted, active)
-	if st := s.slotState(booted); st.State == "bad" {
+	if st := s.slots.State(booted); st.State == "bad" {
 		hand += fmt.Sprintf(" (slot %s is marked bad: %s)", booted, st.Reason)
 	}
 	if def != booted {
@@ -235,7 +228,7 @@ func (s *state) offActive(ctx context.Context, booted, def meta.Slot, repaired b
 		// may have picked this entry.
 		return Decision{Action: Continue, Reason: hand}, nil
 	}
-	as := s.slotState(active)
+	as := s.slots.State(active)
 	if as.State != "good" || !repaired {
 		return Decision{Action: Continue, Reason: fmt.Sprintf("booted slot %s by the bootloader's default, which lags META's active slot %s (%s); the default could not be put right, so this boot runs slot %s", booted, active, as.State, booted)}, nil
 	}
@@ -302,7 +295,7 @@ func (s *state) reconcileDefault(ctx context.Context, def meta.Slot, err error) 
 	if err := s.env.Loader.SetDefault(ctx, s.slots.Active); err != nil {
 		return err
 	}
-	if st := s.slotState(s.slots.Active); st.State == "good" {
+	if st := s.slots.State(s.slots.Active); st.State == "good" {
 		return s.env.Loader.Bless(ctx, s.slots.Active)
 	}
 	return nil
@@ -345,7 +338,7 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 	}
 
 	// Announce the write: the target is bad until it is written and checked.
-	ts := s.slotState(target)
+	ts := s.slots.State(target)
 	reason := fmt.Sprintf("writing %s (%s) to slot %s", st.Image, short(st.Digest), target)
 	if s.slots.Phase == meta.PhaseApplying {
 		reason = "again, after an interrupted apply: " + reason
@@ -448,7 +441,7 @@ func (s *state) backToActive(ctx context.Context, target meta.Slot) (Decision, e
 // trialBoot counts a boot of the trial slot, or rolls a failed trial back.
 func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, error) {
 	trial := s.slots.Trial
-	ts := s.slotState(trial)
+	ts := s.slots.State(trial)
 	if booted != trial {
 		spent := s.env.Tries - s.slots.TriesLeft
 		if spent == 0 {
@@ -538,7 +531,7 @@ func (s *state) neverBooted(ctx context.Context, booted meta.Slot) (Decision, er
 // again, and goes on with action.
 func (s *state) rollback(ctx context.Context, reason string, action Action) (Decision, error) {
 	trial := s.slots.Trial
-	ts := s.slotState(trial)
+	ts := s.slots.State(trial)
 	ts.State, ts.Reason = "bad", reason
 	s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = "", 0, 0
 	dropped := s.staged

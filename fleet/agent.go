@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -131,28 +132,22 @@ const (
 // next reads META's slot states for digest as seen from booted.
 func next(st *stage.Status, digest string) (step, *meta.SlotState) {
 	sl := st.Slots
-	slot := func(s meta.Slot) *meta.SlotState {
-		if s == meta.SlotB {
-			return &sl.B
-		}
-		return &sl.A
-	}
-	act := slot(sl.Active)
+	act := sl.State(sl.Active)
 	switch {
-	case sl.Phase == meta.PhaseTrial && slot(sl.Trial).Digest == digest:
+	case sl.Phase == meta.PhaseTrial && sl.State(sl.Trial).Digest == digest:
 		if st.Booted == sl.Trial {
-			return stepTrial, slot(sl.Trial)
+			return stepTrial, sl.State(sl.Trial)
 		}
-		return stepApplying, slot(sl.Trial)
+		return stepApplying, sl.State(sl.Trial)
 	case sl.Phase == meta.PhaseApplying:
-		return stepApplying, slot(sl.Active.Other())
+		return stepApplying, sl.State(sl.Active.Other())
 	case act.Digest == digest && act.State == "good" && (st.Booted == "" || st.Booted == sl.Active):
 		return stepDone, act
 	case st.Staged != nil && st.Staged.Digest == digest:
 		return stepReboot, nil
 	}
 	for _, s := range []meta.Slot{meta.SlotA, meta.SlotB} {
-		if ss := slot(s); ss.State == "bad" && ss.Digest == digest {
+		if ss := sl.State(s); ss.State == "bad" && ss.Digest == digest {
 			return stepRolledBack, ss
 		}
 	}
@@ -217,7 +212,7 @@ func (a *Agent) Run(ctx context.Context) (*Result, error) {
 		return res, a.reboot(ctx, node, digest)
 	}
 	res.Outcome = Rebooting
-	return res, a.upgrade(ctx, node, digest, res)
+	return res, a.upgrade(ctx, node, res)
 }
 
 func (a *Agent) node(ctx context.Context) (*corev1.Node, error) {
@@ -240,14 +235,7 @@ func (a *Agent) status(ctx context.Context) (*stage.Status, error) {
 // record writes META's view to the node's labels and annotations.
 func (a *Agent) record(ctx context.Context, st *stage.Status, s step) error {
 	sl := st.Slots
-	run := sl.A
-	if st.Booted == meta.SlotB || st.Booted == "" && sl.Active == meta.SlotB {
-		run = sl.B
-	}
-	booted := st.Booted
-	if booted == "" {
-		booted = sl.Active
-	}
+	booted, run := st.Running()
 	phase := string(sl.Phase)
 	if s == stepRolledBack {
 		phase = "rolled-back"
@@ -311,7 +299,7 @@ func (a *Agent) acquire(ctx context.Context, node *corev1.Node) error {
 	a.logf("holding the fleet upgrade lock (lease %s/%s)", a.Lock.Namespace, lease)
 	if a.controlPlane(node) {
 		o := *a.Etcd
-		o.Member = firstNonEmpty(o.Member, a.Node)
+		o.Member = cmp.Or(o.Member, a.Node)
 		if _, err := etcdguard.Acquire(ctx, o, a.Node, a.EtcdTTL); err != nil {
 			a.undo(ctx, node)
 			if rerr := a.Lock.Release(ctx); rerr != nil {
@@ -322,15 +310,6 @@ func (a *Agent) acquire(ctx context.Context, node *corev1.Node) error {
 		a.logf("etcd guard: cluster healthy without member %s; holding the etcd upgrade lock", o.Member)
 	}
 	return nil
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // undo drops what an earlier run of ours left without the lock: a staged
@@ -373,7 +352,7 @@ func (a *Agent) uncordon(ctx context.Context, node *corev1.Node) {
 func (a *Agent) release(ctx context.Context, node *corev1.Node) error {
 	if a.controlPlane(node) {
 		o := *a.Etcd
-		o.Member = firstNonEmpty(o.Member, a.Node)
+		o.Member = cmp.Or(o.Member, a.Node)
 		deadline := a.Now().Add(a.ReadyTimeout)
 		for {
 			_, err := etcdguard.Release(ctx, o, a.Node)
@@ -428,11 +407,7 @@ func (a *Agent) finish(ctx context.Context, node *corev1.Node, res *Result) erro
 // rolledBack records on the node and in an Event that the target was
 // given up, uncordons it (the old version serves) and stops the rollout.
 func (a *Agent) rolledBack(ctx context.Context, node *corev1.Node, digest string, ss *meta.SlotState) error {
-	why := ss.Reason
-	if why == "" {
-		why = "no reason recorded"
-	}
-	msg := fmt.Sprintf("node %s rolled back from %s %s: %s", a.Node, firstNonEmpty(ss.Version, a.Stage.Image), digest, why)
+	msg := fmt.Sprintf("node %s rolled back from %s %s: %s", a.Node, cmp.Or(ss.Version, a.Stage.Image), digest, cmp.Or(ss.Reason, "no reason recorded"))
 	if node.Annotations[AnnRolledBackFrom] != digest {
 		if err := patchNode(ctx, a.Client, a.Node, nil, map[string]*string{AnnRolledBackFrom: str(digest)}); err != nil {
 			return err
@@ -463,7 +438,7 @@ func (e *rolledBackError) Error() string {
 func (e *rolledBackError) Unwrap() error { return ErrRolledBack }
 
 // upgrade takes the locks, cordons, drains, stages and reboots.
-func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, digest string, out *Result) error {
+func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, out *Result) error {
 	if err := a.acquire(ctx, node); err != nil {
 		return err
 	}
@@ -496,25 +471,39 @@ func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, digest string, o
 	if _, err := a.Lock.Acquire(ctx); err != nil { // renew before the long part
 		return fail(err)
 	}
-	o := a.Stage
-	o.Logf = func(f string, args ...any) { a.logf(f, args...) }
 	start := time.Now()
-	res, err := stage.Stage(ctx, o)
+	digest, err := a.stage(ctx)
 	out.Staging = time.Since(start)
 	if err != nil {
-		return fail(fmt.Errorf("staging %s: %w", a.Stage.Image, err))
+		return fail(err)
 	}
-	if res.Staged.Digest != digest {
-		digest = res.Staged.Digest // the tag moved since it was resolved
-	}
-	a.logf("staged %s (%s) for slot %s", res.Staged.Image, digest, res.Staged.Target)
 	return a.reboot(ctx, node, digest)
+}
+
+// stage stages the target and returns the digest it staged: the tag may
+// have moved since it was resolved.
+func (a *Agent) stage(ctx context.Context) (string, error) {
+	o := a.Stage
+	o.Logf = func(f string, args ...any) { a.logf(f, args...) }
+	res, err := stage.Stage(ctx, o)
+	if err != nil {
+		return "", fmt.Errorf("staging %s: %w", a.Stage.Image, err)
+	}
+	a.logf("staged %s (%s) for slot %s", res.Staged.Image, res.Staged.Digest, res.Staged.Target)
+	return res.Staged.Digest, nil
+}
+
+// recordTarget records on the node the target it goes to and the boot it
+// leaves: a run after the reboot knows the target without the registry,
+// and tells the new boot from the old.
+func (a *Agent) recordTarget(ctx context.Context, node *corev1.Node, digest string) error {
+	ann := map[string]*string{AnnTarget: str(a.Stage.Image), AnnTargetDigest: str(digest), AnnBootID: str(node.Status.NodeInfo.BootID)}
+	return patchNode(ctx, a.Client, a.Node, map[string]*string{LabelPhase: str(string(meta.PhaseStaged))}, ann)
 }
 
 // reboot records the target and the boot it leaves, then reboots.
 func (a *Agent) reboot(ctx context.Context, node *corev1.Node, digest string) error {
-	ann := map[string]*string{AnnTarget: str(a.Stage.Image), AnnTargetDigest: str(digest), AnnBootID: str(node.Status.NodeInfo.BootID)}
-	if err := patchNode(ctx, a.Client, a.Node, map[string]*string{LabelPhase: str(string(meta.PhaseStaged))}, ann); err != nil {
+	if err := a.recordTarget(ctx, node, digest); err != nil {
 		return err
 	}
 	if err := event(ctx, a.Client, node, corev1.EventTypeNormal, "Rebooting", "rebooting into "+a.Stage.Image+" "+digest, a.Now()); err != nil {
@@ -540,17 +529,11 @@ func (a *Agent) stageForKured(ctx context.Context, node *corev1.Node, digest str
 		return &StoppedError{*stop}
 	}
 	if !staged {
-		o := a.Stage
-		o.Logf = func(f string, args ...any) { a.logf(f, args...) }
-		res, err := stage.Stage(ctx, o)
-		if err != nil {
-			return fmt.Errorf("staging %s: %w", a.Stage.Image, err)
+		if digest, err = a.stage(ctx); err != nil {
+			return err
 		}
-		digest = res.Staged.Digest
-		a.logf("staged %s (%s) for slot %s", res.Staged.Image, digest, res.Staged.Target)
 	}
-	ann := map[string]*string{AnnTarget: str(a.Stage.Image), AnnTargetDigest: str(digest), AnnBootID: str(node.Status.NodeInfo.BootID)}
-	if err := patchNode(ctx, a.Client, a.Node, map[string]*string{LabelPhase: str(string(meta.PhaseStaged))}, ann); err != nil {
+	if err := a.recordTarget(ctx, node, digest); err != nil {
 		return err
 	}
 	if _, err := os.Stat(a.Sentinel); err == nil {

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sort"
@@ -33,7 +34,7 @@ func WaitNodes(ctx context.Context, cs kubernetes.Interface, selector, version s
 				return fmt.Errorf("%w: node %s: %s", ErrRolledBack, n.Name, n.Annotations[AnnReason])
 			}
 			if n.Labels[LabelVersion] != want || n.Labels[LabelPhase] != "idle" || n.Annotations[AnnTarget] != "" || !ready(&n) {
-				pending = append(pending, fmt.Sprintf("%s (%s, %s)", n.Name, orNone(n.Labels[LabelVersion]), orNone(n.Labels[LabelPhase])))
+				pending = append(pending, fmt.Sprintf("%s (%s, %s)", n.Name, cmp.Or(n.Labels[LabelVersion], "none"), cmp.Or(n.Labels[LabelPhase], "none")))
 			}
 		}
 		if len(pending) == 0 {
@@ -47,11 +48,4 @@ func WaitNodes(ctx context.Context, cs kubernetes.Interface, selector, version s
 			return err
 		}
 	}
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
 }

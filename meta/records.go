@@ -136,6 +136,14 @@ type Slots struct {
 	Rearmed int `json:"rearmed,omitempty"`
 }
 
+// State is slot sl's state, a pointer into s: A unless sl is b.
+func (s *Slots) State(sl Slot) *SlotState {
+	if sl == SlotB {
+		return &s.B
+	}
+	return &s.A
+}
+
 func (s *Slots) validate() error {
 	switch s.Phase {
 	case PhaseIdle, PhaseStaged, PhaseApplying, PhaseTrial:

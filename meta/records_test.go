@@ -105,3 +105,14 @@ func TestTagNames(t *testing.T) {
 		t.Error("unknown tag has a name")
 	}
 }
+
+func TestSlotsState(t *testing.T) {
+	s := Slots{A: SlotState{Version: "v1"}, B: SlotState{Version: "v2"}}
+	if s.State(SlotA).Version != "v1" || s.State(SlotB).Version != "v2" {
+		t.Fatalf("State: %+v %+v", s.State(SlotA), s.State(SlotB))
+	}
+	s.State(SlotB).State = "bad" // a pointer into s
+	if s.B.State != "bad" {
+		t.Fatal("State is not a pointer into Slots")
+	}
+}

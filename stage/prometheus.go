@@ -13,14 +13,7 @@ import (
 // rollbacks META's transition ring holds and the last transition's time.
 func (st *Status) WritePrometheus(w io.Writer) error {
 	sl := st.Slots
-	booted := st.Booted
-	if booted == "" {
-		booted = sl.Active
-	}
-	run := sl.A
-	if booted == meta.SlotB {
-		run = sl.B
-	}
+	booted, run := st.Running()
 	var b strings.Builder
 	metric := func(name, typ, help string) {
 		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)

@@ -28,6 +28,16 @@ type Status struct {
 	OffActive string `json:"off_active,omitempty"`
 }
 
+// Running is the slot the running system came from (META's active slot
+// when the kernel did not say) and its state.
+func (st *Status) Running() (meta.Slot, *meta.SlotState) {
+	slot := st.Booted
+	if slot == "" {
+		slot = st.Slots.Active
+	}
+	return slot, st.Slots.State(slot)
+}
+
 // SetBooted records the slot the running kernel came from, and whether it
 // is the one META says should run.
 func (st *Status) SetBooted(slot meta.Slot) {
@@ -40,10 +50,7 @@ func offActive(booted meta.Slot, slots *meta.Slots) string {
 	if booted == "" || slots == nil || booted == slots.Active || slots.Phase == meta.PhaseTrial && booted == slots.Trial {
 		return ""
 	}
-	act := slots.A
-	if slots.Active == meta.SlotB {
-		act = slots.B
-	}
+	act := slots.State(slots.Active)
 	what := act.State
 	if act.Version != "" {
 		what = act.Version + ", " + what

@@ -174,11 +174,7 @@ func (m *Machine) SettleWith(healthy func(slot meta.Slot, version string) bool) 
 			m.T.Fatalf("a boot ran slot %s, which META holds neither active nor on trial: %+v (%s)", slot, sl, d.Reason)
 		}
 		if sl.Phase == meta.PhaseTrial && slot == sl.Trial {
-			st := sl.A
-			if slot == meta.SlotB {
-				st = sl.B
-			}
-			if !healthy(slot, st.Version) {
+			if !healthy(slot, sl.State(slot).Version) {
 				slot = m.Firmware() // the trial OS dies: reset
 				continue
 			}
@@ -198,10 +194,7 @@ func (m *Machine) SettleWith(healthy func(slot meta.Slot, version string) bool) 
 func (m *Machine) CheckSettled(slot meta.Slot) {
 	m.T.Helper()
 	sl := m.Slots()
-	st := sl.A
-	if slot == meta.SlotB {
-		st = sl.B
-	}
+	st := sl.State(slot)
 	// LoaderDefault too: from here on the boots of slot skip the ESP.
 	if sl.Phase != meta.PhaseIdle || sl.Active != slot || st.State != "good" || sl.LoaderDefault != slot {
 		m.T.Fatalf("settled on %s but META says %+v", slot, sl)

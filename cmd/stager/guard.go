@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"strings"
@@ -114,14 +115,7 @@ func printGuard(cmd *cobra.Command, r *etcdguard.Report) {
 		case !m.Healthy:
 			state = "unhealthy: " + m.Error
 		}
-		fmt.Fprintf(tw, "member %s\t%s\t%s\t%s\n", orDash(m.Name), m.ID, strings.Join(m.URLs, ","), state)
+		fmt.Fprintf(tw, "member %s\t%s\t%s\t%s\n", cmp.Or(m.Name, "-"), m.ID, strings.Join(m.URLs, ","), state)
 	}
 	tw.Flush()
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -174,7 +175,7 @@ by another node only when not renewed for --lock-ttl.`,
 		case err != nil:
 			return err
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "%s: node %s, %s (%s) on slot %s\n", res.Outcome, a.Node, firstOf(res.Version, a.Stage.Image), res.Digest, res.Slot)
+		fmt.Fprintf(cmd.OutOrStdout(), "%s: node %s, %s (%s) on slot %s\n", res.Outcome, a.Node, cmp.Or(res.Version, a.Stage.Image), res.Digest, res.Slot)
 		return nil
 	}
 	return cmd
@@ -195,15 +196,6 @@ func checkGuard(cmd *cobra.Command, a *fleet.Agent, noGuard bool) error {
 
 func lastPart(ref string) string {
 	return ref[strings.LastIndex(ref, "/")+1:]
-}
-
-func firstOf(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 func newNodeResumeCmd() *cobra.Command {

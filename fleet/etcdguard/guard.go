@@ -1,6 +1,7 @@
 package etcdguard
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -133,9 +134,9 @@ func (r *Report) verdict(member string, self bool) error {
 	for _, m := range r.Members {
 		switch {
 		case m.Error == "not started":
-			return fmt.Errorf("%w: member %s (%s) has not started", ErrRefused, m.ID, orUnnamed(m.Name))
+			return fmt.Errorf("%w: member %s (%s) has not started", ErrRefused, m.ID, cmp.Or(m.Name, "(unnamed)"))
 		case m.Learner:
-			return fmt.Errorf("%w: member %s is a learner; promote it or remove it first", ErrRefused, orUnnamed(m.Name))
+			return fmt.Errorf("%w: member %s is a learner; promote it or remove it first", ErrRefused, cmp.Or(m.Name, "(unnamed)"))
 		case !m.Healthy:
 			return fmt.Errorf("%w: member %s is unhealthy: %s", ErrRefused, m.Name, m.Error)
 		}
@@ -144,13 +145,6 @@ func (r *Report) verdict(member string, self bool) error {
 		return fmt.Errorf("%w: with %s down, %d healthy of %d voting members are left, fewer than a quorum of %d", ErrRefused, member, r.HealthyAfter, r.Voters, r.Quorum)
 	}
 	return nil
-}
-
-func orUnnamed(n string) string {
-	if n == "" {
-		return "(unnamed)"
-	}
-	return n
 }
 
 // read is a linearizable read through one member only, bounded.

@@ -1,6 +1,7 @@
 package etcdguard
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -149,7 +150,7 @@ func Release(ctx context.Context, o Options, holder string) (*Report, error) {
 	}
 	for _, m := range r.Members {
 		if !m.Healthy || m.Learner {
-			return r, fmt.Errorf("%w: member %s: %s; the upgrade lock is kept", ErrNotHealthy, orUnnamed(m.Name), firstOf(m.Error, "a learner"))
+			return r, fmt.Errorf("%w: member %s: %s; the upgrade lock is kept", ErrNotHealthy, cmp.Or(m.Name, "(unnamed)"), cmp.Or(m.Error, "a learner"))
 		}
 	}
 	return r, unlock(ctx, cli, holder)
@@ -165,11 +166,4 @@ func Held(ctx context.Context, o Options) (*Holder, error) {
 	defer cli.Close()
 	h, _, err := current(ctx, cli)
 	return h, err
-}
-
-func firstOf(s, def string) string {
-	if s != "" {
-		return s
-	}
-	return def
 }

@@ -317,10 +317,7 @@ func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *
 	end := m.Settle(true)
 	m.CheckSettled(end)
 	sl := m.Slots()
-	ver := sl.A.Version
-	if end == meta.SlotB {
-		ver = sl.B.Version
-	}
+	ver := sl.State(end).Version
 	want, ok := c.Versions[ver]
 	if !ok {
 		t.Fatalf("settled on slot %s, version %q: neither the old nor the new", end, ver)

@@ -127,12 +127,17 @@ const (
 	stepDone                   // the target runs, confirmed
 	stepRolledBack             // the target was tried and given up
 	stepApplying               // the early boot has not finished: not for a running system
+	stepOffActive              // the system runs a slot META holds neither active nor on trial
 )
 
 // next reads META's slot states for digest as seen from booted.
 func next(st *stage.Status, digest string) (step, *meta.SlotState) {
 	sl := st.Slots
 	act := sl.State(sl.Active)
+	if st.OffActive != "" {
+		// Picked by hand, say: staging would target the slot that runs.
+		return stepOffActive, sl.State(st.Booted)
+	}
 	switch {
 	case sl.Phase == meta.PhaseTrial && sl.State(sl.Trial).Digest == digest:
 		if st.Booted == sl.Trial {
@@ -201,6 +206,8 @@ func (a *Agent) Run(ctx context.Context) (*Result, error) {
 		return res, a.finish(ctx, node, res)
 	case stepRolledBack:
 		return nil, a.rolledBack(ctx, node, digest, ss)
+	case stepOffActive:
+		return nil, fmt.Errorf("%w: %s; reboot into slot %s first", ErrNotDone, st.OffActive, st.Slots.Active)
 	case stepApplying, stepTrial:
 		return nil, fmt.Errorf("%w: META on %s is %s (slot %s) while this system runs slot %s: the early boot did not finish; see stager status", ErrNotDone, st.Disk, st.Slots.Phase, st.Slots.Active, st.Booted)
 	case stepReboot:

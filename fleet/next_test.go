@@ -27,7 +27,8 @@ func TestNext(t *testing.T) {
 		{"on trial, running the old slot", meta.SlotA, meta.Slots{Phase: meta.PhaseTrial, Active: meta.SlotA, Trial: meta.SlotB, A: good(old), B: meta.SlotState{State: "trial", Digest: target}}, nil, stepApplying},
 		{"confirmed", meta.SlotB, meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotB, A: good(old), B: good(target)}, nil, stepDone},
 		{"confirmed, kernel did not say", "", meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotB, A: good(old), B: good(target)}, nil, stepDone},
-		{"confirmed, old slot picked by hand", meta.SlotA, meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotB, A: good(old), B: good(target)}, nil, stepUpgrade},
+		{"confirmed, old slot picked by hand", meta.SlotA, meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotB, A: good(old), B: good(target)}, nil, stepOffActive},
+		{"old slot picked by hand, nothing of it", meta.SlotB, meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotA, A: good(old), B: good("sha256:p")}, nil, stepOffActive},
 		{"rolled back", meta.SlotA, meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotA, A: good(old), B: meta.SlotState{State: "bad", Digest: target, Reason: "did not confirm"}}, nil, stepRolledBack},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -150,14 +150,18 @@ func (p *prestage) run() apply.Decision {
 	}
 	slot, _ := p.param("stagehand.slot")
 	dk.Booted = meta.Slot(slot)
-	if dk.SecureBoot, err = efivar.SecureBoot(vars); err != nil {
+	if sb, err := efivar.SecureBoot(vars); err != nil {
 		p.logf("EFI variables: %v; taking Secure Boot as off", err)
+	} else {
+		dk.SecureBoot = sb
 	}
 	p.stepf("opened boot disk %s: META generation %d, booted slot %q", path, dk.Store.Generation(), slot)
 	dk.Logf = p.logf
 	if d := dk.Store.Damaged(); d != "" {
 		p.logf("META on %s: %s; the next write repairs it", dk.Store.Name(), d)
 	}
+	// An error of the flow is logged and the boot goes on (Continue):
+	// only a kexec that fails sends the machine through the firmware.
 	d, err := apply.Boot(ctx, &dk.Env)
 	if err != nil {
 		p.logf("%v", err)
@@ -168,8 +172,9 @@ func (p *prestage) run() apply.Decision {
 		p.clearDropped(dk, d.Dropped)
 	}
 	how := "once"
+	var kerr error
 	if d.Action == apply.Kexec {
-		if err = p.loadKexec(ctx, dk, d.Slot); err != nil {
+		if kerr = p.loadKexec(ctx, dk, d.Slot); kerr != nil {
 			if s, ok, _ := dk.Loader.BootOnce(ctx); !ok || s != d.Slot {
 				how = "by default"
 			}
@@ -179,8 +184,8 @@ func (p *prestage) run() apply.Decision {
 		p.logf("closing %s: %v", path, cerr)
 	}
 	p.stepf("closed %s", path)
-	if err != nil {
-		p.logf("%v: rebooting through the firmware, which boots slot %s %s", err, d.Slot, how)
+	if kerr != nil {
+		p.logf("%v: rebooting through the firmware, which boots slot %s %s", kerr, d.Slot, how)
 		d.Action = apply.Reboot
 	}
 	return d

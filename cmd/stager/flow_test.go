@@ -145,10 +145,11 @@ func TestStatusBootedFromLoader(t *testing.T) {
 	for _, tc := range []struct {
 		selected string // LoaderEntrySelected; "" unset
 		want     string
+		prom     string // in stager status --prometheus -
 	}{
-		{"", "booted:   unknown (no stagehand.slot= on the kernel command line, and the bootloader names no stagehand entry)"},
-		{"stagehand-a.efi", "booted:   a\n"},
-		{"debian.conf", "booted:   unknown"},
+		{"", "booted:   unknown (no stagehand.slot= on the kernel command line, and the bootloader names no stagehand entry)", `stagehand_info{slot="a",`},
+		{"stagehand-b.efi", "booted:   b\n", `stagehand_info{slot="b",`},
+		{"debian.conf", "booted:   unknown", `stagehand_info{slot="a",`},
 	} {
 		d := efivar.Dir(vars)
 		if err := d.Remove(boot.SelectedVar, efivar.LoaderVendor); err != nil {
@@ -162,6 +163,11 @@ func TestStatusBootedFromLoader(t *testing.T) {
 		code, out, e := stager(t, "status", "--disk", img, "--efivars", vars)
 		if code != 0 || !strings.Contains(out, tc.want) {
 			t.Errorf("LoaderEntrySelected %q: status exit %d\n%s%s\nwant %q", tc.selected, code, out, e, tc.want)
+		}
+		// The metrics name the running slot the same way.
+		code, out, e = stager(t, "status", "--disk", img, "--efivars", vars, "--prometheus", "-")
+		if code != 0 || !strings.Contains(out, tc.prom) {
+			t.Errorf("LoaderEntrySelected %q: status --prometheus exit %d\n%s%s\nwant %q", tc.selected, code, out, e, tc.prom)
 		}
 	}
 }

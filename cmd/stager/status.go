@@ -60,11 +60,6 @@ FILE at once so that the collector never reads half of it; "-" is stdout.`,
 		default:
 			return usageError{fmt.Errorf("--slot %q: give a or b", booted)}
 		}
-		if prom == "-" {
-			return st.WritePrometheus(cmd.OutOrStdout())
-		} else if prom != "" {
-			return replaceFile(prom, 0o644, st.WritePrometheus)
-		}
 		var vars efivar.Store
 		if efivars != "" {
 			vars = efivar.Dir(efivars)
@@ -78,6 +73,11 @@ FILE at once so that the collector never reads half of it; "-" is stdout.`,
 		if st.Booted == "" && loader != nil && loader.Selected != "" {
 			// A UKI booted by the firmware: its command line names no slot.
 			st.SetBooted(loader.Selected)
+		}
+		if prom == "-" {
+			return st.WritePrometheus(cmd.OutOrStdout())
+		} else if prom != "" {
+			return replaceFile(prom, 0o644, st.WritePrometheus)
 		}
 		if asJSON {
 			return writeJSON(cmd.OutOrStdout(), struct {

@@ -30,7 +30,7 @@ import (
 // the health checks and the confirm have run (qemu-tests/realos/layer/driver).
 
 // realOSCmdline is the start of every real OS slot's command line.
-const realOSCmdline = "rdinit=/prestage console=ttyS0 panic=5"
+const realOSCmdline = "rdinit=/prestage console=ttyS0 panic=5 no_timer_check"
 
 // Real OS boots take longer than the test OS's: systemd starts some
 // thirty units under TCG.

@@ -31,7 +31,7 @@ import (
 // OS's init), built here with the harness and the libraries.
 
 // cmdline is every slot's command line but rdinit=.
-const cmdline = "console=ttyS0 panic=1"
+const cmdline = "console=ttyS0 panic=1 no_timer_check"
 
 // prestageModules are what prestage loads before looking for the disk,
 // as in the VM tests and the demo; the test OS's own initramfs carries

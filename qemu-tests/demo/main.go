@@ -194,7 +194,7 @@ func (d *demo) run() error {
 // cmdline is the kernel command line of a slot, with the steps of the
 // real OS's driver (qemu-tests/realos/layer/driver).
 func cmdline(steps string) string {
-	return "console=ttyS0 rdinit=/prestage panic=5 stagehand.realos.steps=" + steps
+	return "console=ttyS0 rdinit=/prestage panic=5 no_timer_check stagehand.realos.steps=" + steps
 }
 
 // slotOf is the real OS's part of a slot's initramfs.

@@ -451,7 +451,7 @@ func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, erro
 				return s.neverBooted(ctx, booted)
 			} else {
 				why := "its kernel or initramfs fails early: panic, reset or hang"
-				if s.env.SecureBoot && e.UKI && !e.Signed {
+				if e.FirmwareRefuses(s.env.SecureBoot) {
 					why = "Secure Boot is on and its UKI is not signed: the firmware refuses to start it"
 				} else if s.env.SecureBoot && e.UKI {
 					why += ", or the firmware refused its signature (Secure Boot is on)"

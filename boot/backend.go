@@ -27,6 +27,13 @@ type Image struct {
 	Tries int
 }
 
+// FirmwareRefuses says whether firmware with Secure Boot on (secureBoot)
+// refuses to start e: a UKI with no signature at all. A signed one the
+// firmware may still refuse; only it knows its db.
+func (e SlotEntry) FirmwareRefuses(secureBoot bool) bool {
+	return secureBoot && e.UKI && !e.Signed
+}
+
 // SlotEntry is a slot as the bootloader holds it.
 type SlotEntry struct {
 	Slot    meta.Slot

@@ -387,8 +387,10 @@ func (s *SystemdBoot) matchSlot(pattern string) (meta.Slot, error) {
 	}
 }
 
-// ErrBadEntry marks a slot's Type #1 entry that systemd-boot would not
-// boot (no linux line): Slots leaves such a slot out, as systemd-boot does.
+// ErrBadEntry marks a slot's Type #1 entry that does not parse: no linux
+// line (a cut left it half written: systemd-boot skips it too), or keys
+// stagehand never writes. Slots leaves such a slot out, and the apply
+// writes the slot again.
 var ErrBadEntry = errors.New("not a bootable loader entry")
 
 // Slots implements Backend. A slot whose entry systemd-boot would skip

@@ -296,7 +296,7 @@ func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot
 // and become the default that no cold boot can start; through the firmware
 // it is refused at once and boot counting brings the machine back.
 func kexecAllowed(secureBoot bool, slot meta.Slot, e boot.SlotEntry) error {
-	if secureBoot && e.UKI && !e.Signed {
+	if e.FirmwareRefuses(secureBoot) {
 		return fmt.Errorf("slot %s's UKI %s is not signed and Secure Boot is on: not kexec'd, the firmware is to check it", slot, e.Description)
 	}
 	return nil

@@ -207,7 +207,7 @@ func TestRealOSUpgrade(t *testing.T) {
 
 	r := start(t, m)
 	expect(t, r, "v1's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: continue: nothing staged`))
-	expect(t, r, "v1's init", realOSStepTimeout, regexp.MustCompile(`realos-init: root: /root.sfs \(/dev/loop0, squashfs, read-only\) under a tmpfs overlay`))
+	expect(t, r, "v1's init", realOSStepTimeout, regexp.MustCompile(`realos-init: root: /root.sfs \(/dev/loop0, squashfs, read-only\) under a tmpfs overlay with the slot.s layer /slot.sfs \(/dev/loop1\)`))
 	v1 := expectRealOS(t, r, "v1", "v1", k1, meta.SlotA)
 	got, _ := expect(t, r, "v1's units", realOSStepTimeout, realOSUnits)
 	if got[1] != "active" || got[2] != "active" || got[3] != "active" {

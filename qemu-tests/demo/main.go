@@ -194,7 +194,7 @@ func (d *demo) run() error {
 // cmdline is the kernel command line of a slot, with the steps of the
 // real OS's driver (qemu-tests/realos/layer/driver).
 func cmdline(steps string) string {
-	return "console=ttyS0 rdinit=/prestage panic=5 no_timer_check stagehand.realos.steps=" + steps
+	return "console=ttyS0 rdinit=/prestage panic=5 no_timer_check tsc=reliable stagehand.realos.steps=" + steps
 }
 
 // slotOf is the real OS's part of a slot's initramfs.
@@ -276,7 +276,7 @@ func expect(r *vm.Run, what string, re string) ([]string, time.Duration, error) 
 }
 
 func (d *demo) boot(ref3 string) error {
-	m, err := vm.New(vm.Config{Dir: filepath.Join(d.dir, "vm"), Disk: filepath.Join(d.dir, "disk.img")})
+	m, err := vm.New(vm.Config{Dir: filepath.Join(d.dir, "vm"), Disk: filepath.Join(d.dir, "disk.img"), CPUs: 2})
 	if err != nil {
 		return err
 	}

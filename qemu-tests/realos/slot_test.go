@@ -5,6 +5,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -22,8 +23,8 @@ func repoRoot() string {
 }
 
 // TestSlotArchive: the real OS's part of a slot's initramfs holds its init,
-// the root image, the modules of Modules, and the slot's layer under /slot:
-// the stager, contrib's units enabled as their [Install] sections say, the
+// the root image, the modules of Modules, and the slot's layer as the
+// squashfs /slot.sfs (read back with unsquashfs): the stager, contrib's units enabled as their [Install] sections say, the
 // example checks and the bless-boot drop-in where systemd and stager check
 // look, the masks, the ESP's automount, the version and the extra files.
 func TestSlotArchive(t *testing.T) {
@@ -66,6 +67,25 @@ func TestSlotArchive(t *testing.T) {
 		}
 		got[rec.Name] = rec
 	}
+	// The layer's files are checked as unsquashfs lays them out, under
+	// "slot/".
+	sfs, ok := got["slot.sfs"]
+	if !ok {
+		t.Fatal("slot.sfs is not in the archive")
+	}
+	sfsPath := filepath.Join(dir, "slot.sfs")
+	f, err := os.Create(sfsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(f, io.NewSectionReader(sfs.ReaderAt, 0, int64(sfs.FileSize))); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	tree := filepath.Join(dir, "slot")
+	if out, err := exec.Command("unsquashfs", "-no-progress", "-d", tree, sfsPath).CombinedOutput(); err != nil {
+		t.Fatalf("unsquashfs: %v: %s", err, out)
+	}
 	const units = "slot/usr/lib/systemd/system/"
 	for _, tt := range []struct {
 		path string
@@ -74,6 +94,7 @@ func TestSlotArchive(t *testing.T) {
 	}{
 		{"init", 0o755, "init bytes"},
 		{"root.sfs", 0o644, "root.sfs bytes"},
+		{"slot.sfs", 0o644, ""},
 		{"slot/usr/bin/stager", 0o755, "stager bytes"},
 		{"slot/etc/stagehand/version", 0o644, "v7\n"},
 		{"slot/etc/fstab", 0o644, ""},
@@ -94,23 +115,46 @@ func TestSlotArchive(t *testing.T) {
 		{"lib/modules/" + release + "/modules.dep", 0o644, ""},
 	} {
 		t.Run(tt.path, func(t *testing.T) {
-			rec, ok := got[tt.path]
-			if !ok {
-				t.Fatalf("%s is not in the archive", tt.path)
-			}
-			mode := fs.FileMode(rec.Mode & 0o777)
-			if rec.Mode&cpio.S_IFMT == cpio.S_IFLNK {
-				mode |= fs.ModeSymlink
+			var mode fs.FileMode
+			var data []byte
+			if strings.HasPrefix(tt.path, "slot/") {
+				p := filepath.Join(dir, tt.path)
+				fi, err := os.Lstat(p)
+				if err != nil {
+					t.Fatalf("%s is not in the slot's layer: %v", tt.path, err)
+				}
+				mode = fi.Mode() & (fs.ModeSymlink | 0o777)
+				switch {
+				case mode&fs.ModeSymlink != 0:
+					var target string
+					target, err = os.Readlink(p)
+					data = []byte(target)
+				case tt.data != "":
+					data, err = os.ReadFile(p)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				rec, ok := got[tt.path]
+				if !ok {
+					t.Fatalf("%s is not in the archive", tt.path)
+				}
+				mode = fs.FileMode(rec.Mode & 0o777)
+				if rec.Mode&cpio.S_IFMT == cpio.S_IFLNK {
+					mode |= fs.ModeSymlink
+				}
+				if tt.data != "" {
+					if data, err = io.ReadAll(io.NewSectionReader(rec.ReaderAt, 0, int64(rec.FileSize))); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			if mode != tt.mode {
 				t.Errorf("mode %v, want %v", mode, tt.mode)
 			}
 			if tt.data == "" {
 				return
-			}
-			data, err := io.ReadAll(io.NewSectionReader(rec.ReaderAt, 0, int64(rec.FileSize)))
-			if err != nil {
-				t.Fatal(err)
 			}
 			if string(data) != tt.data {
 				t.Errorf("content %q, want %q", data, tt.data)

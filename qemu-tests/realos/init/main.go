@@ -2,9 +2,9 @@
 // it (/init) once it has decided that nothing needs applying, and it loads
 // the kernel modules the OS needs from the initramfs, mounts the root file
 // system (/root.sfs, a squashfs) read-only through a loop device under a
-// tmpfs overlay, puts the slot's own layer (/slot: the stagehand binaries,
-// units and health checks, the slot's version) into the overlay's upper
-// directory, and switch_roots into systemd. Any failure is logged to
+// tmpfs overlay with the slot's own layer (/slot.sfs, a squashfs: the
+// stagehand binaries, units and health checks, the slot's version) as the
+// overlay's top read-only layer, and switch_roots into systemd. Any failure is logged to
 // /dev/kmsg and ends PID 1, which panic= on the command line turns into a
 // reset.
 package main
@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -27,8 +26,9 @@ import (
 
 const (
 	rootImage = "/root.sfs"
-	slotTree  = "/slot"
-	lower     = "/.realos/lower" // the squashfs
+	slotImage = "/slot.sfs"
+	lower     = "/.realos/lower" // the root image
+	slotLower = "/.realos/slot"  // the slot's layer
 	rw        = "/.realos/rw"    // tmpfs: upper and work directories
 	newRoot   = "/sysroot"
 	systemd   = "/lib/systemd/systemd"
@@ -83,17 +83,18 @@ func run() error {
 		return fmt.Errorf("loading modules: %w", err)
 	}
 	logf("loaded %d modules", len(loaded))
-	for _, d := range []string{lower, rw, newRoot} {
+	for _, d := range []string{lower, slotLower, rw, newRoot} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
-	l, err := loop.New(rootImage, "squashfs", "")
+	rootDev, err := mountSquashfs(rootImage, lower)
 	if err != nil {
-		return fmt.Errorf("loop device for %s: %w", rootImage, err)
+		return err
 	}
-	if _, err := l.Mount(lower, unix.MS_RDONLY); err != nil {
-		return fmt.Errorf("mounting %s (%s) on %s: %w", rootImage, l.Dev, lower, err)
+	slotDev, err := mountSquashfs(slotImage, slotLower)
+	if err != nil {
+		return err
 	}
 	if err := unix.Mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("mounting the overlay's tmpfs: %w", err)
@@ -104,56 +105,25 @@ func run() error {
 			return err
 		}
 	}
-	// The slot's own layer goes into the upper directory before the
-	// overlay is mounted: it shows through as part of the root.
-	n, err := copyTree(slotTree, upper)
-	if err != nil {
-		return fmt.Errorf("copying the slot's layer: %w", err)
-	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	// The leftmost lower directory is the top one: the slot's files hide
+	// the root image's.
+	opts := fmt.Sprintf("lowerdir=%s:%s,upperdir=%s,workdir=%s", slotLower, lower, upper, work)
 	if err := unix.Mount("overlay", newRoot, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting the root overlay (%s): %w", opts, err)
 	}
-	logf("root: %s (%s, squashfs, read-only) under a tmpfs overlay with the slot's %d files", rootImage, l.Dev, n)
+	logf("root: %s (%s, squashfs, read-only) under a tmpfs overlay with the slot's layer %s (%s)", rootImage, rootDev, slotImage, slotDev)
 	return nil
 }
 
-// copyTree copies the directories, regular files and symbolic links under
-// src into dst, keeping their modes, and returns how many files it copied.
-func copyTree(src, dst string) (int, error) {
-	n := 0
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		to := filepath.Join(dst, rel)
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			return os.MkdirAll(to, fi.Mode().Perm())
-		case fi.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			n++
-			return os.Symlink(target, to)
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			n++
-			return os.WriteFile(to, b, fi.Mode().Perm())
-		}
-		return fmt.Errorf("%s: not a directory, file or link", p)
-	})
-	return n, err
+// mountSquashfs mounts the squashfs image read-only on dir through a loop
+// device and returns the device.
+func mountSquashfs(image, dir string) (string, error) {
+	l, err := loop.New(image, "squashfs", "")
+	if err != nil {
+		return "", fmt.Errorf("loop device for %s: %w", image, err)
+	}
+	if _, err := l.Mount(dir, unix.MS_RDONLY); err != nil {
+		return "", fmt.Errorf("mounting %s (%s) on %s: %w", image, l.Dev, dir, err)
+	}
+	return l.Dev, nil
 }

@@ -191,3 +191,38 @@ func TestAppend(t *testing.T) {
 		t.Errorf("after an opaque base the first entry is %q, want lib", got[0])
 	}
 }
+
+// TestWritePrestaged: the file is the base archive with the pre-stage
+// part appended, as Append writes it.
+func TestWritePrestaged(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "prestage-bin")
+	if err := os.WriteFile(bin, []byte("elf"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := New()
+	base.Add(File{Path: "init", Data: []byte("#!/bin/sh\n"), Mode: 0o755})
+	out := filepath.Join(dir, "initramfs")
+	if err := WritePrestaged(out, base, PrestageOptions{Binary: bin}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre := New()
+	pre.AddFile(PrestagePath, bin, 0o755)
+	var want bytes.Buffer
+	if _, err := Append(&want, write(t, base), pre); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("WritePrestaged wrote %d bytes, Append %d; they differ", len(got), want.Len())
+	}
+	if err := WritePrestaged(filepath.Join(dir, "no-such-dir", "x"), base, PrestageOptions{Binary: bin}); err == nil {
+		t.Error("WritePrestaged into a missing directory did not fail")
+	}
+	if err := WritePrestaged(out, base, PrestageOptions{Binary: bin, Names: []string{"virtio_blk"}}); err == nil {
+		t.Error("WritePrestaged with modules and no module tree did not fail")
+	}
+}

@@ -1,9 +1,13 @@
 package initramfs
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
-	"github.com/stagehand-dev/stagehand/initramfs/kmod"
+	"os"
 	"strings"
+
+	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 )
 
 // PrestagePath is where the pre-stage init goes in the archive; its
@@ -35,4 +39,30 @@ func (a *Archive) AddPrestage(o PrestageOptions) error {
 		return err
 	}
 	return a.Add(File{Path: kmod.PrestageList, Data: []byte(strings.Join(o.Names, "\n") + "\n"), Mode: 0o644})
+}
+
+// WritePrestaged writes the file path: base, then the pre-stage part (o)
+// appended as `stager initramfs build` appends it to an OS's initramfs.
+func WritePrestaged(path string, base *Archive, o PrestageOptions) error {
+	var b bytes.Buffer
+	if _, err := base.WriteTo(&b); err != nil {
+		return err
+	}
+	pre := New()
+	if err := pre.AddPrestage(o); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	_, err = Append(w, b.Bytes(), pre)
+	if err == nil {
+		err = w.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

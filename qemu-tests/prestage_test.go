@@ -3,13 +3,11 @@
 package qemutests
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -58,31 +56,11 @@ func slotInitramfs(t testing.TB, flavor, version string) string {
 		if err != nil {
 			return err
 		}
-		var b strings.Builder
-		if _, err := base.WriteTo(&b); err != nil {
-			return err
-		}
 		mods, err := initramfs.OpenModules(k.Modules)
 		if err != nil {
 			return err
 		}
-		pre := initramfs.New()
-		if err := pre.AddPrestage(initramfs.PrestageOptions{Binary: prestage, Modules: mods, Names: prestageModules}); err != nil {
-			return err
-		}
-		f, err := os.Create(out)
-		if err != nil {
-			return err
-		}
-		bw := bufio.NewWriterSize(f, 1<<20)
-		_, err = initramfs.Append(bw, []byte(b.String()), pre)
-		if err == nil {
-			err = bw.Flush()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		return err
+		return initramfs.WritePrestaged(out, base, initramfs.PrestageOptions{Binary: prestage, Modules: mods, Names: prestageModules})
 	})
 }
 

@@ -36,6 +36,7 @@ need_files=(
 	/usr/sbin/mkfs.ext4
 	/usr/bin/mmdebstrap
 	/usr/bin/mksquashfs
+	/usr/bin/unsquashfs
 	/usr/bin/sbsign
 	/usr/bin/sbattach
 	/usr/bin/openssl

@@ -157,22 +157,28 @@ func (g *guest) newDisk(path, params, v2 string) error {
 	if err != nil || v2 == "" {
 		return err
 	}
+	return g.stageImage(path, g.kernels["generic"].vmlinuz, v2, cmdline+" rdinit=/prestage", "v2")
+}
+
+// stageImage stages on the disk at path the installer image of kernel,
+// initrd and cmdline, as `stager --image oci:…` does.
+func (g *guest) stageImage(path, kernel, initrd, cmdline, version string) error {
 	tmp, err := os.MkdirTemp(g.dir, "image-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	img, err := installer.Build(installer.BuildOptions{Kernel: g.kernels["generic"].vmlinuz, Initramfs: v2,
-		Cmdline: cmdline + " rdinit=/prestage", Version: "v2", Arch: "amd64", TempDir: tmp})
+	img, err := installer.Build(installer.BuildOptions{Kernel: kernel, Initramfs: initrd,
+		Cmdline: cmdline, Version: version, Arch: "amd64", TempDir: tmp})
 	if err != nil {
 		return err
 	}
 	defer img.Close()
 	layout := filepath.Join(tmp, "layout")
-	if err := installer.WriteLayout(layout, "v2", img); err != nil {
+	if err := installer.WriteLayout(layout, version, img); err != nil {
 		return err
 	}
-	_, err = stage.Stage(ctx, stage.Options{Disk: path, Image: "oci:" + layout + ":v2"})
+	_, err = stage.Stage(context.Background(), stage.Options{Disk: path, Image: "oci:" + layout + ":" + version})
 	return err
 }
 

@@ -44,7 +44,7 @@ var (
 	rssMemory   = flag.Int("rss-memory", 256, "the memory of the VM of the 128 MiB apply, in MiB (the budget is for 256)")
 	quietWait   = flag.Duration("quiet-wait", 5*time.Minute, "longest wait for other QEMU processes to end before measuring")
 	only        = flag.String("only", "", "comma-separated parts to measure (host, fleet, sizes, noop, reboot, rss, realos); default all")
-	realOSBoots = flag.Int("realos-boots", 3, "boots of each real OS variant (rdinit=/prestage, rdinit=/init)")
+	realOSBoots = flag.Int("realos-boots", 5, "boots of each real OS variant (rdinit=/prestage, rdinit=/init)")
 	readme      = flag.String("readme", "", "a README whose <!-- bench:begin --> … <!-- bench:end --> section gets the table")
 )
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"embed"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -191,18 +190,11 @@ func packLayer(files []initramfs.File) ([]byte, error) {
 	if err := os.Mkdir(tree, 0o755); err != nil {
 		return nil, err
 	}
-	r := cpio.Newc.Reader(bytes.NewReader(b.Bytes()))
-	for {
-		rec, err := r.ReadRecord()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("the slot's layer: %w", err)
-		}
-		if err := cpio.CreateFileInRoot(rec, tree, false); err != nil {
-			return nil, fmt.Errorf("the slot's layer: %w", err)
-		}
+	err = cpio.ForEachRecord(cpio.Newc.Reader(bytes.NewReader(b.Bytes())), func(rec cpio.Record) error {
+		return cpio.CreateFileInRoot(rec, tree, false)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the slot's layer: %w", err)
 	}
 	out := filepath.Join(tmp, "slot.sfs")
 	if msg, err := exec.Command("mksquashfs", append([]string{tree, out}, layerArgs...)...).CombinedOutput(); err != nil {

@@ -55,16 +55,12 @@ func TestSlotArchive(t *testing.T) {
 	if _, err := a.WriteTo(&b); err != nil {
 		t.Fatal(err)
 	}
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(b.Bytes())))
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := map[string]cpio.Record{}
-	r := cpio.Newc.Reader(bytes.NewReader(b.Bytes()))
-	for {
-		rec, err := r.ReadRecord()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, rec := range recs {
 		got[rec.Name] = rec
 	}
 	// The layer's files are checked as unsquashfs lays them out, under

@@ -35,20 +35,16 @@ tools:
 unit: tools
 	$(GO) test -count=1 -timeout 30m ./...
 
-# The VM tests run in two go test processes at once: a TCG guest keeps one
-# core busy, and the UKI and real-OS scenarios (VMSPLIT) are about a third
-# of the suite's time. Both print go test's summary lines, the split's once
-# the rest is done; either failing fails the target.
-VMSPLIT := TestUKI|TestRealOS
+# The VM tests run in as many lanes as the machine has guest slots (one a
+# core: a TCG guest keeps one busy; qemu-tests/vm), each lane a sequence of
+# go test processes, the tests dealt to the lanes by their durations
+# (qemu-tests/vmsuite/durations.txt, then this machine's last run in
+# build/qemu-test). It prints go test's lines for each package and the ten
+# slowest tests; any failure fails the target.
 qemu-test: deps
+	@scripts/vm-guests.sh
 	$(GO) vet -tags vm ./qemu-tests/...
-	@mkdir -p $(BUILD)
-	@echo "$(GO) test -tags vm -count=1 -timeout 40m -run '$(VMSPLIT)' ./qemu-tests/ (beside the rest, output in $(BUILD)/qemu-test-split.log)"
-	@$(GO) test -tags vm -count=1 -timeout 40m -run '$(VMSPLIT)' ./qemu-tests/ >$(BUILD)/qemu-test-split.log 2>&1 & split=$$!; \
-	echo "$(GO) test -tags vm -count=1 -timeout 40m -skip '$(VMSPLIT)' ./qemu-tests/..."; \
-	$(GO) test -tags vm -count=1 -timeout 40m -skip '$(VMSPLIT)' ./qemu-tests/...; rest=$$?; \
-	wait $$split; splitrc=$$?; cat $(BUILD)/qemu-test-split.log; \
-	if [ $$rest -ne 0 ] || [ $$splitrc -ne 0 ]; then exit 1; fi
+	$(GO) run ./qemu-tests/vmsuite -out $(BUILD)/qemu-test
 
 # The large crash-state campaign (issue 14): every scenario of the
 # simulated machine recorded, up to 100 prefixes, 80 random subsets and 60
@@ -71,6 +67,7 @@ crash-campaign: deps
 # required health check fails, tried and rolled back. Logs in build/demo/.
 demo: deps build
 	@scripts/deps.sh demo
+	@scripts/vm-guests.sh
 	$(GO) run ./qemu-tests/demo -root . -out $(BUILD)/demo
 
 # Measures stagehand against baselines run in the same invocation and
@@ -80,6 +77,7 @@ demo: deps build
 # 6 more for the real OS's boots (part realos: 3 boots with and 3 without
 # prestage; -realos-boots N).
 bench: deps
+	@scripts/vm-guests.sh
 	$(GO) run ./qemu-tests/bench -root . -out $(BUILD)/bench $(BENCHFLAGS)
 
 # Every Go benchmark, once, without budgets.

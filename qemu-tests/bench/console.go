@@ -44,22 +44,25 @@ func powerOn(m *vm.Machine, logPath string) (*power, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(vm.QEMU, m.Args()...)
-	out, err := cmd.StdoutPipe()
+	pr, pw, err := os.Pipe()
 	if err != nil {
 		lf.Close()
 		return nil, err
 	}
-	cmd.Stderr = cmd.Stdout
+	cmd := exec.Command(vm.QEMU, m.Args()...)
+	cmd.Stdout, cmd.Stderr = pw, pw
 	p := &power{cmd: cmd, changed: make(chan struct{}), exited: make(chan struct{})}
 	p.start = time.Now()
-	if err := cmd.Start(); err != nil {
+	g, err := vm.StartHeld(cmd, guestSlots)
+	pw.Close()
+	if err != nil {
+		pr.Close()
 		lf.Close()
-		return nil, fmt.Errorf("starting %s: %w", vm.QEMU, err)
+		return nil, err
 	}
 	ours.add(cmd.Process.Pid)
 	go func() {
-		br := bufio.NewReaderSize(out, 64<<10)
+		br := bufio.NewReaderSize(pr, 64<<10)
 		for {
 			s, err := br.ReadString('\n')
 			at := time.Since(p.start)
@@ -78,7 +81,9 @@ func powerOn(m *vm.Machine, logPath string) (*power, error) {
 				break
 			}
 		}
-		werr := cmd.Wait()
+		pr.Close()
+		<-g.Exited
+		werr := g.Err
 		lf.Close()
 		ours.remove(cmd.Process.Pid)
 		p.mu.Lock()

@@ -331,7 +331,7 @@ func (g *guest) upgrade(template, variant, dir string, memMB int) (*upgrade, err
 		return nil, err
 	}
 	defer os.Remove(img)
-	m, err := vm.New(vm.Config{Dir: dir, Disk: img, MemoryMB: memMB})
+	m, err := vm.New(vm.Config{Dir: dir, Disk: img, MemoryMB: memMB, Held: guestSlots})
 	if err != nil {
 		return nil, err
 	}

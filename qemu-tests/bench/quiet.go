@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
 
 // pidSet is the QEMU processes this program started.
@@ -67,22 +69,9 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// waitQuiet waits up to max for the other QEMU processes to end, and says
-// how long it waited and what still runs.
-func waitQuiet(max time.Duration, logf func(string, ...any)) (time.Duration, []string) {
-	start := time.Now()
-	for {
-		f := foreignQEMU()
-		if len(f) == 0 {
-			return time.Since(start), nil
-		}
-		if time.Since(start) >= max {
-			return time.Since(start), f
-		}
-		logf("waiting for %d QEMU process(es) this run did not start (up to %s more): %s", len(f), (max - time.Since(start)).Round(time.Second), strings.Join(f, "; "))
-		time.Sleep(min(15*time.Second, max-time.Since(start)))
-	}
-}
+// guestSlots are the machine's guest slots, all held by the bench while it
+// runs; every guest it boots runs in them.
+var guestSlots *vm.Held
 
 // watch samples, every 2 s, the other QEMU processes and the load average,
 // so that each figure can say whether it was measured on a quiet machine.

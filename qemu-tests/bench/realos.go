@@ -125,7 +125,7 @@ func (b *bench) realOS(g *guest) {
 			fail(err)
 			return
 		}
-		m, err := vm.New(vm.Config{Dir: filepath.Join(g.dir, "realos-"+v), Disk: img})
+		m, err := vm.New(vm.Config{Dir: filepath.Join(g.dir, "realos-"+v), Disk: img, Held: guestSlots})
 		if err != nil {
 			fail(err)
 			return
@@ -192,7 +192,7 @@ func (b *bench) realOS(g *guest) {
 			fail(err)
 			return
 		}
-		m, err := vm.New(vm.Config{Dir: filepath.Join(g.dir, fmt.Sprintf("realos-trial-%d", i+1)), Disk: run})
+		m, err := vm.New(vm.Config{Dir: filepath.Join(g.dir, fmt.Sprintf("realos-trial-%d", i+1)), Disk: run, Held: guestSlots})
 		if err != nil {
 			fail(err)
 			return

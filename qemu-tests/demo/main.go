@@ -276,7 +276,7 @@ func expect(r *vm.Run, what string, re string) ([]string, time.Duration, error) 
 }
 
 func (d *demo) boot(ref3 string) error {
-	m, err := vm.New(vm.Config{Dir: filepath.Join(d.dir, "vm"), Disk: filepath.Join(d.dir, "disk.img"), CPUs: 2})
+	m, err := vm.New(vm.Config{Dir: filepath.Join(d.dir, "vm"), Disk: filepath.Join(d.dir, "disk.img"), CPUs: 2, Slots: 2})
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,7 +63,23 @@ type Config struct {
 	// qemu-tests/writelog), with the disk's volatile write cache on so
 	// that the guest's flushes reach the log. It is emptied at each Start.
 	WriteLog string
+	// Slots is how many of the machine-wide guest slots (one a host core,
+	// see Launch) a boot holds: zero is one; the bench takes them all so
+	// that nothing else runs beside what it measures.
+	Slots int
+	// Held, when set, are slots the caller holds for all its boots
+	// (the bench: nothing runs beside it); Slots is then unused.
+	Held *Held
+	// Logf hears that a boot waits for a slot; zero: standard error.
+	Logf func(format string, args ...any)
 }
+
+// AllSlots, as Config.Slots, takes every guest slot of the machine.
+const AllSlots = 1 << 10
+
+// Marker is in the command line of every QEMU the project starts (its
+// -name), so that a guest left running from an earlier run can be named.
+const Marker = "stagehand-vm"
 
 // Machine is one VM, booted any number of times in a row; its disk and its
 // firmware variables persist across boots, as on real hardware.
@@ -85,6 +100,9 @@ func New(cfg Config) (*Machine, error) {
 	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = 1
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = stderrf
 	}
 	if err := CheckHost(cfg.Firmware); err != nil {
 		return nil, err
@@ -120,6 +138,7 @@ func (m *Machine) Args() []string {
 	args := append(machine,
 		"-accel", "tcg", "-cpu", "max",
 		"-m", fmt.Sprint(m.cfg.MemoryMB), "-smp", fmt.Sprint(m.cfg.CPUs),
+		"-name", Marker+",process="+Marker,
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-nic", "none",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+m.cfg.Firmware.Code,
@@ -143,8 +162,9 @@ func (m *Machine) Args() []string {
 	return append(args, m.cfg.Args...)
 }
 
-// Start boots the machine and returns the running boot. The console goes to
-// Dir/console-N.log (N counting the machine's boots from 1).
+// Start boots the machine and returns the running boot, once it holds a
+// guest slot (Launch). The console goes to Dir/console-N.log (N counting
+// the machine's boots from 1).
 func (m *Machine) Start() (*Run, error) {
 	if m.cfg.WriteLog != "" {
 		if err := os.WriteFile(m.cfg.WriteLog, nil, 0o644); err != nil {
@@ -157,27 +177,33 @@ func (m *Machine) Start() (*Run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vm: %w", err)
 	}
-	cmd := exec.Command(QEMU, m.Args()...)
-	cmd.Stdin = nil
-	out, err := cmd.StdoutPipe()
+	pr, pw, err := os.Pipe()
 	if err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("vm: %w", err)
 	}
-	cmd.Stderr = cmd.Stdout // QEMU's own complaints go to the log too
-	r := &Run{log: log, logFile: lf, start: time.Now(), exited: make(chan struct{}), changed: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("vm: starting %s: %w", QEMU, err)
+	cmd := exec.Command(QEMU, m.Args()...)
+	cmd.Stdout, cmd.Stderr = pw, pw // QEMU's own complaints go to the log too
+	var g *Guest
+	if m.cfg.Held != nil {
+		g, err = StartHeld(cmd, m.cfg.Held)
+	} else {
+		g, err = Launch(context.Background(), cmd, max(1, m.cfg.Slots), fmt.Sprintf("boot %d of %s", m.boots, m.cfg.Dir), m.cfg.Logf)
 	}
-	r.cmd = cmd
-	go r.read(out)
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		lf.Close()
+		return nil, err
+	}
+	r := &Run{guest: g, log: log, logFile: lf, start: time.Now(), exited: make(chan struct{}), changed: make(chan struct{})}
+	go r.read(pr)
 	return r, nil
 }
 
 // Run is one boot of a machine, from power on to QEMU's exit.
 type Run struct {
-	cmd     *exec.Cmd
+	guest   *Guest
 	log     string
 	logFile *os.File
 	start   time.Time
@@ -190,7 +216,7 @@ type Run struct {
 	waitErr error
 }
 
-func (r *Run) read(out io.Reader) {
+func (r *Run) read(out *os.File) {
 	b := make([]byte, 32<<10)
 	for {
 		n, err := out.Read(b)
@@ -206,10 +232,11 @@ func (r *Run) read(out io.Reader) {
 			break
 		}
 	}
-	err := r.cmd.Wait()
+	out.Close()
+	<-r.guest.Exited
 	r.logFile.Close()
 	r.mu.Lock()
-	r.waitErr = err
+	r.waitErr = r.guest.Err
 	close(r.exited)
 	close(r.changed)
 	r.changed = make(chan struct{})
@@ -230,7 +257,7 @@ func (r *Run) Console() string {
 func (r *Run) Elapsed() time.Duration { return time.Since(r.start) }
 
 // Pid is QEMU's process id.
-func (r *Run) Pid() int { return r.cmd.Process.Pid }
+func (r *Run) Pid() int { return r.guest.Cmd.Process.Pid }
 
 // ErrPanic is returned by Expect when the guest kernel panicked.
 var ErrPanic = errors.New("the guest kernel panicked")
@@ -312,7 +339,7 @@ func (r *Run) Kill() error {
 	if r.Exited() {
 		return nil
 	}
-	if err := r.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+	if err := r.guest.Cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("killing QEMU (pid %d): %w", r.Pid(), err)
 	}
 	select {

@@ -42,6 +42,9 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 		s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = "", 0, 0
 		confirmed := s.staged
 		s.staged = nil
+		if s.kexeced(ctx, booted) {
+			return s.confirmPending(ctx, booted, prev, confirmed)
+		}
 		if err := s.commit(meta.PhaseIdle, booted, fmt.Sprintf("confirmed slot %s (%s); slot %s is the previous", booted, ts.Version, prev)); err != nil {
 			return nil, err
 		}
@@ -49,6 +52,14 @@ func Confirm(ctx context.Context, env *Env) (*Result, error) {
 			return nil, err
 		}
 		return &Result{Slot: booted, Changed: true, Staged: confirmed, Message: fmt.Sprintf("confirmed slot %s (%s): it is the default now; slot %s is kept for rollback", booted, ts.Version, prev)}, nil
+	case booted == s.slots.Pending:
+		if s.kexeced(ctx, booted) {
+			return &Result{Slot: booted, Message: fmt.Sprintf("slot %s is confirmed, firmware start pending: slot %s stays the bootloader's default until the firmware starts slot %s (at the next reboot)", booted, s.slots.Previous, booted)}, nil
+		}
+		if err := s.completePending(ctx); err != nil {
+			return nil, err
+		}
+		return &Result{Slot: booted, Changed: true, Message: fmt.Sprintf("slot %s was started by the firmware: its blessing is complete, it is the default now", booted)}, nil
 	case s.slots.Phase == meta.PhaseTrial:
 		return nil, fmt.Errorf("%w: slot %s is on trial but this system booted from slot %s; the trial is rolled back at the next boot", ErrRefused, s.slots.Trial, booted)
 	case booted == s.slots.Active && s.slots.State(booted).State == "good":

@@ -45,8 +45,12 @@ type Env struct {
 	// SecureBoot: the firmware enforces Secure Boot, so it refuses to
 	// start a UKI that is not signed with a key it trusts.
 	SecureBoot bool
-	Now        func() time.Time
-	Logf       func(format string, args ...any)
+	// DB and DBX are the sha256 of the firmware's Secure Boot databases
+	// (efivar.SHA256) when SecureBoot: a trial is kexec'd only when its
+	// payload was checked against these at staging (meta.FirmwareCheck).
+	DB, DBX string
+	Now     func() time.Time
+	Logf    func(format string, args ...any)
 }
 
 func (e *Env) defaults() {
@@ -182,6 +186,11 @@ func Boot(ctx context.Context, env *Env) (Decision, error) {
 	if s.settled(ctx, booted) {
 		return Decision{Action: Continue, Reason: "nothing staged"}, nil
 	}
+	if s.slots.Pending != "" {
+		if d, stop, err := s.pendingBoot(ctx, booted); stop {
+			return d, err
+		}
+	}
 	// The default this boot was made with, before it is put right.
 	def, defErr := env.Loader.Default(ctx)
 	repaired := false
@@ -264,7 +273,7 @@ func (s *state) settled(ctx context.Context, booted meta.Slot) bool {
 // slot by default, blessed, with no boot-once (see settled); the caller
 // has made it so and synced the ESP. It writes only when that is news.
 func (s *state) loaderSettled(ctx context.Context) error {
-	if s.slots.Phase != meta.PhaseIdle || s.slots.LoaderDefault == s.slots.Active {
+	if s.slots.Phase != meta.PhaseIdle || s.slots.LoaderDefault == s.slots.Active || s.slots.Pending != "" {
 		return nil
 	}
 	if _, once, err := s.env.Loader.BootOnce(ctx); err != nil || once {
@@ -283,10 +292,18 @@ func (s *state) loaderSettled(ctx context.Context) error {
 
 // reconcileDefault makes the bootloader's default the slot META names
 // active: a cut between a META commit and the bootloader change it
-// announced is finished here.
+// announced is finished here. While a slot is firmware start pending, the default is the previous
+// slot, its fallback.
 func (s *state) reconcileDefault(ctx context.Context, def meta.Slot, err error) error {
 	if err != nil {
 		return err
+	}
+	if s.slots.Pending != "" {
+		if def == s.slots.Previous {
+			return nil
+		}
+		s.env.Logf("the bootloader's default is slot %s; slot %s is firmware start pending, so the default is slot %s, its fallback: setting it", def, s.slots.Pending, s.slots.Previous)
+		return s.env.Loader.SetDefault(ctx, s.slots.Previous)
 	}
 	if def == s.slots.Active {
 		return nil
@@ -373,7 +390,11 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		return fail("checking the slot", err)
 	}
 	// Boot once into the target: what the firmware does if kexec cannot,
-	// and the second try after a reset.
+	// and the second try after a reset; and a second start of the
+	// bootloader, should the firmware be unable to load the target.
+	if err := s.ensureFallback(ctx); err != nil {
+		s.env.Logf("%v", err)
+	}
 	if err := s.env.Loader.SetBootOnce(ctx, target); err != nil {
 		return fail("setting boot-once", err)
 	}
@@ -383,7 +404,37 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 	if err := s.commit(meta.PhaseTrial, target, fmt.Sprintf("slot %s written and checked; trying %s with %d boots to confirm", target, img.Version, s.env.Tries)); err != nil {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
-	return Decision{Action: Kexec, Slot: target, Reason: "trying slot " + string(target)}, nil
+	return s.tryTrial(target, "trying slot "+string(target)), nil
+}
+
+// tryTrial is the decision that starts the trial of slot: a kexec, unless
+// the firmware must check the slot itself (firmwareOnly): then a reboot,
+// which boot-once sends into the slot.
+func (s *state) tryTrial(slot meta.Slot, reason string) Decision {
+	if why := s.firmwareOnly(); why != "" {
+		return Decision{Action: Reboot, Slot: slot, Reason: reason + " through the firmware, not by kexec: " + why}
+	}
+	return Decision{Action: Kexec, Slot: slot, Reason: reason}
+}
+
+// firmwareOnly says why the staged payload must not be kexec'd: under
+// Secure Boot a kexec checks only the kernel, while the firmware checks
+// the whole image against db and dbx. A payload checked at staging against
+// the databases the firmware holds now is kexec'd; "" says so.
+func (s *state) firmwareOnly() string {
+	if !s.env.SecureBoot || s.staged == nil {
+		return ""
+	}
+	fc := s.staged.Firmware
+	switch {
+	case fc == nil:
+		return "Secure Boot is on and the payload was not checked against db and dbx when it was staged"
+	case !fc.Trusted:
+		return "it was staged with --allow-untrusted (" + fc.Reason + ")"
+	case fc.DB != s.env.DB || fc.DBX != s.env.DBX:
+		return "db or dbx changed since the payload was checked against them at staging"
+	}
+	return ""
 }
 
 // image is what the payload installs in a slot, and how to check the slot
@@ -524,7 +575,7 @@ func (s *state) neverBooted(ctx context.Context, booted meta.Slot) (Decision, er
 		// again, which gives the trial up.
 		s.env.Logf("setting boot-once: %v", err)
 	}
-	return Decision{Action: Kexec, Slot: trial, Reason: reason}, nil
+	return s.tryTrial(trial, reason), nil
 }
 
 // rollback marks the trial slot bad with reason, makes sure nothing boots it

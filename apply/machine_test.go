@@ -63,36 +63,67 @@ func TestApplyTrialConfirm(t *testing.T) {
 	if err != nil || !res.Changed || res.Slot != meta.SlotB || res.Staged == nil {
 		t.Fatalf("confirm: %+v, %v", res, err)
 	}
+	// Confirmed after a kexec: in META, firmware start pending; the
+	// bootloader as the trial armed it.
 	sl = m.Slots()
-	if sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA || sl.B.State != "good" || sl.A.State != "good" || sl.LoaderDefault != meta.SlotB {
+	if sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA || sl.B.State != "good" || sl.A.State != "good" || sl.Pending != meta.SlotB || sl.LoaderDefault != meta.SlotA {
 		t.Fatalf("after confirm: %+v", sl)
 	}
 	dk = m.Open("")
-	_, onceSet, _ = dk.Loader.BootOnce(ctx)
+	once, onceSet, _ = dk.Loader.BootOnce(ctx)
 	def, _ = dk.Loader.Default(ctx)
 	entries, _ := dk.Loader.Slots(ctx)
 	dk.Close()
-	if onceSet || def != meta.SlotB {
-		t.Errorf("after confirm: boot once set %v, default %s", onceSet, def)
+	if !onceSet || once != meta.SlotB || def != meta.SlotA || !entries[1].Counting {
+		t.Errorf("after confirm: boot once %v %s, default %s, b's entry %s; want once b, default a, b counted", onceSet, once, def, entries[1].Description)
 	}
-	for _, e := range entries {
-		if e.Counting {
-			t.Errorf("entry %s still counts tries after confirm", e.Description)
-		}
-	}
-	m.CheckESP()
-	// Idempotent.
+	// Idempotent, and says so.
 	dk = m.Open(meta.SlotB)
 	res, err = apply.Confirm(ctx, &dk.Env)
 	dk.Close()
-	if err != nil || res.Changed {
+	if err != nil || res.Changed || !strings.Contains(res.Message, "firmware start pending") {
 		t.Fatalf("second confirm: %+v, %v", res, err)
 	}
-	// Cold boot: the firmware starts b, prestage does nothing.
+	// The first cold boot: the firmware starts b, whose prestage
+	// completes the blessing.
 	if s := m.Firmware(); s != meta.SlotB {
 		t.Fatalf("cold boot after confirm starts slot %s", s)
 	}
 	if d := m.Prestage(meta.SlotB); d.Action != apply.Continue {
+		t.Fatalf("first firmware boot of b: %+v", d)
+	}
+	sl = m.Slots()
+	if sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Pending != "" || sl.LoaderDefault != meta.SlotB {
+		t.Fatalf("after the first firmware boot: %+v", sl)
+	}
+	if !strings.Contains(m.LastReason(), "started by the firmware: its blessing is complete") {
+		t.Errorf("last transition: %s", m.LastReason())
+	}
+	dk = m.Open("")
+	_, onceSet, _ = dk.Loader.BootOnce(ctx)
+	def, _ = dk.Loader.Default(ctx)
+	entries, _ = dk.Loader.Slots(ctx)
+	dk.Close()
+	if onceSet || def != meta.SlotB {
+		t.Errorf("after the blessing: boot once set %v, default %s", onceSet, def)
+	}
+	for _, e := range entries {
+		if e.Counting {
+			t.Errorf("entry %s still counts tries after the blessing", e.Description)
+		}
+	}
+	m.CheckESP()
+	dk = m.Open(meta.SlotB)
+	res, err = apply.Confirm(ctx, &dk.Env)
+	dk.Close()
+	if err != nil || res.Changed {
+		t.Fatalf("confirm after the blessing: %+v, %v", res, err)
+	}
+	// Cold boot: the firmware starts b, prestage does nothing.
+	if s := m.Firmware(); s != meta.SlotB {
+		t.Fatalf("second cold boot starts slot %s", s)
+	}
+	if d := m.Prestage(meta.SlotB); d.Action != apply.Continue || d.Reason != "nothing staged" {
 		t.Fatalf("boot after confirm: %+v", d)
 	}
 }

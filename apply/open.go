@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"fmt"
+	"github.com/google/uuid"
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
@@ -51,12 +52,18 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 		}
 		return f, nil
 	}}
+	loaderOpts := []boot.SystemdBootOption{boot.WithEFIVars(vars)}
+	if g, err := uuid.Parse(espPart.GUID); err == nil {
+		ss := uint64(d.SectorSize())
+		loaderOpts = append(loaderOpts, boot.WithESPPartition(boot.ESPPartition{
+			Index: uint32(espPart.Index), GUID: g, StartLBA: uint64(espPart.Offset) / ss, SizeLBA: uint64(espPart.Size) / ss}))
+	}
 	return &Disk{
 		Env: Env{
 			Store:     store,
 			Stage:     stage,
 			StageSize: stage.Size,
-			Loader:    boot.NewSystemdBoot(esp, boot.WithEFIVars(vars)),
+			Loader:    boot.NewSystemdBoot(esp, loaderOpts...),
 		},
 		Disk:  d,
 		STAGE: stage,

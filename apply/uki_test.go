@@ -76,16 +76,27 @@ func TestUKIMigration(t *testing.T) {
 	if _, err := m.Confirm(meta.SlotB); err != nil {
 		t.Fatal(err)
 	}
-	if d := cmp.Diff([]string{"loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b.efi"}, espEntries(t, m)); d != "" {
+	// Confirmed after a kexec: firmware start pending, the UKI counted.
+	if d := cmp.Diff([]string{"loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b+2.efi"}, espEntries(t, m)); d != "" {
 		t.Fatalf("entries after confirm (-want, +got):\n%s", d)
 	}
 	// A cold boot through the firmware: no stagehand.slot= on the command
-	// line; systemd-boot's LoaderEntrySelected says b.
+	// line; systemd-boot's LoaderEntrySelected says b, and its prestage
+	// completes the blessing.
 	if s := m.Firmware(); s != meta.SlotB {
 		t.Fatalf("cold boot starts slot %s", s)
 	}
+	if d := m.Prestage(""); d.Action != apply.Continue {
+		t.Fatalf("first cold boot of the UKI: %+v", d)
+	}
+	if d := cmp.Diff([]string{"loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b.efi"}, espEntries(t, m)); d != "" {
+		t.Fatalf("entries after the first cold boot (-want, +got):\n%s", d)
+	}
+	if s := m.Firmware(); s != meta.SlotB {
+		t.Fatalf("second cold boot starts slot %s", s)
+	}
 	if d := m.Prestage(""); d.Action != apply.Continue || d.Reason != "nothing staged" {
-		t.Fatalf("cold boot of the UKI: %+v", d)
+		t.Fatalf("second cold boot of the UKI: %+v", d)
 	}
 	if sl := m.Slots(); sl.Active != meta.SlotB || sl.Phase != meta.PhaseIdle {
 		t.Fatalf("after the cold boot: %+v", sl)
@@ -102,6 +113,12 @@ func TestUKIMigration(t *testing.T) {
 	}
 	if _, err := m.Confirm(meta.SlotA); err != nil {
 		t.Fatal(err)
+	}
+	if s := m.Firmware(); s != meta.SlotA { // completes v3's blessing
+		t.Fatalf("first cold boot after v3 starts slot %s", s)
+	}
+	if d := m.Prestage(meta.SlotA); d.Action != apply.Continue {
+		t.Fatalf("first cold boot of v3: %+v", d)
 	}
 	if d := cmp.Diff([]string{"loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b.efi"}, espEntries(t, m)); d != "" {
 		t.Fatalf("entries after v3 (-want, +got):\n%s", d)

@@ -49,6 +49,7 @@ type SystemdBoot struct {
 	esp    FS
 	loader string
 	vars   efivar.Store
+	part   *ESPPartition // for FirmwareFallback
 }
 
 var (

@@ -105,6 +105,9 @@ func (d *Disk) Path() string { return d.path }
 // Size is the size of the disk in bytes.
 func (d *Disk) Size() int64 { return d.size }
 
+// SectorSize is the disk's logical block size, the unit of its GPT's LBAs.
+func (d *Disk) SectorSize() int64 { return int64(d.sectorSize) }
+
 // IsBlockDevice tells a block device from an image file.
 func (d *Disk) IsBlockDevice() bool { return d.block }
 

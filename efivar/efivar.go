@@ -1,7 +1,9 @@
 package efivar
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -212,4 +214,23 @@ func SecureBoot(s Store) (bool, error) {
 		return false, fmt.Errorf("SecureBoot holds %d bytes, want 1", len(data))
 	}
 	return data[0] == 1, nil
+}
+
+// ImageSecurityVendor is the vendor GUID of the Secure Boot signature
+// databases db and dbx (EFI_IMAGE_SECURITY_DATABASE_GUID).
+const ImageSecurityVendor = "d719b2cb-3d3a-4596-a3bc-dad00e67656f"
+
+// SHA256 is the sha256 (hex) of a variable's data, "" when it is unset:
+// what was verified against db and dbx at staging is still what the
+// firmware holds when the digests of both are unchanged.
+func SHA256(s Store, name, vendor string) (string, error) {
+	_, data, err := s.Get(name, vendor)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", name, err)
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:]), nil
 }

@@ -47,6 +47,10 @@ func descriptor(name, vendor string) (string, efivarfs.VariableDescriptor, error
 	return file, efivarfs.VariableDescriptor{Name: name, GUID: g}, nil
 }
 
+// List implements Lister, reading the directory: efivarfs shows each
+// variable as a file NAME-vendor.
+func (f *FS) List(vendor string) ([]string, error) { return listDir(f.dir, vendor) }
+
 // Get implements Store.
 func (f *FS) Get(name, vendor string) (uint32, []byte, error) {
 	file, desc, err := descriptor(name, vendor)

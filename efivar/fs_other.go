@@ -27,5 +27,8 @@ func (f *FS) Get(name, vendor string) (uint32, []byte, error) { return 0, nil, u
 // Set implements Store.
 func (f *FS) Set(name, vendor string, attrs uint32, data []byte) error { return unix.ENOSYS }
 
+// List implements Lister.
+func (f *FS) List(vendor string) ([]string, error) { return nil, unix.ENOSYS }
+
 // Remove implements Store.
 func (f *FS) Remove(name, vendor string) error { return unix.ENOSYS }

@@ -80,9 +80,24 @@ type Staged struct {
 	// comma-separated, when --verify-key and a policy rule were met by
 	// different keys; empty when no signature was checked.
 	SignedBy  string     `json:"signed_by,omitempty"`
+	// Firmware is what staging found of the payload's kernel or UKI
+	// against the firmware's Secure Boot databases; nil when Secure Boot
+	// was off.
+	Firmware *FirmwareCheck `json:"firmware,omitempty"`
 	Target    Slot       `json:"target"` // slot the payload goes to
 	Time      time.Time  `json:"time"`
 	Artifacts []Artifact `json:"artifacts"`
+}
+
+// FirmwareCheck is a payload checked at staging against db and dbx, as
+// the firmware checks it under Secure Boot. prestage kexecs it only while
+// db and dbx are the ones it was checked against (their sha256 here):
+// anything else goes through the firmware, which checks it itself.
+type FirmwareCheck struct {
+	Trusted bool   `json:"trusted"`          // the firmware would start it
+	Reason  string `json:"reason,omitempty"` // why not (staged with --allow-untrusted)
+	DB      string `json:"db"`               // sha256 of db's data, "" when unset
+	DBX     string `json:"dbx"`
 }
 
 func (s *Staged) validate() error {
@@ -134,6 +149,18 @@ type Slots struct {
 	// machine came back to the active slot without any boot of the trial
 	// slot (its boot-once lost in a power cut, or the kexec never made).
 	Rearmed int `json:"rearmed,omitempty"`
+	// Pending is the active slot while it is "confirmed, firmware start
+	// pending": confirmed in a boot reached by kexec, so that neither the
+	// firmware nor the bootloader has started it yet. Until a boot the
+	// firmware starts from its entry completes the blessing, its entry
+	// keeps its boot counter, Previous stays the bootloader's default and
+	// the slot boots once at the next firmware boot; a firmware boot that
+	// comes back to Previous instead rolls it back.
+	Pending Slot `json:"pending,omitempty"`
+	// PendingDone is how many firmware starts of Pending's entry its
+	// boot counter had recorded when it became pending: a larger count at
+	// a boot of Previous means the firmware tried it and came back.
+	PendingDone int `json:"pending_done,omitempty"`
 }
 
 // State is slot sl's state, a pointer into s: A unless sl is b.
@@ -150,7 +177,10 @@ func (s *Slots) validate() error {
 	default:
 		return fmt.Errorf("unknown phase %q", s.Phase)
 	}
-	for _, sl := range []Slot{s.Active, s.Previous, s.Trial, s.LoaderDefault} {
+	if s.Pending != "" && s.Pending != s.Active {
+		return fmt.Errorf("pending slot %q is not the active slot %q", s.Pending, s.Active)
+	}
+	for _, sl := range []Slot{s.Active, s.Previous, s.Trial, s.LoaderDefault, s.Pending} {
 		if sl != "" && !sl.valid() {
 			return fmt.Errorf("slot %q is not a or b", sl)
 		}

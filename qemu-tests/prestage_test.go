@@ -352,11 +352,13 @@ func TestPrestageConfirm(t *testing.T) {
 	expect(t, r, "stager confirm", stepTimeout, regexp.MustCompile(`stagehand-testos: step confirm: ok`))
 	powerDown(t, r, "v2")
 
+	// Confirmed after a kexec: firmware start pending (apply's
+	// pending.go), b's entry still counted, a the default.
 	st := status(t, u.img)
-	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA || sl.B.State != "good" || sl.Trial != "" {
+	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA || sl.B.State != "good" || sl.Trial != "" || sl.Pending != meta.SlotB {
 		t.Fatalf("META after confirm: %+v%s", sl, lastReasons(st, 4))
 	}
-	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b.conf"}, entries(t, u.img)); d != "" {
+	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b+2.conf"}, entries(t, u.img)); d != "" {
 		t.Errorf("entries after confirm (-want, +got):\n%s", d)
 	}
 	// STAGE holds nothing META does not refer to: confirm cleared v2's bytes.
@@ -365,7 +367,10 @@ func TestPrestageConfirm(t *testing.T) {
 	}
 	fsckESP(t, u.img)
 
+	// The first cold boot: the firmware starts b once, its prestage
+	// completes the blessing.
 	r = start(t, u.m)
+	expect(t, r, "cold boot: the blessing completed", bootTimeout, regexp.MustCompile(`slot b was started by the firmware: its blessing is complete`))
 	expect(t, r, "cold boot: prestage", bootTimeout, regexp.MustCompile(`stagehand: continue: nothing staged`))
 	cold := expectTestOS(t, r, "cold boot", "v2", u.k2, meta.SlotB)
 	expect(t, r, "cold boot: stager confirm", stepTimeout, regexp.MustCompile(`stagehand-testos: stager confirm: slot b is already confirmed and the default`))
@@ -374,8 +379,11 @@ func TestPrestageConfirm(t *testing.T) {
 
 	st = status(t, u.img)
 	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Previous != meta.SlotA ||
-		sl.B.State != "good" || sl.B.Version != "v2" || sl.A.State != "good" || st.Staged != nil {
+		sl.B.State != "good" || sl.B.Version != "v2" || sl.A.State != "good" || st.Staged != nil || sl.Pending != "" || sl.LoaderDefault != meta.SlotB {
 		t.Errorf("META after the cold boot: %+v, staged %+v%s", sl, st.Staged, lastReasons(st, 4))
+	}
+	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b.conf"}, entries(t, u.img)); d != "" {
+		t.Errorf("entries after the cold boot (-want, +got):\n%s", d)
 	}
 	fsckESP(t, u.img)
 }

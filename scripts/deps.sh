@@ -5,7 +5,8 @@
 set -euo pipefail
 
 # sbsigntool and openssl: the UKI tests sign with Debian ovmf's snakeoil key.
-need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl)
+# osslsigncode: the authenticode tests check their hash against its digest.
+need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl osslsigncode)
 # make demo stages from a real registry: Debian's docker-registry.
 if [[ ${1:-} == demo ]]; then
 	need_pkgs+=(docker-registry)

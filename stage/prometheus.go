@@ -39,6 +39,8 @@ func (st *Status) WritePrometheus(w io.Writer) error {
 	}
 	metric("stagehand_rollbacks", "gauge", "Rollbacks among the transitions META keeps (its ring is bounded).")
 	fmt.Fprintf(&b, "stagehand_rollbacks %d\n", rollbacks)
+	metric("stagehand_firmware_start_pending", "gauge", "1 while the active slot is confirmed after a kexec but not yet started by the firmware (its blessing completes at the next firmware boot).")
+	fmt.Fprintf(&b, "stagehand_firmware_start_pending{slot=\"%s\"} %d\n", sl.Pending, bool01(sl.Pending != ""))
 	metric("stagehand_off_active", "gauge", "1 when the running slot is neither META's active slot nor its trial.")
 	fmt.Fprintf(&b, "stagehand_off_active %d\n", bool01(st.OffActive != ""))
 	if n := len(st.Transitions); n > 0 {

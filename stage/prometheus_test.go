@@ -31,7 +31,17 @@ func TestWritePrometheus(t *testing.T) {
 			`stagehand_slot_good{slot="b",version="v\"3",state="bad"} 0`,
 			`stagehand_rollbacks 1`,
 			`stagehand_off_active 0`,
+			`stagehand_firmware_start_pending{slot=""} 0`,
 			`stagehand_last_transition_timestamp_seconds{from="trial",to="idle"} 1796292000`,
+		}},
+		{"firmware start pending", Status{
+			Booted: meta.SlotB,
+			Slots: &meta.Slots{Phase: meta.PhaseIdle, Active: meta.SlotB, Previous: meta.SlotA, Pending: meta.SlotB,
+				A: meta.SlotState{State: "good", Version: "v1"}, B: meta.SlotState{State: "good", Version: "v2"}},
+			Transitions: []meta.Transition{},
+		}, []string{
+			`stagehand_info{slot="b",version="v2",digest="",active="b"} 1`,
+			`stagehand_firmware_start_pending{slot="b"} 1`,
 		}},
 		{"on trial, booted unknown", Status{
 			Slots: &meta.Slots{Phase: meta.PhaseTrial, Active: meta.SlotA, Trial: meta.SlotB,

@@ -182,6 +182,12 @@ func (m *Machine) SettleWith(healthy func(slot meta.Slot, version string) bool) 
 				m.T.Fatalf("confirm on %s: %v", slot, err)
 			}
 		}
+		if m.Slots().Pending != "" {
+			// Confirmed after a kexec: settled once the firmware has
+			// started it (apply's pending.go).
+			slot = m.Firmware()
+			continue
+		}
 		return slot
 	}
 	m.T.Fatal("the machine did not settle in 8 boots")

@@ -79,14 +79,14 @@ type Staged struct {
 	// whose cosign signature was verified before staging; several,
 	// comma-separated, when --verify-key and a policy rule were met by
 	// different keys; empty when no signature was checked.
-	SignedBy  string     `json:"signed_by,omitempty"`
+	SignedBy string `json:"signed_by,omitempty"`
 	// Firmware is what staging found of the payload's kernel or UKI
 	// against the firmware's Secure Boot databases; nil when Secure Boot
 	// was off.
-	Firmware *FirmwareCheck `json:"firmware,omitempty"`
-	Target    Slot       `json:"target"` // slot the payload goes to
-	Time      time.Time  `json:"time"`
-	Artifacts []Artifact `json:"artifacts"`
+	Firmware  *FirmwareCheck `json:"firmware,omitempty"`
+	Target    Slot           `json:"target"` // slot the payload goes to
+	Time      time.Time      `json:"time"`
+	Artifacts []Artifact     `json:"artifacts"`
 }
 
 // FirmwareCheck is a payload checked at staging against db and dbx, as

@@ -430,7 +430,9 @@ func (a *Agent) rolledBack(ctx context.Context, node *corev1.Node, digest string
 	if err := a.release(ctx, node); err != nil {
 		a.logf("releasing the locks: %v", err)
 	}
-	if err := patchNode(ctx, a.Client, a.Node, nil, map[string]*string{AnnTarget: nil, AnnTargetDigest: nil, AnnBootID: nil}); err != nil {
+	// The phase label too: record wrote it before a staging that found
+	// the target rolled back (see stage).
+	if err := patchNode(ctx, a.Client, a.Node, map[string]*string{LabelPhase: str("rolled-back")}, map[string]*string{AnnTarget: nil, AnnTargetDigest: nil, AnnBootID: nil}); err != nil {
 		return err
 	}
 	return &rolledBackError{msg}
@@ -481,6 +483,10 @@ func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, out *Result) err
 	start := time.Now()
 	digest, err := a.stage(ctx)
 	out.Staging = time.Since(start)
+	var rb *stage.RolledBackError
+	if errors.As(err, &rb) {
+		return a.rolledBack(ctx, node, rb.State.Digest, &rb.State)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -488,7 +494,10 @@ func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, out *Result) err
 }
 
 // stage stages the target and returns the digest it staged: the tag may
-// have moved since it was resolved.
+// have moved since it was resolved, even to a digest that rolled back on
+// this node, which stage refuses (a *stage.RolledBackError, unless
+// a.Stage.Retry): the callers then stop the rollout as next's
+// stepRolledBack does, rather than fail a run that the Job would repeat.
 func (a *Agent) stage(ctx context.Context) (string, error) {
 	o := a.Stage
 	o.Logf = func(f string, args ...any) { a.logf(f, args...) }
@@ -536,7 +545,13 @@ func (a *Agent) stageForKured(ctx context.Context, node *corev1.Node, digest str
 		return &StoppedError{*stop}
 	}
 	if !staged {
-		if digest, err = a.stage(ctx); err != nil {
+		digest, err = a.stage(ctx)
+		var rb *stage.RolledBackError
+		if errors.As(err, &rb) {
+			a.clearSentinel()
+			return a.rolledBack(ctx, node, rb.State.Digest, &rb.State)
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,11 +12,13 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/stagehand-dev/stagehand/fleet"
 	"github.com/stagehand-dev/stagehand/fleet/kubetest"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/stage"
 )
 
 // TestRollbackStopsRollout: v3 does not come up on the first worker; the
@@ -81,6 +84,52 @@ func TestRollbackStopsRollout(t *testing.T) {
 	}
 	if k := c.getNode("w-0"); k.Labels[fleet.LabelPhase] != "idle" {
 		t.Errorf("w-0 phase %q after its upgrade to v2", k.Labels[fleet.LabelPhase])
+	}
+}
+
+// TestRolledBackTagMoved: the target's tag moved, after a run read the
+// digest it named, to a digest that rolled back on this node. Staging
+// refuses it (stage.ErrRolledBack), and the agent stops the rollout as for
+// any rollback (ErrRolledBack, exit 3), with META untouched and the node
+// uncordoned, rather than fail a run the Job would repeat.
+func TestRolledBackTagMoved(t *testing.T) {
+	c := newCluster(t, 0, 1, "v2", "v3")
+	ctx := context.Background()
+	w0 := c.nodes[0]
+	w0.healthy = func(v string) bool { return v != "v3" }
+	if _, err := c.job(w0, "v3"); !errors.Is(err, fleet.ErrRolledBack) {
+		t.Fatalf("%v, want a rollback", err)
+	}
+	if _, err := c.lock(1).Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// What a run records that resolved the tag before it moved back.
+	old, err := stage.Resolve(ctx, stage.Options{Image: c.ref("v2"), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q,%q:%q}}}`, fleet.AnnTarget, c.ref("v3"), fleet.AnnTargetDigest, old)
+	if _, err := c.cs.CoreV1().Nodes().Patch(ctx, "w-0", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := w0.m.Status()
+	_, err = c.job(w0, "v3")
+	if !errors.Is(err, fleet.ErrRolledBack) || !strings.Contains(err.Error(), "w-0 rolled back from v3") || !strings.Contains(err.Error(), "rollout is stopped") {
+		t.Fatalf("%v, want the rollback reported", err)
+	}
+	t.Logf("w-0 exits with: %v", err)
+	if st := w0.m.Status(); st.Generation != before.Generation || st.Staged != nil {
+		t.Errorf("META changed: generation %d → %d, staged %+v", before.Generation, st.Generation, st.Staged)
+	}
+	k := c.getNode("w-0")
+	if k.Spec.Unschedulable || k.Labels[fleet.LabelPhase] != "rolled-back" || k.Annotations[fleet.AnnTarget] != "" || k.Annotations[fleet.AnnCordoned] != "" {
+		t.Errorf("w-0: labels %v annotations %v unschedulable %v", k.Labels, k.Annotations, k.Spec.Unschedulable)
+	}
+	if s, _ := c.lock(1).Stopped(ctx); s == nil || s.Node != "w-0" {
+		t.Errorf("stop %+v", s)
+	}
+	if hs, _ := c.lock(1).Holders(ctx); len(hs) != 0 {
+		t.Errorf("lock held: %+v", hs)
 	}
 }
 

@@ -42,6 +42,9 @@ type Options struct {
 	Policy      *sign.Policy
 	MaxArtifact int64 // largest artifact accepted (default DefaultMaxArtifact)
 	MaxUnpacked int64 // most uncompressed bytes read (default DefaultMaxUnpacked)
+	// Retry stages an image even if its digest rolled back on this
+	// machine before (else ErrRolledBack); the staged transition says so.
+	Retry bool
 	// Progress is told the bytes read so far and the total (-1 when unknown).
 	Progress func(done, total int64)
 	Logf     func(format string, args ...any) // default: discard
@@ -62,7 +65,9 @@ var ErrBusy = errors.New("cannot stage now")
 // Stage pulls o.Image and stages it on o.Disk for the next boot. The
 // previous staged payload stays intact until the new one is durable and
 // recorded in META; on any failure META is unchanged and the bytes written to
-// the free half are zeroed again.
+// the free half are zeroed again. An image whose digest rolled back on this
+// machine is refused before anything is written (ErrRolledBack, as a
+// *RolledBackError), unless o.Retry.
 func Stage(ctx context.Context, o Options) (*Result, error) {
 	o.defaults()
 	src, reqs, err := o.source()
@@ -102,8 +107,16 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		}
 		return &Result{Staged: old, AlreadyStaged: true, Half: payload.HalfOf(old.Artifacts, stage.Size)}, nil
 	}
+	reason := "staged " + src.String() + " " + digest
+	if rb := rolledBack(slots, digest); rb != nil {
+		if !o.Retry {
+			return nil, rb
+		}
+		o.Logf("image %s rolled back on this machine (%s): staging it again, as asked (retry)", digest, rb.State.Reason)
+		reason += " (a retry: it rolled back on slot " + string(rb.Slot) + " before)"
+	}
 	target := slots.Active.Other()
-	if err := checkRoom(b, slots, src.String(), digest, signedBy, target); err != nil {
+	if err := checkRoom(b, slots, src.String(), digest, signedBy, target, reason); err != nil {
 		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
 	}
 
@@ -157,7 +170,7 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		if err := b.SetSlots(slots); err != nil {
 			return err
 		}
-		return b.AddTransition(meta.Transition{Time: st.Time, From: from, To: meta.PhaseStaged, Slot: target, Reason: "staged " + src.String() + " " + digest})
+		return b.AddTransition(meta.Transition{Time: st.Time, From: from, To: meta.PhaseStaged, Slot: target, Reason: reason})
 	})
 	if err != nil {
 		// META may hold the new record or the old one: leave STAGE be.
@@ -268,7 +281,7 @@ func zero(stage *disk.Region, start, end int64) error {
 
 // checkRoom refuses, before anything is written, a staged record that META
 // could not hold: a record for the largest artifact list there can be.
-func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, target meta.Slot) error {
+func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, target meta.Slot, reason string) error {
 	probe := b.Clone()
 	st := &meta.Staged{Image: ref, Digest: digest, SignedBy: signedBy, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)}
 	for _, name := range []string{payload.Kernel, payload.Initramfs, payload.UKI, payload.Cmdline, payload.Version} {
@@ -285,7 +298,7 @@ func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, t
 	if err := probe.SetSlots(&next); err != nil {
 		return err
 	}
-	return probe.AddTransition(meta.Transition{Time: st.Time, From: meta.PhaseStaged, To: meta.PhaseStaged, Slot: target, Reason: "staged " + ref + " " + digest})
+	return probe.AddTransition(meta.Transition{Time: st.Time, From: meta.PhaseStaged, To: meta.PhaseStaged, Slot: target, Reason: reason})
 }
 
 // Resolve returns the digest Stage would record for o.Image on o's

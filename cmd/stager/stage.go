@@ -20,6 +20,7 @@ func addStageFlags(root *cobra.Command) {
 	root.Flags().StringVar(&platform, "platform", "", "platform to pick from a multi-platform image, OS/ARCH[/VARIANT] (default: this machine's)")
 	root.Flags().BoolVar(&o.Insecure, "insecure", false, "talk plain HTTP to the registry")
 	root.Flags().Int64Var(&o.MaxArtifact, "max-artifact-size", stage.DefaultMaxArtifact, "refuse an artifact larger than this many bytes")
+	root.Flags().BoolVar(&o.Retry, "retry", false, "stage an image even if it rolled back on this machine before")
 	root.Flags().BoolVar(&reboot, "reboot", false, "reboot once the upgrade is staged")
 	root.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	diskPath := addDiskFlag(root)

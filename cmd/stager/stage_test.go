@@ -101,3 +101,39 @@ func TestStageBadUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestStageRolledBack: an image whose digest rolled back on this machine is
+// refused (one line, exit 1, the disk unchanged) until --retry.
+func TestStageRolledBack(t *testing.T) {
+	k, i := artifacts(t)
+	ref := "oci:" + t.TempDir() + ":v3"
+	code, out, e := stager(t, "image", "build", "--kernel", k, "--initramfs", i, "--version", "v3", "--output", ref)
+	if code != 0 {
+		t.Fatalf("image build: %d %q %q", code, out, e)
+	}
+	digest := strings.Fields(out)[3]
+	dsk := newDisk(t)
+	slots := `{"phase":"idle","active":"a","a":{"state":"good","version":"v2"},"b":{"state":"bad","version":"v3","digest":"` + digest + `","reason":"slot b did not confirm within 3 boots"}}`
+	if code, _, e := stager(t, "meta", "set", "slots", slots, "--disk", dsk); code != 0 {
+		t.Fatalf("meta set: %d %q", code, e)
+	}
+	before := hashFile(t, dsk)
+	code, _, e = stager(t, "--image", ref, "--disk", dsk)
+	want := "stager: image " + digest + " (v3) rolled back on this machine: slot b did not confirm within 3 boots; stage it again with --retry\n"
+	if code != 1 || e != want {
+		t.Fatalf("stage: exit %d, stderr %q; want exit 1 and %q", code, e, want)
+	}
+	if hashFile(t, dsk) != before {
+		t.Fatal("the refusal changed the disk")
+	}
+	code, out, e = stager(t, "--image", ref, "--disk", dsk, "--retry")
+	if code != 0 || !strings.Contains(out, "staged "+ref+" ("+digest+") for slot b") || !strings.Contains(e, "staging it again, as asked (retry)") {
+		t.Fatalf("stage --retry: %d %q %q", code, out, e)
+	}
+	if code, out, _ := stager(t, "status", "--disk", dsk); code != 0 || !strings.Contains(out, "(a retry: it rolled back on slot b before)") {
+		t.Errorf("status does not show the retry:\n%s", out)
+	}
+	if _, out, _ := stager(t, "--help"); !strings.Contains(out, "stage an image even if it rolled back on this machine before") {
+		t.Errorf("--help does not explain --retry:\n%s", out)
+	}
+}

@@ -45,6 +45,13 @@ type Options struct {
 	// Retry stages an image even if its digest rolled back on this
 	// machine before (else ErrRolledBack); the staged transition says so.
 	Retry bool
+	// Firmware, when it enforces Secure Boot, is checked to trust the
+	// payload's UKI (else its kernel) before it counts as staged (else
+	// ErrUntrusted); AllowUntrusted stages it anyway, never to be
+	// kexec'd. nil: not checked, and prestage sends the trial through
+	// the firmware under Secure Boot.
+	Firmware       *Firmware
+	AllowUntrusted bool
 	// Progress is told the bytes read so far and the total (-1 when unknown).
 	Progress func(done, total int64)
 	Logf     func(format string, args ...any) // default: discard
@@ -145,6 +152,12 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 			err = fmt.Errorf("refusing %s: /usr/install/%s/%s: %w", src, o.Platform.Architecture, payload.UKI, uerr)
 		}
 	}
+	var fc *meta.FirmwareCheck
+	if err == nil {
+		if fc, err = o.Firmware.check(stage, arts, o.AllowUntrusted); err != nil {
+			err = fmt.Errorf("refusing %s: %w", src, err)
+		}
+	}
 	if err == nil {
 		err = writeHeader(stage, int64(half)*hs, &payload.Header{Image: src.String(), Digest: digest, Artifacts: arts})
 	}
@@ -157,7 +170,7 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 
-	st := &meta.Staged{Image: src.String(), Digest: digest, Target: target, Time: o.Now().UTC(), Artifacts: arts, SignedBy: signedBy}
+	st := &meta.Staged{Image: src.String(), Digest: digest, Target: target, Time: o.Now().UTC(), Artifacts: arts, SignedBy: signedBy, Firmware: fc}
 	err = store.Update(func(b *meta.Block) error {
 		if err := b.SetStaged(st); err != nil {
 			return err

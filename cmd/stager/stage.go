@@ -3,11 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/stage"
 )
 
@@ -21,6 +23,9 @@ func addStageFlags(root *cobra.Command) {
 	root.Flags().BoolVar(&o.Insecure, "insecure", false, "talk plain HTTP to the registry")
 	root.Flags().Int64Var(&o.MaxArtifact, "max-artifact-size", stage.DefaultMaxArtifact, "refuse an artifact larger than this many bytes")
 	root.Flags().BoolVar(&o.Retry, "retry", false, "stage an image even if it rolled back on this machine before")
+	root.Flags().BoolVar(&o.AllowUntrusted, "allow-untrusted", false, "stage a UKI or kernel that the firmware's Secure Boot db would refuse (it is never kexec'd; the firmware's refusal rolls it back)")
+	var firmwareVars string
+	root.Flags().StringVar(&firmwareVars, "firmware-vars", "", "directory of EFI variables (efivarfs layout: SecureBoot, db, dbx) of the machine that boots --disk, to check the payload against its Secure Boot (default: this machine's, when --disk is the disk that booted or a block device)")
 	root.Flags().BoolVar(&reboot, "reboot", false, "reboot once the upgrade is staged")
 	root.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	diskPath := addDiskFlag(root)
@@ -48,6 +53,9 @@ func addStageFlags(root *cobra.Command) {
 			return err
 		}
 		if o.Disk, err = diskPath(); err != nil {
+			return err
+		}
+		if o.Firmware, err = firmwareOf(o.Disk, firmwareVars); err != nil {
 			return err
 		}
 		bar := newProgress(cmd.ErrOrStderr(), "staging")
@@ -81,9 +89,46 @@ func addStageFlags(root *cobra.Command) {
 		if st.SignedBy != "" && !asJSON {
 			fmt.Fprintf(out, "verified: cosign signature by key %s\n", st.SignedBy)
 		}
+		if fc := st.Firmware; fc != nil && !asJSON {
+			if fc.Trusted {
+				fmt.Fprintf(out, "verified: the firmware's Secure Boot db trusts it and dbx does not revoke it\n")
+			} else {
+				fmt.Fprintf(out, "warning: staged untrusted (--allow-untrusted): %s; it will not be kexec'd, and the firmware's refusal rolls it back\n", fc.Reason)
+			}
+		}
 		if reboot {
 			return rebootSystem(cmd)
 		}
 		return nil
 	}
+}
+
+// firmwareOf is the firmware that boots diskPath, whose Secure Boot the
+// payload is checked against: the variables in dir when given, else this
+// machine's when diskPath is a block device (the disk that booted, or one
+// attached to it); an image file's firmware is not known (nil).
+func firmwareOf(diskPath, dir string) (*stage.Firmware, error) {
+	var vars efivar.Store
+	switch {
+	case dir != "":
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return nil, usageError{fmt.Errorf("--firmware-vars %s: not a directory of EFI variables", dir)}
+		}
+		vars = efivar.Dir(dir)
+	default:
+		fi, err := os.Stat(diskPath)
+		if err != nil || fi.Mode()&os.ModeDevice == 0 {
+			return nil, nil
+		}
+		fs, err := efivar.NewFS(efivar.DefaultDir)
+		if err != nil {
+			return nil, nil // no EFI variables: no Secure Boot to check
+		}
+		vars = fs
+	}
+	f, err := stage.ReadFirmware(vars)
+	if err != nil {
+		return nil, fmt.Errorf("reading the firmware's Secure Boot state: %w", err)
+	}
+	return f, nil
 }

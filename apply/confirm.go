@@ -124,6 +124,7 @@ func Rollback(ctx context.Context, env *Env) (*Result, error) {
 		return nil, fmt.Errorf("%w: slot %s does not hold a good image (%s)", ErrRefused, to, why)
 	}
 	s.slots.Previous, s.slots.Active = from, to
+	s.slots.Pending, s.slots.PendingDone = "", 0 // the slot left is no longer the one to bless
 	if err := s.commit(meta.PhaseIdle, to, fmt.Sprintf("rolled back by stager rollback from slot %s to slot %s (%s)", from, to, s.slots.State(to).Version)); err != nil {
 		return nil, err
 	}

@@ -124,3 +124,21 @@ func TestPendingNotKexec(t *testing.T) {
 	}
 	m.CheckSettled(meta.SlotB)
 }
+
+// TestPendingRollback: stager rollback while slot b is firmware start
+// pending goes back to a for good: nothing pending, a the default, no
+// boot-once left to start b.
+func TestPendingRollback(t *testing.T) {
+	m := pendingB(t)
+	if _, err := m.Rollback(meta.SlotB); err != nil {
+		t.Fatal(err)
+	}
+	if sl := m.Slots(); sl.Active != meta.SlotA || sl.Pending != "" {
+		t.Fatalf("after the rollback: %+v", sl)
+	}
+	if s := m.Firmware(); s != meta.SlotA {
+		t.Fatalf("the next boot starts %s", s)
+	}
+	m.Prestage(meta.SlotA)
+	m.CheckSettled(meta.SlotA)
+}

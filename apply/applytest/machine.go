@@ -338,6 +338,14 @@ func (m *Machine) Confirm(slot meta.Slot) (*apply.Result, error) {
 	return apply.Confirm(context.Background(), &d.Env)
 }
 
+// Rollback runs stager rollback on a system booted from slot.
+func (m *Machine) Rollback(slot meta.Slot) (*apply.Result, error) {
+	m.T.Helper()
+	d := m.Open(slot)
+	defer d.Close()
+	return apply.Rollback(context.Background(), &d.Env)
+}
+
 // Status reads META as stager status does.
 func (m *Machine) Status() *stage.Status {
 	m.T.Helper()

@@ -266,7 +266,7 @@ func run(tests []test, lane int, log io.Writer) ([]result, []byte, bool) {
 				byName[top] = &bytes.Buffer{}
 			}
 			byName[top].WriteString(e.Output)
-		case !sub && (e.Action == "pass" || e.Action == "fail" || e.Action == "skip"):
+		case e.Test != "" && !sub && (e.Action == "pass" || e.Action == "fail" || e.Action == "skip"):
 			if e.Action == "fail" && byName[top] != nil {
 				report.Write(byName[top].Bytes())
 			}

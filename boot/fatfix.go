@@ -28,7 +28,7 @@ const fatEOC = 0x0ffffff8
 
 // repairFAT puts right what go-diskfs v1.9.4 leaves wrong on a FAT32, and
 // what a power cut leaves when the writes since the last sync landed in
-// any subset (a disk's volatile cache, see the README's crash model), so
+// any subset (a disk's volatile cache, see docs/crash-states.md, the crash model), so
 // that fsck.fat finds nothing and go-diskfs reads the file system:
 //
 //   - FAT copies that differ are made one: an entry takes the first copy's

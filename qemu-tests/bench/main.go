@@ -45,7 +45,7 @@ var (
 	rssMemory   = flag.Int("rss-memory", 256, "the memory of the VM of the 128 MiB apply, in MiB (the budget is for 256)")
 	only        = flag.String("only", "", "comma-separated parts to measure (host, fleet, sizes, noop, reboot, rss, realos); default all")
 	realOSBoots = flag.Int("realos-boots", 5, "boots of each real OS variant (rdinit=/prestage, rdinit=/init)")
-	readme      = flag.String("readme", "", "a README whose <!-- bench:begin --> … <!-- bench:end --> section gets the table")
+	readme      = flag.String("readme", "", "a Markdown file (docs/performance.md) whose <!-- bench:begin --> … <!-- bench:end --> section gets the table")
 )
 
 type bench struct {
@@ -461,7 +461,7 @@ func short(s string, n int) string {
 
 var readmeSection = regexp.MustCompile(`(?s)(<!-- bench:begin -->\n).*?(<!-- bench:end -->)`)
 
-// updateReadme replaces the README's bench section with the run's table.
+// updateReadme replaces the bench section of the -readme file (docs/performance.md) with the run's table.
 func updateReadme(path string, r *Report) error {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 // realOSBootTimeout bounds one real OS boot under TCG.
 const realOSBootTimeout = 5 * time.Minute
 
-// The real OS's budgets, set from quiet runs here (README, the real OS):
+// The real OS's budgets, set from quiet runs here (docs/performance.md, the real OS):
 //   - prestage adds at most 15% to kernel start → boot-complete.target. A
 //     pair of boots differs by up to ±10% under TCG whoever runs first
 //     (medians of 5 boots: +6.6%);

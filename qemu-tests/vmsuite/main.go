@@ -129,7 +129,7 @@ func main() {
 	}
 	fmt.Printf("vmsuite: %d s in all\n", int(time.Since(start).Seconds()))
 	for _, r := range results {
-		if r.action == "pass" {
+		if r.action != "fail" {
 			durs[r.key()] = r.elapsed
 		}
 	}

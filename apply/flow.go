@@ -49,8 +49,13 @@ type Env struct {
 	// (efivar.SHA256) when SecureBoot: a trial is kexec'd only when its
 	// payload was checked against these at staging (meta.FirmwareCheck).
 	DB, DBX string
-	Now     func() time.Time
-	Logf    func(format string, args ...any)
+	// TPMSealed names where the OS keeps a secret sealed to the TPM's
+	// measurements of a firmware boot (a LUKS2 volume with a systemd-tpm2
+	// token: disk.Disk.TPM2Sealed), "" when nowhere; asked only when a
+	// trial starts. nil: not known.
+	TPMSealed func() (string, error)
+	Now       func() time.Time
+	Logf      func(format string, args ...any)
 }
 
 func (e *Env) defaults() {
@@ -417,11 +422,21 @@ func (s *state) tryTrial(slot meta.Slot, reason string) Decision {
 	return Decision{Action: Kexec, Slot: slot, Reason: reason}
 }
 
-// firmwareOnly says why the staged payload must not be kexec'd: under
-// Secure Boot a kexec checks only the kernel, while the firmware checks
-// the whole image against db and dbx. A payload checked at staging against
-// the databases the firmware holds now is kexec'd; "" says so.
+// firmwareOnly says why the trial must not be kexec'd: the OS relies on a
+// TPM-sealed secret (a kexec does not reset the PCRs); or, under Secure
+// Boot, the payload was not checked at staging against the databases the
+// firmware holds now (a kexec checks only the kernel, the firmware the
+// whole image against db and dbx). "" says it may be.
 func (s *state) firmwareOnly() string {
+	if s.env.TPMSealed != nil {
+		where, err := s.env.TPMSealed()
+		switch {
+		case err != nil:
+			return fmt.Sprintf("the disk's LUKS2 headers could not be read (%v), and a secret sealed to the TPM unseals only after a firmware boot", err)
+		case where != "":
+			return fmt.Sprintf("%s holds a LUKS2 volume with a systemd-tpm2 token: a kexec leaves the TPM's PCRs as the previous boot left them, so a secret sealed to the measurements of a firmware boot would not unseal", where)
+		}
+	}
 	if !s.env.SecureBoot || s.staged == nil {
 		return ""
 	}

@@ -64,6 +64,7 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 			Stage:     stage,
 			StageSize: stage.Size,
 			Loader:    boot.NewSystemdBoot(esp, loaderOpts...),
+			TPMSealed: d.TPM2Sealed,
 		},
 		Disk:  d,
 		STAGE: stage,

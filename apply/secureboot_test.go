@@ -62,3 +62,32 @@ func TestSecureBootFirmwareOnly(t *testing.T) {
 		})
 	}
 }
+
+// TestTPMSealedFirmwareOnly: where the OS keeps a secret sealed to the
+// TPM's measurements, the trial goes through the firmware, never by kexec,
+// and the reason says why; Secure Boot or not.
+func TestTPMSealedFirmwareOnly(t *testing.T) {
+	m := applytest.New(t)
+	m.Firmware()
+	dk := m.Open(meta.SlotA)
+	dk.TPMSealed = func() (string, error) { return "disk.img partition 5 (root)", nil }
+	d, err := apply.Boot(context.Background(), &dk.Env)
+	dk.Close()
+	if err != nil || d.Action != apply.Reboot || d.Slot != meta.SlotB || !strings.Contains(d.Reason, "partition 5 (root) holds a LUKS2 volume with a systemd-tpm2 token") {
+		t.Fatalf("Boot = %+v, %v; want a firmware reboot into b naming the sealed volume", d, err)
+	}
+	// The firmware starts b (boot-once), whose boot is its trial's.
+	if s := m.Firmware(); s != meta.SlotB {
+		t.Fatalf("the firmware starts %s", s)
+	}
+	if d := m.Prestage(meta.SlotB); d.Action != apply.Continue {
+		t.Fatalf("%+v", d)
+	}
+	if _, err := m.Confirm(meta.SlotB); err != nil {
+		t.Fatal(err)
+	}
+	if sl := m.Slots(); sl.Pending != "" {
+		t.Fatalf("a trial the firmware started is pending: %+v", sl)
+	}
+	m.CheckSettled(meta.SlotB)
+}

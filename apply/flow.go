@@ -12,6 +12,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/cmdline"
+	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
 )
@@ -401,7 +402,14 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 		s.env.Logf("%v", err)
 	}
 	if err := s.env.Loader.SetBootOnce(ctx, target); err != nil {
-		return fail("setting boot-once", err)
+		if !efivar.ReadOnly(err) {
+			return fail("setting boot-once", err)
+		}
+		// Firmware without runtime variable writes: the trial is armed
+		// without it. The kexec tries the slot; where it cannot, the
+		// firmware starts the active slot, which arms it again and
+		// gives it up after MaxRearm, saying why.
+		s.env.Logf("setting boot-once for slot %s: %v; the firmware does not take variable writes: arming the trial without it", target, err)
 	}
 	*ts = meta.SlotState{State: "trial", Version: img.Version, Digest: st.Digest}
 	s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = target, s.env.Tries, 0

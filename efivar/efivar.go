@@ -13,6 +13,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/google/uuid"
+	"golang.org/x/sys/unix"
 )
 
 // Store holds EFI variables, each named by a name and a vendor GUID.
@@ -233,4 +234,18 @@ func SHA256(s Store, name, vendor string) (string, error) {
 	}
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:]), nil
+}
+
+// ReadOnly tells whether err is a firmware refusing variable writes at run
+// time, as efivarfs reports it: a read-only mount or firmware without
+// SetVariable at run time (EROFS), a firmware that answers EFI_INVALID_PARAMETER
+// or EFI_UNSUPPORTED (EINVAL, EOPNOTSUPP), write protection (EPERM, EACCES),
+// a full variable store (ENOSPC).
+func ReadOnly(err error) bool {
+	for _, e := range []error{unix.EROFS, unix.EINVAL, unix.EOPNOTSUPP, unix.EPERM, unix.EACCES, unix.ENOSPC} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

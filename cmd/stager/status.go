@@ -124,10 +124,10 @@ func printStatus(w io.Writer, st *stage.Status, loader *apply.LoaderStatus) erro
 		if st.Slots.Trial == s.name && st.Slots.Phase == meta.PhaseTrial {
 			state = fmt.Sprintf("trial, %d tries left", st.Slots.TriesLeft)
 		}
-		if st.Slots.Pending == s.name {
-			state += ", firmware start pending (confirmed after a kexec; the next firmware boot starts it once and completes its blessing)"
-		}
 		line := strings.TrimSpace(strings.Join([]string{state, s.ss.Version, s.ss.Reason}, "  "))
+		if st.Slots.Pending == s.name {
+			line += "  firmware start pending (confirmed after a kexec: the next firmware boot starts it once and completes its blessing)"
+		}
 		if loader != nil {
 			for _, e := range loader.Entries {
 				if e.Slot == s.name {

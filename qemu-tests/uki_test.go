@@ -228,9 +228,10 @@ var (
 // TestUKIUpgrade: one machine through four upgrades, each a cold power on
 // with the next version staged on the host.
 //  1. v1 in Type #1 entries → v2, a UKI, applied as EFI/Linux/stagehand-b+2.efi
-//     and kexec'd (its .linux, .initrd, .cmdline); v2 confirms: the entry is
-//     blessed to stagehand-b.efi (Type #1 → UKI migration, kexec upgrade).
-//  2. A cold boot stays on v2 (the firmware boots the blessed UKI; the
+//     and kexec'd (its .linux, .initrd, .cmdline); v2 confirms, firmware
+//     start pending (Type #1 → UKI migration, kexec upgrade).
+//  2. A cold boot stays on v2 (the firmware boots its UKI once, which
+//     completes the blessing to stagehand-b.efi; the
 //     slot is known from LoaderEntrySelected), whose command line has
 //     stagehand.kexec=0, so v3 (a UKI in slot a) boots through the firmware's
 //     boot-once, systemd-boot counting its try on the Type #2 entry
@@ -263,9 +264,11 @@ func TestUKIUpgrade(t *testing.T) {
 	expect(t, r, "v2 confirms", stepTimeout, confirmed)
 	powerDown(t, r, "v2")
 	t.Logf("1. Type #1 v1 → UKI v2 by kexec (kexec_file_load %s), confirmed: %s power on to power off", load[1], round(r.Elapsed()))
-	checkEntries(t, img, "after v2 confirmed", "loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b.efi")
+	// Confirmed after a kexec: firmware start pending, the UKI counted;
+	// the next power-on's firmware start completes its blessing.
+	checkEntries(t, img, "after v2 confirmed", "loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b+2.efi")
 	checkMETA(t, img, "after v2 confirmed", func(sl *meta.Slots) bool {
-		return sl.Phase == meta.PhaseIdle && sl.Active == meta.SlotB && sl.B.State == "good" && sl.B.Version == "v2"
+		return sl.Phase == meta.PhaseIdle && sl.Active == meta.SlotB && sl.B.State == "good" && sl.B.Version == "v2" && sl.Pending == meta.SlotB
 	})
 	fsckESP(t, img)
 
@@ -278,6 +281,7 @@ func TestUKIUpgrade(t *testing.T) {
 	// payload for the slot it booted from).
 	expect(t, r, "cold boot: v2's kernel", bootTimeout, regexp.MustCompile(`Linux version `+regexp.QuoteMeta(k2.Release)+` `))
 	expect(t, r, "cold boot: v2's command line", bootTimeout, regexp.MustCompile(`Kernel command line: `+regexp.QuoteMeta(v2.cmdline())+`\s`))
+	expect(t, r, "cold boot: v2's blessing completed", bootTimeout, regexp.MustCompile(`stagehand: staged → staged \(slot b\): slot b was started by the firmware: its blessing is complete`))
 	expect(t, r, "cold boot: v2's prestage applies v3", bootTimeout, regexp.MustCompile(`stagehand: staged → applying \(slot a\)`))
 	expect(t, r, "v2's prestage", bootTimeout, regexp.MustCompile(`stagehand: applying → trial \(slot a\): slot a written and checked; trying v3 with 2 boots`))
 	expect(t, r, "v2's prestage", stepTimeout, noKexec0)
@@ -333,9 +337,9 @@ func TestUKIUpgrade(t *testing.T) {
 	expect(t, r, "v5 confirms", stepTimeout, confirmed)
 	powerDown(t, r, "v5")
 	t.Logf("4. UKI v3 → Type #1 v5 by kexec, confirmed: %s power on to power off", round(r.Elapsed()))
-	checkEntries(t, img, "after v5 confirmed", "loader/entries/stagehand-b.conf", "EFI/Linux/stagehand-a.efi")
+	checkEntries(t, img, "after v5 confirmed", "loader/entries/stagehand-b+2.conf", "EFI/Linux/stagehand-a.efi")
 	checkMETA(t, img, "after v5 confirmed", func(sl *meta.Slots) bool {
-		return sl.Phase == meta.PhaseIdle && sl.Active == meta.SlotB && sl.B.State == "good" && sl.B.Version == "v5"
+		return sl.Phase == meta.PhaseIdle && sl.Active == meta.SlotB && sl.B.State == "good" && sl.B.Version == "v5" && sl.Pending == meta.SlotB
 	})
 	fsckESP(t, img)
 }

@@ -15,19 +15,15 @@ import (
 	"time"
 )
 
-// helperEnv makes the test binary, run again by TestGuestDiesWithParent, a
-// process that boots a guest and never ends it.
+// helperEnv makes TestGuestDiesWithParent, run again as a child, a process
+// that boots a guest in the directory it names and never ends it.
 const helperEnv = "STAGEHAND_VM_DEATHSIG_HELPER"
 
-// TestHelperGuest is the child: it boots OVMF on an empty disk (the
-// firmware finds nothing to boot and waits at the EFI shell's prompt,
-// printing nothing more: the guest a closed console pipe never ends),
-// prints QEMU's pid, and waits to be killed.
-func TestHelperGuest(t *testing.T) {
-	if os.Getenv(helperEnv) == "" {
-		t.Skip("the child of TestGuestDiesWithParent")
-	}
-	dir := os.Getenv(helperEnv)
+// bootAndWait is the child's part: it boots OVMF on an empty disk in dir
+// (the firmware finds nothing to boot and waits at the EFI shell's
+// prompt, printing nothing more: the guest a closed console pipe never
+// ends), prints QEMU's pid, and waits to be killed.
+func bootAndWait(t *testing.T, dir string) {
 	disk := filepath.Join(dir, "empty.img")
 	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
@@ -46,8 +42,13 @@ func TestHelperGuest(t *testing.T) {
 
 // TestGuestDiesWithParent: the process that booted a guest is SIGKILLed,
 // or ended by go test's -timeout; its guest must be gone a few seconds
-// later.
+// later. The child is this test binary running this test with helperEnv
+// set, so that go test's own -timeout ends it.
 func TestGuestDiesWithParent(t *testing.T) {
+	if dir := os.Getenv(helperEnv); dir != "" {
+		bootAndWait(t, dir)
+		return
+	}
 	if err := CheckHost(OVMF); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestGuestDiesWithParent(t *testing.T) {
 		{"timeout", []string{"-test.timeout=20s"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestHelperGuest$", "-test.count=1"}, tc.args...)...)
+			cmd := exec.Command(os.Args[0], append([]string{"-test.run=^TestGuestDiesWithParent$", "-test.count=1"}, tc.args...)...)
 			cmd.Env = append(os.Environ(), helperEnv+"="+t.TempDir())
 			out, err := cmd.StdoutPipe()
 			if err != nil {

@@ -46,10 +46,11 @@ type Env struct {
 	// SecureBoot: the firmware enforces Secure Boot, so it refuses to
 	// start a UKI that is not signed with a key it trusts.
 	SecureBoot bool
-	// DB and DBX are the sha256 of the firmware's Secure Boot databases
-	// (efivar.SHA256) when SecureBoot: a trial is kexec'd only when its
-	// payload was checked against these at staging (meta.FirmwareCheck).
-	DB, DBX string
+	// Databases returns the sha256 of the firmware's Secure Boot
+	// databases db and dbx (efivar.SHA256), asked only when a trial
+	// starts under Secure Boot: it is kexec'd only when its payload was
+	// checked against these at staging (meta.FirmwareCheck).
+	Databases func() (db, dbx string, err error)
 	// TPMSealed names where the OS keeps a secret sealed to the TPM's
 	// measurements of a firmware boot (a LUKS2 volume with a systemd-tpm2
 	// token: disk.Disk.TPM2Sealed), "" when nowhere; asked only when a
@@ -454,7 +455,15 @@ func (s *state) firmwareOnly() string {
 		return "Secure Boot is on and the payload was not checked against db and dbx when it was staged"
 	case !fc.Trusted:
 		return "it was staged with --allow-untrusted (" + fc.Reason + ")"
-	case fc.DB != s.env.DB || fc.DBX != s.env.DBX:
+	}
+	if s.env.Databases == nil {
+		return "db and dbx cannot be read to compare them with those the payload was checked against"
+	}
+	db, dbx, err := s.env.Databases()
+	switch {
+	case err != nil:
+		return fmt.Sprintf("db and dbx cannot be read (%v) to compare them with those the payload was checked against", err)
+	case fc.DB != db || fc.DBX != dbx:
 		return "db or dbx changed since the payload was checked against them at staging"
 	}
 	return ""

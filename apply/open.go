@@ -65,6 +65,17 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 			StageSize: stage.Size,
 			Loader:    boot.NewSystemdBoot(esp, loaderOpts...),
 			TPMSealed: d.TPM2Sealed,
+			Databases: func() (string, string, error) {
+				if vars == nil {
+					return "", "", boot.ErrNoEFIVars
+				}
+				db, err := efivar.SHA256(vars, "db", efivar.ImageSecurityVendor)
+				if err != nil {
+					return "", "", err
+				}
+				dbx, err := efivar.SHA256(vars, "dbx", efivar.ImageSecurityVendor)
+				return db, dbx, err
+			},
 		},
 		Disk:  d,
 		STAGE: stage,

@@ -50,7 +50,8 @@ func TestSecureBootFirmwareOnly(t *testing.T) {
 			}
 			m.Firmware()
 			dk := m.Open(meta.SlotA)
-			dk.SecureBoot, dk.DB, dk.DBX = true, tc.db, "h2"
+			dk.SecureBoot = true
+			dk.Databases = func() (string, string, error) { return tc.db, "h2", nil }
 			d, err := apply.Boot(context.Background(), &dk.Env)
 			dk.Close()
 			if err != nil || d.Action != tc.action || d.Slot != meta.SlotB || !strings.Contains(d.Reason, tc.why) {

@@ -155,18 +155,6 @@ func (p *prestage) run() apply.Decision {
 	} else {
 		dk.SecureBoot = sb
 	}
-	if dk.SecureBoot {
-		// What a staged payload was checked against: a change since
-		// (and an unreadable database) sends the trial through the
-		// firmware, which checks it itself.
-		var dbErr, dbxErr error
-		dk.DB, dbErr = efivar.SHA256(vars, "db", efivar.ImageSecurityVendor)
-		dk.DBX, dbxErr = efivar.SHA256(vars, "dbx", efivar.ImageSecurityVendor)
-		if err := errors.Join(dbErr, dbxErr); err != nil {
-			p.logf("Secure Boot databases: %v", err)
-			dk.DB, dk.DBX = "unreadable", "unreadable"
-		}
-	}
 	p.stepf("opened boot disk %s: META generation %d, booted slot %q", path, dk.Store.Generation(), slot)
 	dk.Logf = p.logf
 	if d := dk.Store.Damaged(); d != "" {

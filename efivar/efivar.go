@@ -232,8 +232,14 @@ func SHA256(s Store, name, vendor string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", name, err)
 	}
+	return DataSHA256(data), nil
+}
+
+// DataSHA256 is SHA256 of a set variable's data, for a caller that has
+// read it already.
+func DataSHA256(data []byte) string {
 	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), nil
+	return hex.EncodeToString(sum[:])
 }
 
 // ReadOnly tells whether err is a firmware refusing variable writes at run

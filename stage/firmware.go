@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 
 	"github.com/stagehand-dev/stagehand/authenticode"
 	"github.com/stagehand-dev/stagehand/efivar"
@@ -37,12 +38,20 @@ func ReadFirmware(vars efivar.Store) (*Firmware, error) {
 		db   **authenticode.Database
 		hash *string
 	}{{"db", &f.DB, &f.DBHash}, {"dbx", &f.DBX, &f.DBXHash}} {
-		if *v.db, err = authenticode.ReadDatabase(vars, v.name); err != nil {
+		// Read once: parsed for the check, hashed as prestage hashes
+		// it (efivar.SHA256: "" when unset).
+		_, data, err := vars.Get(v.name, efivar.ImageSecurityVendor)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			*v.db = &authenticode.Database{}
+			continue
+		case err != nil:
 			return nil, fmt.Errorf("reading the Secure Boot database %s: %w", v.name, err)
 		}
-		if *v.hash, err = efivar.SHA256(vars, v.name, efivar.ImageSecurityVendor); err != nil {
-			return nil, err
+		if *v.db, err = authenticode.ParseSignatureDatabase(data); err != nil {
+			return nil, fmt.Errorf("the Secure Boot database %s: %w", v.name, err)
 		}
+		*v.hash = efivar.DataSHA256(data)
 	}
 	return f, nil
 }

@@ -43,6 +43,10 @@ func snakeoilFirmware(t *testing.T) *Firmware {
 	if err != nil || !f.SecureBoot || f.DBHash == "" || f.DBXHash != "" {
 		t.Fatalf("ReadFirmware = %+v, %v", f, err)
 	}
+	// The hash prestage compares it with (apply.Env.Databases).
+	if h, err := efivar.SHA256(vars, "db", efivar.ImageSecurityVendor); err != nil || h != f.DBHash {
+		t.Fatalf("db's hash at staging %s, at boot %s (%v)", f.DBHash, h, err)
+	}
 	return f
 }
 

@@ -85,6 +85,7 @@ func TestStageBadUsage(t *testing.T) {
 		{[]string{"--image", "UPPER/Case!", "--disk", dsk}, 2, "malformed image reference"},
 		{[]string{"--image", "oci:/nonexistent", "--platform", "a/b/c/d", "--disk", dsk}, 2, "--platform"},
 		{[]string{"--image", "oci:" + t.TempDir() + ":v1", "--disk", dsk}, 1, "reading OCI layout"},
+		{[]string{"--image", "oci:" + t.TempDir() + ":v1", "--disk", dsk, "--firmware-vars", "/nonexistent"}, 2, "--firmware-vars /nonexistent: not a directory of EFI variables"},
 		{[]string{"stats"}, 2, `did you mean "status"?`},
 		{[]string{"image", "build", "--kernel", k}, 2, "--kernel and --initramfs are required"},
 		{[]string{"image", "build", "--kernel", k, "--initramfs", k}, 2, "exactly one of --output"},

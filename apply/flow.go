@@ -306,13 +306,13 @@ func (s *state) reconcileDefault(ctx context.Context, def meta.Slot, err error) 
 		return err
 	}
 	if s.slots.Pending != "" {
-		if def == s.slots.Previous {
+		if def == s.slots.Previous || def == s.slots.Pending && s.countedDefault(ctx) {
 			return nil
 		}
 		s.env.Logf("the bootloader's default is slot %s; slot %s is firmware start pending, so the default is slot %s, its fallback: setting it", def, s.slots.Pending, s.slots.Previous)
 		return s.env.Loader.SetDefault(ctx, s.slots.Previous)
 	}
-	if def == s.slots.Active {
+	if def == s.slots.Active || s.slots.Phase == meta.PhaseTrial && def == s.slots.Trial && s.countedDefault(ctx) {
 		return nil
 	}
 	s.env.Logf("the bootloader's default is slot %s, META's active slot is %s: setting it", def, s.slots.Active)
@@ -402,15 +402,16 @@ func (s *state) apply(ctx context.Context, booted meta.Slot) (Decision, error) {
 	if err := s.ensureFallback(ctx); err != nil {
 		s.env.Logf("%v", err)
 	}
-	if err := s.env.Loader.SetBootOnce(ctx, target); err != nil {
+	if err := s.armFirmwareStart(ctx, target); err != nil {
 		if !efivar.ReadOnly(err) {
 			return fail("setting boot-once", err)
 		}
-		// Firmware without runtime variable writes: the trial is armed
-		// without it. The kexec tries the slot; where it cannot, the
-		// firmware starts the active slot, which arms it again and
-		// gives it up after MaxRearm, saying why.
-		s.env.Logf("setting boot-once for slot %s: %v; the firmware does not take variable writes: arming the trial without it", target, err)
+		// Firmware without runtime variable writes, and no counted
+		// default: the trial is armed without either. The kexec tries
+		// the slot; where it cannot, the firmware starts the active
+		// slot, which arms it again and gives it up after MaxRearm,
+		// saying why.
+		s.env.Logf("arming slot %s: %v: arming the trial without boot-once", target, err)
 	}
 	*ts = meta.SlotState{State: "trial", Version: img.Version, Digest: st.Digest}
 	s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = target, s.env.Tries, 0
@@ -602,10 +603,10 @@ func (s *state) neverBooted(ctx context.Context, booted meta.Slot) (Decision, er
 	if err := s.commit(meta.PhaseTrial, trial, reason); err != nil {
 		return Decision{Action: Continue, Reason: err.Error()}, err
 	}
-	if err := s.env.Loader.SetBootOnce(ctx, trial); err != nil {
+	if err := s.armFirmwareStart(ctx, trial); err != nil {
 		// The kexec is still tried; a firmware reboot then runs this slot
 		// again, which gives the trial up.
-		s.env.Logf("setting boot-once: %v", err)
+		s.env.Logf("%v", err)
 	}
 	return s.tryTrial(trial, reason), nil
 }
@@ -619,13 +620,11 @@ func (s *state) rollback(ctx context.Context, reason string, action Action) (Dec
 	s.slots.Trial, s.slots.TriesLeft, s.slots.Rearmed = "", 0, 0
 	dropped := s.staged
 	s.staged = nil
-	// Boot-once first: left set past the commit, it would start the slot
-	// just marked bad at the next firmware boot. Cut after it, the trial
-	// is still recorded and the next boot, of the active slot, rolls it
-	// back again.
-	if err := s.env.Loader.ClearBootOnce(ctx); err != nil {
-		s.env.Logf("clearing boot-once: %v", err)
-	}
+	// Boot-once and a counted default first: left set past the commit,
+	// they would start the slot just marked bad at the next firmware
+	// boot. Cut after them, the trial is still recorded and the next
+	// boot, of the active slot, rolls it back again.
+	s.disarm(ctx, s.slots.Active)
 	if err := s.commit(meta.PhaseIdle, trial, "rolled back: "+reason); err != nil {
 		return Decision{Action: Continue, Reason: reason}, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -39,8 +40,8 @@ func (s *state) confirmPending(ctx context.Context, booted, prev meta.Slot, conf
 	if e, err := s.trialEntry(ctx, booted); err == nil {
 		done = e.Done
 	}
-	if err := s.env.Loader.SetBootOnce(ctx, booted); err != nil {
-		s.env.Logf("setting boot-once for slot %s's first firmware start: %v; blessing it now", booted, err)
+	if err := s.armFirmwareStart(ctx, booted); err != nil {
+		s.env.Logf("%v; blessing slot %s now", err, booted)
 		if err := s.commit(meta.PhaseIdle, booted, fmt.Sprintf("confirmed slot %s (%s) after a kexec; the firmware cannot take boot-once (%v), so it is blessed now; slot %s is the previous", booted, ts.Version, err, prev)); err != nil {
 			return nil, err
 		}
@@ -50,13 +51,70 @@ func (s *state) confirmPending(ctx context.Context, booted, prev meta.Slot, conf
 		return &Result{Slot: booted, Changed: true, Staged: confirmed, Message: fmt.Sprintf("confirmed slot %s (%s): it is the default now (the firmware cannot boot it once first); slot %s is kept for rollback", booted, ts.Version, prev)}, nil
 	}
 	s.slots.Pending, s.slots.PendingDone = booted, done
-	if err := s.commit(meta.PhaseIdle, booted, fmt.Sprintf("confirmed slot %s (%s) after a kexec, firmware start pending: slot %s stays the bootloader's default until the firmware starts slot %s", booted, ts.Version, prev, booted)); err != nil {
+	counted := s.countedDefault(ctx)
+	until := fmt.Sprintf("slot %s stays the bootloader's default until the firmware starts slot %s", prev, booted)
+	if counted {
+		until = fmt.Sprintf("slot %s's counted entry is the bootloader's default, slot %s its fallback, until the firmware starts slot %s", booted, prev, booted)
+	}
+	if err := s.commit(meta.PhaseIdle, booted, fmt.Sprintf("confirmed slot %s (%s) after a kexec, firmware start pending: %s", booted, ts.Version, until)); err != nil {
 		return nil, err
 	}
 	if err := s.ensureFallback(ctx); err != nil {
 		s.env.Logf("%v", err)
 	}
-	return &Result{Slot: booted, Changed: true, Staged: confirmed, Message: fmt.Sprintf("confirmed slot %s (%s), firmware start pending: the next reboot goes through the firmware into slot %s once, which completes its blessing; slot %s stays the default until then", booted, ts.Version, booted, prev)}, nil
+	how := fmt.Sprintf("the next reboot goes through the firmware into slot %s once, which completes its blessing; slot %s stays the default until then", booted, prev)
+	if counted {
+		how = fmt.Sprintf("the next reboot goes through the firmware into slot %s by the bootloader's default, its counted entry, which completes its blessing; slot %s is the fallback until then", booted, prev)
+	}
+	return &Result{Slot: booted, Changed: true, Staged: confirmed, Message: fmt.Sprintf("confirmed slot %s (%s), firmware start pending: %s", booted, ts.Version, how)}, nil
+}
+
+// armFirmwareStart makes the next firmware boot start slot: by boot-once,
+// or, on firmware that takes no variable writes at run time, by making
+// the slot's counted entry the default (boot.CountedDefault), which the
+// bootloader gives up by itself once it has counted its tries. The error
+// of a firmware refusing the writes satisfies efivar.ReadOnly.
+func (s *state) armFirmwareStart(ctx context.Context, slot meta.Slot) error {
+	err := s.env.Loader.SetBootOnce(ctx, slot)
+	if err == nil || !efivar.ReadOnly(err) {
+		return err
+	}
+	cd, ok := s.env.Loader.(boot.CountedDefault)
+	if !ok {
+		return fmt.Errorf("setting boot-once for slot %s: %w", slot, err)
+	}
+	if cerr := cd.SetCountedDefault(ctx, slot); cerr != nil {
+		return fmt.Errorf("setting boot-once for slot %s: %w; nor can its counted entry be the default: %v", slot, err, cerr)
+	}
+	s.env.Logf("the firmware takes no boot-once (%v): slot %s's counted entry is the bootloader's default, which counts its firmware starts and gives it up by itself", err, slot)
+	return nil
+}
+
+// countedDefault tells whether a trial or pending slot is armed by the
+// counted default (armFirmwareStart).
+func (s *state) countedDefault(ctx context.Context) bool {
+	cd, ok := s.env.Loader.(boot.CountedDefault)
+	if !ok {
+		return false
+	}
+	on, err := cd.CountedDefault(ctx)
+	if err != nil {
+		s.env.Logf("reading the bootloader's default: %v", err)
+	}
+	return on
+}
+
+// disarm undoes what armFirmwareStart did, before a commit that gives the
+// armed slot up: boot-once cleared, the counted default replaced by def.
+func (s *state) disarm(ctx context.Context, def meta.Slot) {
+	if err := s.env.Loader.ClearBootOnce(ctx); err != nil {
+		s.env.Logf("clearing boot-once: %v", err)
+	}
+	if s.countedDefault(ctx) {
+		if err := s.env.Loader.SetDefault(ctx, def); err != nil {
+			s.env.Logf("setting the default back to slot %s: %v", def, err)
+		}
+	}
 }
 
 // ensureFallback makes sure the firmware comes back to the bootloader, not
@@ -106,8 +164,8 @@ func (s *state) pendingBoot(ctx context.Context, booted meta.Slot) (d Decision, 
 		if err := s.commit(s.slots.Phase, p, reason); err != nil {
 			return Decision{Action: Continue, Reason: err.Error()}, true, err
 		}
-		if err := s.env.Loader.SetBootOnce(ctx, p); err != nil {
-			s.env.Logf("setting boot-once: %v", err)
+		if err := s.armFirmwareStart(ctx, p); err != nil {
+			s.env.Logf("%v", err)
 			return Decision{Action: Continue, Reason: reason}, true, nil
 		}
 		return Decision{Action: Reboot, Slot: p, Reason: reason}, true, nil
@@ -129,9 +187,7 @@ func (s *state) pendingBoot(ctx context.Context, booted meta.Slot) (d Decision, 
 	ps.State, ps.Reason = "bad", reason
 	s.slots.Active, s.slots.Previous = prev, p
 	s.slots.Pending, s.slots.PendingDone, s.slots.Rearmed = "", 0, 0
-	if err := s.env.Loader.ClearBootOnce(ctx); err != nil {
-		s.env.Logf("clearing boot-once: %v", err)
-	}
+	s.disarm(ctx, prev)
 	if err := s.commit(s.slots.Phase, p, "rolled back: "+reason); err != nil {
 		return Decision{Action: Continue, Reason: reason}, true, err
 	}

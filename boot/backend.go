@@ -50,6 +50,7 @@ type SlotEntry struct {
 	Counting    bool
 	Left, Done  int
 	Description string // how the bootloader names it (entry file, menu entry)
+	SortKey     string // a Type #1 entry's sort-key, which orders the menu (CountedDefault)
 }
 
 // Backend is a bootloader that holds stagehand's two slots. systemd-boot is

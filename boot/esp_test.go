@@ -168,7 +168,7 @@ func TestDir(t *testing.T) {
 	}
 	for name, want := range map[string]string{
 		"loader/loader.conf":              "default stagehand-a[.+]*\ntimeout 0\n",
-		"loader/entries/stagehand-a.conf": "title stagehand slot A (v1)\nversion v1\nlinux /stagehand/a/vmlinuz\ninitrd /stagehand/a/initramfs\noptions stagehand.slot=a console=ttyS0\n",
+		"loader/entries/stagehand-a.conf": "title stagehand slot A (v1)\nversion v1\nsort-key stagehand-999999999\nlinux /stagehand/a/vmlinuz\ninitrd /stagehand/a/initramfs\noptions stagehand.slot=a console=ttyS0\n",
 		"stagehand/a/vmlinuz":             "k",
 		"stagehand/a/initramfs":           "i",
 	} {

@@ -142,7 +142,7 @@ func TestInitDisk(t *testing.T) {
 		}
 	}
 	entry := mtools(t, "mtype", img, espPart.Offset, "::/loader/entries/stagehand-a.conf")
-	wantEntry := "title stagehand slot A (v1)\nversion v1\nlinux /stagehand/a/vmlinuz\ninitrd /stagehand/a/initramfs\noptions stagehand.slot=a console=ttyS0 quiet\n"
+	wantEntry := "title stagehand slot A (v1)\nversion v1\nsort-key stagehand-999999999\nlinux /stagehand/a/vmlinuz\ninitrd /stagehand/a/initramfs\noptions stagehand.slot=a console=ttyS0 quiet\n"
 	if entry != wantEntry {
 		t.Errorf("entry:\n%s\nwant:\n%s", entry, wantEntry)
 	}
@@ -210,9 +210,9 @@ func TestInitDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantSlots := []SlotEntry{
-		{Slot: meta.SlotA, Version: "v1", Cmdline: "stagehand.slot=a console=ttyS0 quiet", Kernel: "/stagehand/a/vmlinuz", Initrd: "/stagehand/a/initramfs", Description: "loader/entries/stagehand-a.conf"},
+		{Slot: meta.SlotA, Version: "v1", Cmdline: "stagehand.slot=a console=ttyS0 quiet", Kernel: "/stagehand/a/vmlinuz", Initrd: "/stagehand/a/initramfs", Description: "loader/entries/stagehand-a.conf", SortKey: "stagehand-999999999"},
 		{Slot: meta.SlotB, Version: "v2", Cmdline: "stagehand.slot=b console=ttyS0", Kernel: "/stagehand/b/vmlinuz", Initrd: "/stagehand/b/initramfs",
-			Counting: true, Left: 2, Done: 1, Description: "loader/entries/stagehand-b+2-1.conf"},
+			Counting: true, Left: 2, Done: 1, Description: "loader/entries/stagehand-b+2-1.conf", SortKey: "stagehand-999999998"},
 	}
 	if d := cmp.Diff(wantSlots, got); d != "" {
 		t.Errorf("Slots (-want, +got):\n%s", d)

@@ -183,12 +183,19 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 	if img.Version != "" {
 		title += " (" + img.Version + ")"
 	}
+	// The entry installed last is listed first (nextSortKey): what a
+	// trial armed without boot-once needs (CountedDefault).
+	other := ""
+	if o, _, err := s.slotEntry(slot.Other()); err == nil {
+		other = o.SortKey
+	}
 	e := &Entry{
 		Title:   title,
 		Version: img.Version,
 		Linux:   "/" + path.Join(dir, "vmlinuz"),
 		Initrd:  []string{"/" + path.Join(dir, "initramfs")},
 		Options: opts,
+		Extra:   []Field{{"sort-key", nextSortKey(other)}},
 	}
 	conf, err := e.Marshal()
 	if err != nil {
@@ -328,18 +335,15 @@ func (s *SystemdBoot) Default(ctx context.Context) (meta.Slot, error) {
 			return "", fmt.Errorf("reading %s: %w", DefaultVar, err)
 		}
 	}
-	conf, err := s.loaderConfig()
+	def, err := s.confDefault()
 	if err != nil {
 		return "", err
 	}
-	def := ""
-	for _, f := range conf {
-		if f.Key == "default" {
-			def = f.Value
-		}
-	}
-	if def == "" {
+	switch def {
+	case "":
 		return "", fmt.Errorf("%s names no default entry", loaderConf)
+	case CountedDefaultPattern:
+		return s.countedDefaultSlot()
 	}
 	slot, err := s.matchSlot(def)
 	if err != nil {
@@ -456,7 +460,7 @@ func (s *SystemdBoot) slotEntry(slot meta.Slot) (SlotEntry, *Entry, error) {
 	se := SlotEntry{
 		Slot: slot, Version: e.Version, Cmdline: e.Options, Kernel: e.Linux,
 		Counting: n.Counting, Left: n.Left, Done: n.Done,
-		Description: path.Join(entriesDir, n.String()),
+		Description: path.Join(entriesDir, n.String()), SortKey: e.sortKey(),
 	}
 	if len(e.Initrd) > 0 {
 		se.Initrd = e.Initrd[0]

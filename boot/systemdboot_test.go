@@ -160,7 +160,8 @@ func TestDefaultMatch(t *testing.T) {
 		{"stagehand-b+0-1.conf", "", "some systemd-boot versions only"},
 		{"stagehand-b", "", "matches no stagehand slot"},
 		{"debian-*.conf", "", "matches no stagehand slot"},
-		{"stagehand-*", "", "both slots"},
+		{CountedDefaultPattern, meta.SlotA, ""}, // b has no tries left: listed last
+		{"stagehand-?*", "", "both slots"},
 		{"stagehand-[", "", "not a glob pattern"},
 	} {
 		t.Run(tc.def, func(t *testing.T) {
@@ -283,7 +284,7 @@ func TestReadSlot(t *testing.T) {
 		t.Errorf("ReadSlot: kernel %d bytes, initramfs %q", len(k), i)
 	}
 	want := SlotEntry{Slot: meta.SlotB, Version: "v2", Cmdline: "stagehand.slot=b console=ttyS0", Kernel: "/stagehand/b/vmlinuz",
-		Initrd: "/stagehand/b/initramfs", Counting: true, Left: 2, Description: "loader/entries/stagehand-b+2.conf"}
+		Initrd: "/stagehand/b/initramfs", Counting: true, Left: 2, Description: "loader/entries/stagehand-b+2.conf", SortKey: "stagehand-999999999"}
 	if d := cmp.Diff(want, e); d != "" {
 		t.Errorf("entry (-want, +got):\n%s", d)
 	}

@@ -248,7 +248,8 @@ func DataSHA256(data []byte) string {
 // or EFI_UNSUPPORTED (EINVAL, EOPNOTSUPP), write protection (EPERM, EACCES),
 // a full variable store (ENOSPC).
 func ReadOnly(err error) bool {
-	for _, e := range []error{unix.EROFS, unix.EINVAL, unix.EOPNOTSUPP, unix.EPERM, unix.EACCES, unix.ENOSPC} {
+	// u-root's efivarfs reports EPERM and EACCES as fs.ErrPermission.
+	for _, e := range []error{unix.EROFS, unix.EINVAL, unix.EOPNOTSUPP, unix.EPERM, unix.EACCES, unix.ENOSPC, fs.ErrPermission} {
 		if errors.Is(err, e) {
 			return true
 		}

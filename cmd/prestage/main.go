@@ -8,7 +8,10 @@
 // Kernel parameters: stagehand.slot=a|b (the slot this kernel came from),
 // stagehand.next=PATH (init to exec, default /init), stagehand.kexec=0
 // (reboot through the firmware instead of kexec), stagehand.modules=m1,m2
-// (modules to load before looking for disks), stagehand.debug.
+// (modules to load before looking for disks), stagehand.efivars=ro (never
+// write the firmware's variables: for firmware that fails or worse on
+// writes at run time; trials are then armed by the loader's default),
+// stagehand.debug.
 package main
 
 import (
@@ -222,7 +225,13 @@ func (p *prestage) bootDisk() (string, error) {
 	}
 	// efivarfs is how the boot loader says which disk booted; it is the one
 	// more pseudo-filesystem mounted before the decision.
-	if err := unix.Mount("efivarfs", disk.EFIVarsDir, "efivarfs", unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV, ""); err == nil {
+	// stagehand.efivars=ro: firmware known to fail or worse on variable
+	// writes at run time; the apply then arms trials without boot-once.
+	flags := uintptr(unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_NODEV)
+	if v, _ := p.param("stagehand.efivars"); v == "ro" {
+		flags |= unix.MS_RDONLY
+	}
+	if err := unix.Mount("efivarfs", disk.EFIVarsDir, "efivarfs", flags, ""); err == nil {
 		p.mounted = append(p.mounted, disk.EFIVarsDir)
 	} else if err != unix.EBUSY {
 		return "", fmt.Errorf("mounting efivarfs: %v", err)

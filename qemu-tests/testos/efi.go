@@ -20,7 +20,14 @@ import (
 // efiVars mounts efivarfs (its module comes in the initramfs) and opens it.
 func efiVars() (*efivar.FS, error) {
 	if _, err := efivar.NewFS(efivar.DefaultDir); err != nil {
-		if err := unix.Mount("efivarfs", efivar.DefaultDir, "efivarfs", 0, ""); err != nil && err != unix.EBUSY {
+		// stagehand.efivars=ro: the OS of a machine whose firmware takes
+		// no variable writes at run time (the kernel mounts efivarfs
+		// read-only where the firmware says so).
+		var flags uintptr
+		if cmdline()["stagehand.efivars"] == "ro" {
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount("efivarfs", efivar.DefaultDir, "efivarfs", flags, ""); err != nil && err != unix.EBUSY {
 			return nil, fmt.Errorf("mounting efivarfs: %w", err)
 		}
 	}

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -132,6 +133,12 @@ func (s Slots) holders() []string {
 		}
 		busy := flock(f, unix.LOCK_SH|unix.LOCK_NB) != nil
 		b, _ := os.ReadFile(f.Name())
+		// A holder writes its name just after it takes the lock: give it
+		// a moment rather than name nobody.
+		for try := 0; busy && len(bytes.TrimSpace(b)) == 0 && try < 20; try++ {
+			time.Sleep(10 * time.Millisecond)
+			b, _ = os.ReadFile(f.Name())
+		}
 		f.Close()
 		if busy {
 			out = append(out, fmt.Sprintf("slot %d: %s", i, strings.TrimSpace(string(b))))

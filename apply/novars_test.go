@@ -2,35 +2,13 @@ package apply_test
 
 import (
 	"context"
-	"errors"
-	"io/fs"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
-	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
-
-// noRuntimeWrites is firmware that refuses variable writes at run time, as
-// efivarfs reports it (a Raspberry Pi's missing SetVariableRT: EROFS),
-// for the variables the OS writes; the loader's own (LoaderEntrySelected,
-// set at boot) still appear.
-type noRuntimeWrites struct{ efivar.Store }
-
-func (n noRuntimeWrites) Set(name, vendor string, attrs uint32, data []byte) error {
-	return &fs.PathError{Op: "write", Path: name + "-" + vendor, Err: unix.EROFS}
-}
-
-func (n noRuntimeWrites) Remove(name, vendor string) error {
-	if _, _, err := n.Get(name, vendor); errors.Is(err, fs.ErrNotExist) {
-		return nil // efivarfs: nothing to remove
-	}
-	return &fs.PathError{Op: "remove", Path: name + "-" + vendor, Err: unix.EROFS}
-}
 
 // TestNoRuntimeVariableWrites: on firmware that takes no variable writes
 // at run time, a trial is armed without boot-once: its counted entry is the
@@ -40,7 +18,7 @@ func (n noRuntimeWrites) Remove(name, vendor string) error {
 // completes the blessing or, refused, comes back to slot a.
 func TestNoRuntimeVariableWrites(t *testing.T) {
 	boot1 := func(m *applytest.Machine, slot meta.Slot) apply.Decision {
-		d := m.OpenVars(slot, noRuntimeWrites{m.Vars})
+		d := m.OpenVars(slot, applytest.NoRuntimeWrites{Store: m.Vars})
 		defer d.Close()
 		dec, err := apply.Boot(context.Background(), &d.Env)
 		if err != nil {
@@ -49,7 +27,7 @@ func TestNoRuntimeVariableWrites(t *testing.T) {
 		return dec
 	}
 	confirm := func(m *applytest.Machine, slot meta.Slot) *apply.Result {
-		d := m.OpenVars(slot, noRuntimeWrites{m.Vars})
+		d := m.OpenVars(slot, applytest.NoRuntimeWrites{Store: m.Vars})
 		defer d.Close()
 		res, err := apply.Confirm(context.Background(), &d.Env)
 		if err != nil {

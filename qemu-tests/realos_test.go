@@ -186,7 +186,7 @@ func TestRealOSUpgrade(t *testing.T) {
 	images := imagesDisk(t, tree)
 	const ref = "oci:/mnt/images/v2:v2"
 	img := realOSDisk(t, "", "units,kmsg,hold-esp,stage-reboot:"+ref)
-	m := newMachine(t, img, "-drive", "if=none,id=images,format=raw,readonly=on,file="+images, "-device", "virtio-blk-pci,drive=images")
+	m := newMachine(t, img, "-drive", "if=none,id=images,format=raw,readonly=on,file="+vm.OptValue(images), "-device", "virtio-blk-pci,drive=images")
 
 	r := start(t, m)
 	expect(t, r, "v1's prestage", realOSBootTimeout, regexp.MustCompile(`stagehand: continue: nothing staged`))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
 
 // imagesDisk makes an ext4 image (mkfs.ext4 -d, e2fsprogs) holding the
@@ -74,7 +75,7 @@ func TestScenarioStageInGuest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.m = newMachine(t, u.img, "-drive", "if=none,id=images,format=raw,readonly=on,file="+images, "-device", "virtio-blk-pci,drive=images")
+	u.m = newMachine(t, u.img, "-drive", "if=none,id=images,format=raw,readonly=on,file="+vm.OptValue(images), "-device", "virtio-blk-pci,drive=images")
 
 	r := start(t, u.m)
 	expectTestOS(t, r, "v1", "v1", u.k1, meta.SlotA)

@@ -43,6 +43,12 @@ type Machine struct {
 	// V2Kernel and V2Initrd are the bytes New staged as v2.
 	V2Kernel, V2Initrd []byte
 
+	// ReadOnlyVars makes it firmware that takes no variable writes at
+	// run time: the OS's (every Open's) are refused as efivarfs refuses
+	// them (NoRuntimeWrites); the firmware's and the loader's own, in
+	// Firmware, still land.
+	ReadOnlyVars bool
+
 	// OnFirmware, when set, is called with the open disk and each slot
 	// Firmware starts, before the boot is recorded: the crash-state checker
 	// reads the slot's files there, as the real firmware would load them.
@@ -171,6 +177,9 @@ func (m *Machine) TryStageUKI(version string, u []byte) error {
 // unknown), logging to the test.
 func (m *Machine) Open(booted meta.Slot) *apply.Disk {
 	m.T.Helper()
+	if m.ReadOnlyVars {
+		return m.OpenVars(booted, NoRuntimeWrites{Store: m.Vars})
+	}
 	return m.OpenVars(booted, m.Vars)
 }
 
@@ -195,7 +204,7 @@ func (m *Machine) OpenVars(booted meta.Slot, vars efivar.Store) *apply.Disk {
 // variables as systemd-boot 252 does.
 func (m *Machine) Firmware() meta.Slot {
 	m.T.Helper()
-	d := m.Open("")
+	d := m.OpenVars("", m.Vars)
 	ctx := context.Background()
 	s, ok, err := d.Loader.BootOnce(ctx)
 	if err != nil {
@@ -218,7 +227,7 @@ func (m *Machine) Firmware() meta.Slot {
 			m.countTry(e)
 		}
 	}
-	d = m.Open("")
+	d = m.OpenVars("", m.Vars)
 	defer d.Close()
 	if m.OnFirmware != nil {
 		m.OnFirmware(d, s)

@@ -41,18 +41,21 @@ type scenario struct {
 	open    string
 	prepare func(t *testing.T) *applytest.Machine
 	run     func(t *testing.T, m *applytest.Machine)
+	// readOnlyVars: firmware that takes no variable writes at run time,
+	// in the run and in the states' boots.
+	readOnlyVars bool
 }
 
 var scenarios = []scenario{
 	{"staging", "", func(t *testing.T) *applytest.Machine { return applytest.NewDisk(t, "v1") },
-		func(t *testing.T, m *applytest.Machine) { m.V2Kernel, m.V2Initrd = m.StageVersion("v2") }},
+		func(t *testing.T, m *applytest.Machine) { m.V2Kernel, m.V2Initrd = m.StageVersion("v2") }, false},
 	{"cancel", "", applytestNew, func(t *testing.T, m *applytest.Machine) {
 		if _, err := stage.Cancel(context.Background(), m.Img, m.Now); err != nil {
 			t.Fatal(err)
 		}
-	}},
-	{"apply and confirm", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(true) }},
-	{"failed trial, rolled back", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(false) }},
+	}, false},
+	{"apply and confirm", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(true) }, false},
+	{"failed trial, rolled back", "", applytestNew, func(t *testing.T, m *applytest.Machine) { m.Settle(false) }, false},
 	{"stager rollback", "", func(t *testing.T) *applytest.Machine {
 		m := applytest.New(t)
 		m.Settle(true)
@@ -64,7 +67,40 @@ var scenarios = []scenario{
 		}
 		d.Close()
 		m.Settle(true)
-	}},
+	}, false},
+	// A slot confirmed after a kexec (firmware start pending) that the
+	// firmware cannot start at the first cold boot: slot a's prestage
+	// rolls it back.
+	{"pending, refused at the cold boot", "", func(t *testing.T) *applytest.Machine {
+		m := applytest.New(t)
+		m.Firmware()
+		m.Prestage(meta.SlotA) // kexec into b
+		m.Prestage(meta.SlotB)
+		if _, err := m.Confirm(meta.SlotB); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}, func(t *testing.T, m *applytest.Machine) {
+		m.Firmware() // b, counted, refused: the loader returns
+		if s := m.Firmware(); s != meta.SlotA {
+			t.Fatalf("the loader's second start boots %s", s)
+		}
+		m.Prestage(meta.SlotA)
+		m.Settle(true)
+	}, false},
+	// Firmware without runtime variable writes: the trial armed by its
+	// counted entry as the default, confirmed after the kexec, blessed at
+	// the first firmware start.
+	{"no variable writes, apply and confirm", "", func(t *testing.T) *applytest.Machine {
+		m := applytest.New(t)
+		m.ReadOnlyVars = true
+		return m
+	}, func(t *testing.T, m *applytest.Machine) { m.Settle(true) }, true},
+	{"no variable writes, failed trial", "", func(t *testing.T) *applytest.Machine {
+		m := applytest.New(t)
+		m.ReadOnlyVars = true
+		return m
+	}, func(t *testing.T, m *applytest.Machine) { m.Settle(false) }, true},
 }
 
 func applytestNew(t *testing.T) *applytest.Machine { return applytest.New(t) }
@@ -111,7 +147,7 @@ func TestCampaign(t *testing.T) {
 				}
 			}
 			states := crashstate.Generate(rec, o)
-			c := &crashstate.Checker{T: t, Base: base, Rec: rec, Inputs: m.Dir, Versions: versions, Name: sc.name, Keep: *keep}
+			c := &crashstate.Checker{T: t, Base: base, Rec: rec, Inputs: m.Dir, Versions: versions, Name: sc.name, Keep: *keep, ReadOnlyVars: sc.readOnlyVars}
 			fails := c.Check(states)
 			t.Logf("%s: %d entries, %d flushes, %d epochs, %d EFI variable states, %d crash states checked, %d failed (%s)",
 				sc.name, len(rec.Entries), flushes, len(eps), len(rec.Vars), len(states), len(fails), time.Since(start).Round(time.Millisecond))

@@ -46,6 +46,9 @@ type Checker struct {
 	Versions map[string]Files // the versions a slot may hold
 	Name     string           // the scenario's, for saved states
 	Keep     string           // when set, the directory failing states are saved in (Save)
+	// ReadOnlyVars boots the states on firmware that takes no variable
+	// writes at run time (applytest.Machine.ReadOnlyVars).
+	ReadOnlyVars bool
 
 	dir     string
 	durable *os.File // Base with the epochs before the current one applied
@@ -286,7 +289,7 @@ func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *
 	if inputs == "" {
 		inputs = dir
 	}
-	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)}
+	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC), ReadOnlyVars: c.ReadOnlyVars}
 	ctx := context.Background()
 	// What the real firmware reads first is the ESP as the cut left it,
 	// through its first FAT (EDK2's FAT driver reads that copy), before

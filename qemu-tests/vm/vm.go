@@ -141,26 +141,31 @@ func (m *Machine) Args() []string {
 		"-name", Marker+",process="+Marker,
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-nic", "none",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+m.cfg.Firmware.Code,
-		"-drive", "if=pflash,format=raw,unit=1,file="+m.vars,
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OptValue(m.cfg.Firmware.Code),
+		"-drive", "if=pflash,format=raw,unit=1,file="+OptValue(m.vars),
 	)
 	if m.cfg.WriteLog != "" {
 		// NOTES.md: no cache.no-flush on the blklogwrites node (it would
 		// hide the flushes), no discard or write-zeroes requests (logged
 		// without data), the superblock's count updated at every entry.
 		args = append(args,
-			"-blockdev", "driver=file,node-name=img,filename="+m.cfg.Disk,
-			"-blockdev", "driver=file,node-name=log,filename="+m.cfg.WriteLog,
+			"-blockdev", "driver=file,node-name=img,filename="+OptValue(m.cfg.Disk),
+			"-blockdev", "driver=file,node-name=log,filename="+OptValue(m.cfg.WriteLog),
 			"-blockdev", "driver=blklogwrites,node-name=disk0,file=img,log=log,log-sector-size=512,log-super-update-interval=1",
 			"-device", "virtio-blk-pci,drive=disk0,write-cache=on,discard=off,write-zeroes=off")
 	} else {
 		args = append(args,
-			"-drive", "if=none,id=disk0,format=raw,file="+m.cfg.Disk,
+			"-drive", "if=none,id=disk0,format=raw,file="+OptValue(m.cfg.Disk),
 			"-device", "virtio-blk-pci,drive=disk0")
 	}
 	args = append(args, "-serial", "stdio")
 	return append(args, m.cfg.Args...)
 }
+
+// OptValue escapes a value, a path, for a QEMU option list
+// ("file=PATH,..."), where a comma ends the value unless doubled: a test
+// named "a, b" has one in its directories.
+func OptValue(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // Start boots the machine and returns the running boot, once it holds a
 // guest slot (Launch). The console goes to Dir/console-N.log (N counting

@@ -31,8 +31,11 @@ var _ CountedDefault = (*SystemdBoot)(nil)
 // CountedDefaultPattern is loader.conf's default while a trial is armed
 // without boot-once: it matches both slots' entries, and systemd-boot
 // boots the first it matches in its menu's order, in which an entry with
-// no tries left comes last (config_entry_compare, config_entry_find).
-const CountedDefaultPattern = "stagehand-*"
+// no tries left comes last (config_entry_compare, config_entry_find). It
+// is as long as EntryPattern's, so that loader.conf keeps its size from
+// one to the other: its rewrite is one sector's, with no directory entry
+// to change, which a power cut cannot tear.
+const CountedDefaultPattern = "stagehand-?[.+]*"
 
 // How stagehand orders its Type #1 entries in systemd-boot's menu: each
 // entry it installs carries a sort-key that sorts before the other slot's

@@ -264,11 +264,17 @@ func newMachine(t testing.TB, img string, args ...string) *vm.Machine {
 // newMachineOn is newMachine with the firmware fw.
 func newMachineOn(t testing.TB, fw vm.Firmware, img string, args ...string) *vm.Machine {
 	t.Helper()
-	dir := t.TempDir()
+	return newMachineWith(t, vm.Config{Disk: img, Firmware: fw, Args: args})
+}
+
+// newMachineWith is newMachine with cfg, its directory set as there.
+func newMachineWith(t testing.TB, cfg vm.Config) *vm.Machine {
+	t.Helper()
+	cfg.Dir = t.TempDir()
 	if keep := os.Getenv("STAGEHAND_VM_LOGS"); keep != "" {
-		dir = filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
+		cfg.Dir = filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
 	}
-	m, err := vm.New(vm.Config{Dir: dir, Disk: img, Firmware: fw, Args: args})
+	m, err := vm.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

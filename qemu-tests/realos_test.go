@@ -126,9 +126,16 @@ var (
 // there, oci:DIR/VERSION:VERSION.
 func realOSImageBuild(t testing.TB, dir, flavor, version, steps string, files ...initramfs.File) string {
 	t.Helper()
+	return realOSImageBuildArgs(t, dir, flavor, version, steps, nil, files...)
+}
+
+// realOSImageBuildArgs is realOSImageBuild with more arguments of stager
+// image build (--uki).
+func realOSImageBuildArgs(t testing.TB, dir, flavor, version, steps string, args []string, files ...initramfs.File) string {
+	t.Helper()
 	layout := "oci:" + filepath.Join(dir, version) + ":" + version
-	out := hostStager(t, "image", "build", "--kernel", kernel(t, flavor).Vmlinuz, "--initramfs", realOSInitramfs(t, flavor, version, files...),
-		"--cmdline", realOSCmdline+" stagehand.realos.steps="+steps, "--version", version, "--output", layout)
+	out := hostStager(t, append([]string{"image", "build", "--kernel", kernel(t, flavor).Vmlinuz, "--initramfs", realOSInitramfs(t, flavor, version, files...),
+		"--cmdline", realOSCmdline + " stagehand.realos.steps=" + steps, "--version", version, "--output", layout}, args...)...)
 	t.Logf("%s", strings.TrimSpace(out))
 	return layout
 }
@@ -285,13 +292,17 @@ func TestRealOSUpgrade(t *testing.T) {
 	fsckESP(t, img)
 }
 
-// TestRealOSBlessBoot: systemd-bless-boot present and active. v1 runs
-// with stagehand.kexec=0, so its prestage applies the staged v2 and
-// reboots through the firmware: systemd-boot boots b's counted entry
-// (stagehand-b+1-1.conf) and sets LoaderBootCountPath, which makes
-// systemd 252's generator pull systemd-bless-boot.service in. stager
-// confirm (the confirm unit) blesses the entry, META first; bless-boot,
-// ordered after it by contrib's drop-in, finds it blessed and succeeds.
+// TestRealOSBlessBoot: systemd-bless-boot present and active, and a UKI
+// slot started by the firmware. v1 runs with stagehand.kexec=0, so its
+// prestage applies the staged v2, a unified kernel image, and reboots
+// through the firmware: systemd-boot boots b's counted UKI
+// (EFI/Linux/stagehand-b+1-1.efi) and sets LoaderBootCountPath, which
+// makes systemd 252's generator pull systemd-bless-boot.service in. The
+// UKI's own command line names no slot: the health check and confirm
+// units run because the loader says which entry it booted
+// (LoaderEntrySelected). stager confirm (the confirm unit) blesses the
+// entry, META first; bless-boot, ordered after it by contrib's drop-in,
+// finds it blessed and succeeds.
 // The result is a plain confirm's: META and the entries agree, and the ESP
 // passes fsck.fat -n. Then v2 runs stager rollback --reboot: systemd
 // reboots, the firmware starts slot a's default entry, and v1 runs again,
@@ -300,12 +311,16 @@ func TestRealOSBlessBoot(t *testing.T) {
 	checkHost(t)
 	k2 := kernel(t, "generic")
 	img := realOSDisk(t, "stagehand.kexec=0", "poweroff")
-	v2 := realOSImageBuild(t, t.TempDir(), "generic", "v2", "units,bless,status,rollback-reboot")
+	v2 := realOSImageBuildArgs(t, t.TempDir(), "generic", "v2", "units,bless,status,rollback-reboot", []string{"--uki"})
 	t.Logf("staged v2 on the host:\n%s", strings.TrimSpace(hostStager(t, "--image", v2, "--disk", img)))
 	r := start(t, newMachine(t, img))
 	applied(t, r)
 	expect(t, r, "the firmware reboot", realOSStepTimeout, regexp.MustCompile(`stagehand: .*reboot`))
-	expectRealOS(t, r, "v2 (firmware)", "v2", k2, meta.SlotB)
+	expectRealOS(t, r, "v2 (firmware, its UKI)", "v2", k2, meta.SlotB)
+	// The last kernel command line so far is v2's.
+	if all := regexp.MustCompile(`Command line: (.*)`).FindAllStringSubmatch(ansi.ReplaceAllString(r.Console(), ""), -1); len(all) == 0 || strings.Contains(all[len(all)-1][1], "stagehand.slot") {
+		t.Errorf("v2's command line names a slot, or none was printed (%q): not the UKI's own", all)
+	}
 	got, _ := expect(t, r, "v2's units", realOSStepTimeout, realOSUnits)
 	if got[1] != "active" || got[2] != "active" || got[3] != "active" || got[4] != "active" {
 		t.Errorf("v2's units: check %s, confirm %s, boot-complete.target %s, systemd-bless-boot %s; want all active", got[1], got[2], got[3], got[4])
@@ -329,8 +344,6 @@ func TestRealOSBlessBoot(t *testing.T) {
 	if last := st.Transitions[len(st.Transitions)-1]; !strings.Contains(last.Reason, "rolled back by stager rollback from slot b to slot a") {
 		t.Errorf("last transition %+v, want the rollback", last)
 	}
-	if d := cmp.Diff([]string{"stagehand-a.conf", "stagehand-b.conf"}, entries(t, img)); d != "" {
-		t.Errorf("entries (-want, +got):\n%s", d)
-	}
+	checkEntries(t, img, "after the rollback", "loader/entries/stagehand-a.conf", "EFI/Linux/stagehand-b.efi")
 	fsckESP(t, img)
 }

@@ -534,7 +534,7 @@ func (s *state) trialBoot(ctx context.Context, booted meta.Slot) (Decision, erro
 			} else if e.Done == 0 {
 				return s.neverBooted(ctx, booted)
 			} else {
-				why := "its kernel or initramfs fails early: panic, reset or hang"
+				why := "the firmware did not load it (out of memory, an image it refuses) or it failed early: panic, reset or hang"
 				if e.FirmwareRefuses(s.env.SecureBoot) {
 					why = "Secure Boot is on and its UKI is not signed: the firmware refuses to start it"
 				} else if s.env.SecureBoot && e.UKI {

@@ -184,7 +184,7 @@ func TestUKIRefusedByFirmware(t *testing.T) {
 		secureBoot bool
 		why        string
 	}{
-		{"no secure boot", false, "(its kernel or initramfs fails early: panic, reset or hang)"},
+		{"no secure boot", false, "(the firmware did not load it (out of memory, an image it refuses) or it failed early: panic, reset or hang)"},
 		{"secure boot", true, "(Secure Boot is on and its UKI is not signed: the firmware refuses to start it)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

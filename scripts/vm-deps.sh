@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what stagehand's VM tests need on a Debian machine, as root:
 # QEMU, OVMF (with its Secure Boot build and snakeoil key), systemd-boot, the
-# signing tools for Secure Boot (sbsigntool, openssl), the FAT, ext4 and cpio
+# signing tools for Secure Boot (sbsigntool, openssl), a software TPM (swtpm)
+# and cryptsetup (LUKS2 volumes sealed to it), the FAT, ext4 and cpio
 # tools, mmdebstrap and squashfs-tools (the real systemd OS, qemu-tests/realos),
 # and two different Debian
 # kernels unpacked into build/kernels/{cloud,generic}/ (vmlinuz, release,
@@ -18,7 +19,7 @@ die() {
 	exit 1
 }
 
-need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl)
+need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl swtpm cryptsetup-bin)
 need_files=(
 	/usr/bin/qemu-system-x86_64
 	/usr/share/OVMF/OVMF_CODE_4M.fd
@@ -40,6 +41,8 @@ need_files=(
 	/usr/bin/sbsign
 	/usr/bin/sbattach
 	/usr/bin/openssl
+	/usr/bin/swtpm
+	/usr/sbin/cryptsetup
 )
 
 updated=0

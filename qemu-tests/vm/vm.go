@@ -72,6 +72,8 @@ type Config struct {
 	Held *Held
 	// Logf hears that a boot waits for a slot; zero: standard error.
 	Logf func(format string, args ...any)
+	// TPM, when set, gives the machine a TPM 2.0 (swtpm).
+	TPM *TPM
 }
 
 // AllSlots, as Config.Slots, takes every guest slot of the machine.
@@ -187,7 +189,19 @@ func (m *Machine) Start() (*Run, error) {
 		lf.Close()
 		return nil, fmt.Errorf("vm: %w", err)
 	}
-	cmd := exec.Command(QEMU, m.Args()...)
+	args := m.Args()
+	stopTPM := func() {}
+	if m.cfg.TPM != nil {
+		tpmArgs, stop, err := m.cfg.TPM.qemuArgs()
+		if err != nil {
+			pr.Close()
+			pw.Close()
+			lf.Close()
+			return nil, err
+		}
+		args, stopTPM = append(args, tpmArgs...), stop
+	}
+	cmd := exec.Command(QEMU, args...)
 	cmd.Stdout, cmd.Stderr = pw, pw // QEMU's own complaints go to the log too
 	var g *Guest
 	if m.cfg.Held != nil {
@@ -197,12 +211,14 @@ func (m *Machine) Start() (*Run, error) {
 	}
 	pw.Close()
 	if err != nil {
+		stopTPM()
 		pr.Close()
 		lf.Close()
 		return nil, err
 	}
 	r := &Run{guest: g, log: log, logFile: lf, start: time.Now(), exited: make(chan struct{}), changed: make(chan struct{})}
 	go r.read(pr)
+	go func() { <-r.exited; stopTPM() }()
 	return r, nil
 }
 

@@ -24,41 +24,56 @@ const maxLUKSHeader = 4 << 20
 // TPM2Token reports whether r begins with a LUKS2 header whose tokens
 // include a systemd-tpm2 one. Anything that is not LUKS2 is false.
 func TPM2Token(r io.ReaderAt) (bool, error) {
+	tokens, err := LUKS2Tokens(r)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range tokens {
+		var tt struct {
+			Type string `json:"type"`
+		}
+		if json.Unmarshal(t, &tt) == nil && tt.Type == "systemd-tpm2" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// LUKS2Tokens returns the tokens of the LUKS2 header r begins with, each
+// its JSON object; none when r is not LUKS2.
+func LUKS2Tokens(r io.ReaderAt) ([]json.RawMessage, error) {
 	hdr := make([]byte, 4096)
 	if _, err := r.ReadAt(hdr, 0); err != nil {
 		if err == io.EOF {
-			return false, nil
+			return nil, nil
 		}
-		return false, err
+		return nil, err
 	}
 	if !bytes.Equal(hdr[:6], luksMagic) || binary.BigEndian.Uint16(hdr[6:]) != 2 {
-		return false, nil
+		return nil, nil
 	}
 	size := binary.BigEndian.Uint64(hdr[8:])
 	if size <= 4096 || size > maxLUKSHeader {
-		return false, fmt.Errorf("LUKS2 header size %d is out of range", size)
+		return nil, fmt.Errorf("LUKS2 header size %d is out of range", size)
 	}
 	area := make([]byte, size-4096)
 	if _, err := r.ReadAt(area, 4096); err != nil {
-		return false, fmt.Errorf("reading the LUKS2 metadata: %w", err)
+		return nil, fmt.Errorf("reading the LUKS2 metadata: %w", err)
 	}
 	if i := bytes.IndexByte(area, 0); i >= 0 {
 		area = area[:i]
 	}
 	var md struct {
-		Tokens map[string]struct {
-			Type string `json:"type"`
-		} `json:"tokens"`
+		Tokens map[string]json.RawMessage `json:"tokens"`
 	}
 	if err := json.Unmarshal(area, &md); err != nil {
-		return false, fmt.Errorf("the LUKS2 metadata: %w", err)
+		return nil, fmt.Errorf("the LUKS2 metadata: %w", err)
 	}
+	var out []json.RawMessage
 	for _, t := range md.Tokens {
-		if t.Type == "systemd-tpm2" {
-			return true, nil
-		}
+		out = append(out, t)
 	}
-	return false, nil
+	return out, nil
 }
 
 // TPM2Sealed names the first partition of d holding a LUKS2 volume with a

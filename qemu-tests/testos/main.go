@@ -85,9 +85,17 @@ func main() {
 		if step == "" {
 			continue
 		}
+		// !STEP is a required health check: when it fails, the OS does
+		// not go on (no confirm) and reboots, as stager check --reboot.
+		step, required := strings.CutPrefix(step, "!")
 		say("step %s: start", step)
 		if err := run(step); err != nil {
 			say("step %s: error: %v", step, err)
+			if required {
+				say("required step %s failed: rebooting", step)
+				reboot()
+				return
+			}
 		} else {
 			say("step %s: ok", step)
 		}
@@ -128,6 +136,8 @@ func run(step string) error {
 		return ioWatch("vda")
 	case "panic":
 		return crash()
+	case "tpm-unseal":
+		return tpmUnseal()
 	case "poweroff":
 		say("powering off")
 		powerOff()

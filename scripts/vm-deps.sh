@@ -2,7 +2,8 @@
 # Installs what stagehand's VM tests need on a Debian machine, as root:
 # QEMU, OVMF (with its Secure Boot build and snakeoil key), systemd-boot, the
 # signing tools for Secure Boot (sbsigntool, openssl), a software TPM (swtpm)
-# and cryptsetup (LUKS2 volumes sealed to it), the FAT, ext4 and cpio
+# and the TPM2 libraries systemd-measure loads to sign PCR policies with it,
+# cryptsetup (LUKS2 volumes sealed to it), the FAT, ext4 and cpio
 # tools, mmdebstrap and squashfs-tools (the real systemd OS, qemu-tests/realos),
 # and two different Debian
 # kernels unpacked into build/kernels/{cloud,generic}/ (vmlinuz, release,
@@ -19,7 +20,7 @@ die() {
 	exit 1
 }
 
-need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl swtpm cryptsetup-bin)
+need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0 cryptsetup-bin)
 need_files=(
 	/usr/bin/qemu-system-x86_64
 	/usr/share/OVMF/OVMF_CODE_4M.fd
@@ -42,6 +43,7 @@ need_files=(
 	/usr/bin/sbattach
 	/usr/bin/openssl
 	/usr/bin/swtpm
+	/usr/lib/systemd/systemd-measure
 	/usr/sbin/cryptsetup
 )
 

@@ -15,6 +15,13 @@ const (
 	SectionCmdline = ".cmdline" // the kernel command line
 	SectionOSRel   = ".osrel"   // os-release: systemd-boot's title and version
 	SectionUname   = ".uname"   // the kernel's release (uname -r)
+	// SectionPCRPKey is the PEM public key whose signatures of PCR 11
+	// policies an OS accepts (systemd-cryptenroll --tpm2-public-key);
+	// systemd-stub measures it into PCR 11 like the sections above.
+	SectionPCRPKey = ".pcrpkey"
+	// SectionPCRSig holds systemd-measure's signed PCR 11 policies (JSON);
+	// systemd-stub does not measure it, as it signs the measured sections.
+	SectionPCRSig = ".pcrsig"
 )
 
 // ErrNotUKI marks a PE file without the sections of a UKI.

@@ -40,10 +40,19 @@ kernel image (systemd-stub with .linux, .initrd, .cmdline, .osrel, .uname) at
 /usr/install/ARCH/vmlinuz.efi, installed as a systemd-boot Type #2 entry;
 --sign-key and --sign-cert sign it for Secure Boot (sbsign, Debian package
 sbsigntool). Its command line must not name stagehand.slot: a UKI serves
-either slot.`,
+either slot.
+
+--pcr-private-key embeds a PCR 11 policy signed with an RSA key (PEM) and its
+public key (.pcrsig and .pcrpkey, as ukify --pcr-private-key does), so that
+the OS can seal its secrets to every UKI signed with the key
+(systemd-cryptenroll --tpm2-public-key) instead of to one build's PCR values,
+which the next upgrade changes. It runs systemd-measure (Debian package
+systemd), which in systemd 252 needs a TPM: swtpm (Debian package swtpm) if
+installed, else the machine's own.`,
 		Example: `  stager image build --kernel vmlinuz --initramfs initrd.xz --version v2 --output oci:build/images:v2
   stager image build --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0" --push 127.0.0.1:5000/os:v2
-  stager image build --uki --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0 rdinit=/prestage" --version v2 --sign-key db.key --sign-cert db.pem --output oci:build/images:v2`,
+  stager image build --uki --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0 rdinit=/prestage" --version v2 --sign-key db.key --sign-cert db.pem --output oci:build/images:v2
+  stager image build --uki --kernel vmlinuz --initramfs initrd.xz --version v2 --pcr-private-key pcr.key --output oci:build/images:v2`,
 		Args: exactArgs(0, "no arguments"),
 	}
 	cmd.Flags().StringVar(&o.Kernel, "kernel", "", "kernel image (required)")
@@ -58,6 +67,7 @@ either slot.`,
 	cmd.Flags().StringVar(&u.Stub, "stub", installer.SystemdStub, "with --uki: systemd-stub")
 	cmd.Flags().StringVar(&u.SignKey, "sign-key", "", "with --uki: sign it with this key (PEM), for Secure Boot")
 	cmd.Flags().StringVar(&u.SignCert, "sign-cert", "", "with --uki: the key's certificate (PEM)")
+	cmd.Flags().StringVar(&u.PCRPrivateKey, "pcr-private-key", "", "with --uki: sign its PCR 11 policy with this RSA key (PEM) and embed the public key, so that the OS can seal secrets to every UKI signed with it (systemd-cryptenroll --tpm2-public-key)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.Kernel == "" || o.Initramfs == "" {
 			return usageError{fmt.Errorf("--kernel and --initramfs are required")}
@@ -73,8 +83,8 @@ either slot.`,
 		if (output != "" && src.Transport != stage.OCILayout) || (push != "" && src.Transport != stage.Registry) {
 			return usageError{fmt.Errorf("--output takes oci:DIR[:TAG] and --push a registry reference; got %q", dest)}
 		}
-		if !asUKI && (u.SignKey != "" || u.SignCert != "" || cmd.Flags().Changed("stub")) {
-			return usageError{fmt.Errorf("--sign-key, --sign-cert and --stub go with --uki")}
+		if !asUKI && (u.SignKey != "" || u.SignCert != "" || u.PCRPrivateKey != "" || cmd.Flags().Changed("stub")) {
+			return usageError{fmt.Errorf("--sign-key, --sign-cert, --pcr-private-key and --stub go with --uki")}
 		}
 		if asUKI {
 			dir, err := os.MkdirTemp(o.TempDir, "stagehand-uki-*")

@@ -77,6 +77,7 @@ func TestImageBuildAndStage(t *testing.T) {
 func TestStageBadUsage(t *testing.T) {
 	dsk := newDisk(t)
 	k, _ := artifacts(t)
+	layout := t.TempDir() // a refused image build writes nothing here
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -91,6 +92,7 @@ func TestStageBadUsage(t *testing.T) {
 		{[]string{"image", "build", "--kernel", k, "--initramfs", k}, 2, "exactly one of --output"},
 		{[]string{"image", "build", "--kernel", k, "--initramfs", k, "--output", "127.0.0.1:5000/x:v1"}, 2, "--output takes oci:DIR"},
 		{[]string{"image", "build", "--kernel", k, "--initramfs", "/nonexistent", "--output", "oci:" + t.TempDir()}, 1, "no such file"},
+		{[]string{"image", "build", "--kernel", k, "--initramfs", k, "--pcr-private-key", k, "--output", "oci:" + layout}, 2, "--pcr-private-key and --stub go with --uki"},
 	} {
 		before := hashFile(t, dsk)
 		code, _, errOut := stager(t, tc.args...)
@@ -100,6 +102,9 @@ func TestStageBadUsage(t *testing.T) {
 		if hashFile(t, dsk) != before {
 			t.Errorf("stager %s changed the disk", strings.Join(tc.args, " "))
 		}
+	}
+	if ents, _ := os.ReadDir(layout); len(ents) != 0 {
+		t.Errorf("a refused image build wrote %d files into %s", len(ents), layout)
 	}
 }
 

@@ -36,6 +36,7 @@ type ukiSpec struct {
 	steps           string // the test OS's steps
 	signed          bool   // the UKI signed with the snakeoil key (in db)
 	trustedKernel   bool   // the kernel inside re-signed with the snakeoil key (ukiKernel)
+	pcrKey          string // a PEM RSA key: the UKI carries a PCR 11 policy signed with it (.pcrsig, .pcrpkey)
 }
 
 // cmdline is the version's kernel command line: slotCmdline, its
@@ -124,6 +125,7 @@ func ukiFile(t testing.TB, s ukiSpec) string {
 	if s.signed {
 		o.SignKey, o.SignCert = snakeoil(t)
 	}
+	o.PCRPrivateKey = s.pcrKey
 	out := filepath.Join(t.TempDir(), s.version+".efi")
 	if err := installer.BuildUKI(context.Background(), out, o); err != nil {
 		t.Fatal(err)
@@ -163,6 +165,9 @@ func stageSpec(t testing.TB, img string, s ukiSpec, asUKI bool, target meta.Slot
 	if s.signed {
 		key, cert := snakeoil(t)
 		args = append(args, "--sign-key", key, "--sign-cert", cert)
+	}
+	if s.pcrKey != "" {
+		args = append(args, "--pcr-private-key", s.pcrKey)
 	}
 	t.Logf("%s", strings.TrimSpace(hostStager(t, args...)))
 	t.Logf("%s", strings.TrimSpace(hostStager(t, append([]string{"--image", layout, "--disk", img}, stageArgs...)...)))

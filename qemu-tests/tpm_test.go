@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -77,9 +78,9 @@ func newTPMSetup(t *testing.T, tokenType, v1Steps string) *tpmSetup {
 	pub := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 
 	tpm := &vm.TPM{Dir: filepath.Join(dir, "tpm")}
-	var blob []byte
+	var blob, policy []byte
 	if err := tpm.Use(func(tp transport.TPM) (err error) {
-		blob, err = tpmseal.Seal(tp, pub, s.secret)
+		blob, policy, err = tpmseal.Seal(tp, pub, s.secret)
 		return err
 	}); err != nil {
 		t.Fatalf("sealing the secret in swtpm: %v", err)
@@ -109,7 +110,7 @@ func newTPMSetup(t *testing.T, tokenType, v1Steps string) *tpmSetup {
 	}
 	token, err := json.Marshal(map[string]any{
 		"type": tokenType, "keyslots": []string{"0"},
-		"tpm2-blob": base64.StdEncoding.EncodeToString(blob), "tpm2-pcrs": []int{}, "tpm2-pcr-bank": "sha256",
+		"tpm2-blob": base64.StdEncoding.EncodeToString(blob), "tpm2-policy-hash": hex.EncodeToString(policy), "tpm2-pcrs": []int{}, "tpm2-pcr-bank": "sha256",
 		"tpm2-primary-alg": "ecc", "tpm2-pin": false, "tpm2-pubkey": base64.StdEncoding.EncodeToString(pub), "tpm2-pubkey-pcrs": []int{tpmseal.PCR},
 	})
 	if err != nil {

@@ -83,27 +83,28 @@ func loadKey(tpm transport.TPM, k *rsa.PublicKey) (tpm2.NamedHandle, func(), err
 
 // Seal seals secret under the storage root key, unsealable only through a
 // PCR 11 policy signed by the key of pubPEM. It returns the blob (the
-// sealed object's TPM2B_PRIVATE then TPM2B_PUBLIC, as systemd keeps them).
-func Seal(tpm transport.TPM, pubPEM, secret []byte) ([]byte, error) {
+// sealed object's TPM2B_PRIVATE then TPM2B_PUBLIC, as systemd keeps them)
+// and the object's policy digest (a systemd-tpm2 token's tpm2-policy-hash).
+func Seal(tpm transport.TPM, pubPEM, secret []byte) (blob, policy []byte, err error) {
 	k, err := PublicKey(pubPEM)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key, unload, err := loadKey(tpm, k)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer unload()
 	calc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := (tpm2.PolicyAuthorize{KeySign: key.Name}).Update(calc); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	parent, drop, err := srk(tpm)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer drop()
 	rsp, err := tpm2.Create{
@@ -119,9 +120,9 @@ func Seal(tpm transport.TPM, pubPEM, secret []byte) ([]byte, error) {
 		}),
 	}.Execute(tpm)
 	if err != nil {
-		return nil, fmt.Errorf("sealing: %w", err)
+		return nil, nil, fmt.Errorf("sealing: %w", err)
 	}
-	return append(tpm2.Marshal(rsp.OutPrivate), tpm2.Marshal(rsp.OutPublic)...), nil
+	return append(tpm2.Marshal(rsp.OutPrivate), tpm2.Marshal(rsp.OutPublic)...), calc.Hash().Digest, nil
 }
 
 // Signature is one entry of a .pcrsig (systemd-measure sign's JSON): the

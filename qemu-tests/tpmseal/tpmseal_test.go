@@ -81,7 +81,7 @@ func TestSealUnseal(t *testing.T) {
 	tp := &vm.TPM{Dir: t.TempDir()}
 	var blob []byte
 	err = tp.Use(func(tpm transport.TPM) error {
-		if blob, err = tpmseal.Seal(tpm, pub, secret); err != nil {
+		if blob, _, err = tpmseal.Seal(tpm, pub, secret); err != nil {
 			return err
 		}
 		extend(t, tpm, ".linux")

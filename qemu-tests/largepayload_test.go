@@ -65,6 +65,7 @@ func largePayload(t *testing.T, memoryMB int) {
 		{"systemd-boot's error", `(Error loading|Failed to execute) .*`},
 		{"out of resources", `Out of [Rr]esources`},
 		{"v2 confirmed", `stagehand-testos: stager confirm: confirmed slot b`},
+		{"blessing completed", `stagehand: .*its blessing is complete`},
 		{"rolled back", `stagehand: .*rolled back: .*`},
 	}
 	var path []string

@@ -81,10 +81,12 @@ func afterIO(n int) []*regexp.Regexp {
 // whose disk writes the test OS reports as they complete: about two for
 // each META copy with a flush after each, the bless of b's entry (a rename
 // on the ESP, five writes and a flush), loader.conf's default, the
-// clearing of STAGE; and the power off after it.
+// clearing of STAGE; and the power off after it. Two cuts that always
+// left the same state as a neighbour (applying +0.15s, confirm I/O 2) were
+// dropped to keep make test in its budget; the simulated machine's
+// crash-state campaign covers every prefix of these writes.
 var cutPoints = []cutPoint{
 	{"applying +0", "apply", []*regexp.Regexp{toApplying}, 0, "", 0},
-	{"applying +0.15s", "apply", []*regexp.Regexp{toApplying}, 150 * time.Millisecond, "", 0},
 	{"applying +0.35s", "apply", []*regexp.Regexp{toApplying}, 350 * time.Millisecond, "", 0},
 	{"applying +0.8s", "apply", []*regexp.Regexp{toApplying}, 800 * time.Millisecond, "", 0},
 	{"trial +0", "apply", []*regexp.Regexp{toTrial}, 0, "", 0},
@@ -92,7 +94,6 @@ var cutPoints = []cutPoint{
 	{"trial boot 1 +0", "confirm", []*regexp.Regexp{trialCount}, 0, "", 0},
 	{"confirm start +0", "confirm", []*regexp.Regexp{confirmStart}, 0, "", 0},
 	{"confirm I/O 1", "confirm", afterIO(1), 0, "", 0},
-	{"confirm I/O 2", "confirm", afterIO(2), 0, "", 0},
 	{"confirm I/O 3", "confirm", afterIO(3), 0, "", 0},
 	{"confirmed +0", "confirm", []*regexp.Regexp{confirmedLine}, 0, "", 0},
 	// Issue 16: the trial booted through the firmware (boot-once used up),

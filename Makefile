@@ -7,7 +7,7 @@ BUILD     := build
 FUZZTIME  ?= 30s
 CMDS      := stager
 
-.PHONY: all build test unit qemu-test crash-campaign demo bench bench-go fuzz deps lint clean tools
+.PHONY: all build image test unit qemu-test crash-campaign demo bench bench-go fuzz deps lint clean tools
 
 all: build
 
@@ -18,6 +18,40 @@ deps:
 build:
 	@mkdir -p $(BUILD)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BUILD)/ ./cmd/...
+
+# The agent's container image (docs/image.md): stagehand-agent and stager,
+# static, with the build machine's CA certificates and a non-root user, for
+# linux/amd64 and linux/arm64 in one OCI index, built with
+# go-containerregistry (no Docker daemon, no Dockerfile). Reproducible: the
+# same tree gives the same digest (every timestamp is SOURCE_DATE_EPOCH, by
+# default the last commit's time); labelled with VERSION and the revision.
+# Written as an OCI layout to build/image (oci:build/image:VERSION); with
+# IMAGE=REF pushed to REF instead, and with SIGN_KEY=cosign.key then signed
+# by digest with stager image sign (the password from COSIGN_PASSWORD).
+IMAGE     ?=
+SIGN_KEY  ?=
+IMAGE_PLATFORMS := linux/amd64 linux/arm64
+IMAGE_BINARIES  := stagehand-agent stager
+image:
+	@scripts/deps.sh image
+	@set -e; rm -rf $(BUILD)/image $(BUILD)/image-bin; args=; \
+	for p in $(IMAGE_PLATFORMS); do \
+	  dir=$(BUILD)/image-bin/$${p%/*}-$${p#*/}; files=; \
+	  for c in $(IMAGE_BINARIES); do \
+	    echo "image: building $$c for $$p"; \
+	    CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags='-s -w' -o $$dir/$$c ./cmd/$$c; \
+	    files=$${files:+$$files,}$$dir/$$c; \
+	  done; \
+	  args="$$args -platform $$p=$$files"; \
+	done; \
+	export SOURCE_DATE_EPOCH=$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct)}; \
+	set -- $$args -version $$(cat VERSION) -revision $$(git rev-parse HEAD) -entrypoint /usr/bin/stagehand-agent; \
+	if [ -z "$(IMAGE)" ]; then \
+	  $(GO) run ./agentimage/cmd/build-agent-image "$$@" -layout $(BUILD)/image; \
+	else \
+	  ref=$$($(GO) run ./agentimage/cmd/build-agent-image "$$@" -push $(IMAGE)); \
+	  if [ -n "$(SIGN_KEY)" ]; then $(GO) run ./cmd/stager image sign --key $(SIGN_KEY) $$ref; fi; \
+	fi
 
 # Every test: unit tests (loop devices need root), then the VM tests (real
 # OVMF, systemd-boot and Debian kernels under QEMU).

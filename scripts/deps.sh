@@ -6,10 +6,15 @@ set -euo pipefail
 
 # sbsigntool and openssl: the UKI tests sign with Debian ovmf's snakeoil key.
 # osslsigncode: the authenticode tests check their hash against its digest.
-need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl osslsigncode)
+# ca-certificates: the agent's image carries its bundle (agentimage's tests too).
+need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl osslsigncode ca-certificates)
 # make demo stages from a real registry: Debian's docker-registry.
 if [[ ${1:-} == demo ]]; then
 	need_pkgs+=(docker-registry)
+fi
+# make image needs only the CA bundle it copies into the image.
+if [[ ${1:-} == image ]]; then
+	need_pkgs=(ca-certificates)
 fi
 
 missing=()

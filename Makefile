@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 GO        ?= go
 BUILD     := build
 FUZZTIME  ?= 30s
-CMDS      := stager
+CMDS      := stager stagehand-agent
 
 .PHONY: all build image test unit qemu-test crash-campaign demo bench bench-go fuzz deps lint clean tools
 

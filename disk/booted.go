@@ -80,9 +80,18 @@ func Booted() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: %v; pass --disk", ErrBootDiskUnknown, err)
 	}
+	return BootedUnder("/", vars)
+}
+
+// BootedUnder is Booted for the system whose /sys and /dev are under root
+// (a container's view of its host: the host's root mounted at /host, or
+// its /dev mounted over the container's), whose firmware variables are
+// vars: the partition LoaderDevicePartUUID names is looked for on the
+// disks of root/sys/block, through their nodes in root/dev.
+func BootedUnder(root string, vars efivar.Store) (string, error) {
 	uuid, err := BootedPartUUIDFrom(vars)
 	if err != nil {
 		return "", err
 	}
-	return FindByPartUUID("/sys/block", "/dev", uuid)
+	return FindByPartUUID(filepath.Join(root, "sys/block"), filepath.Join(root, "dev"), uuid)
 }

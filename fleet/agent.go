@@ -60,8 +60,12 @@ type Agent struct {
 
 	Booted meta.Slot                       // the running slot; default stage.BootedSlot()
 	Reboot func(ctx context.Context) error // reboots this machine (through its init system)
-	Log    io.Writer
-	Now    func() time.Time
+	// CanReboot, when set, says before the lock is taken whether Reboot
+	// can work (an error when the host has no init system to ask): a run
+	// that cannot reboot changes nothing rather than cordon and drain.
+	CanReboot func() error
+	Log       io.Writer
+	Now       func() time.Time
 }
 
 // Outcome is what a Run did.
@@ -78,8 +82,10 @@ const (
 type Result struct {
 	Outcome Outcome
 	Version string
-	Slot    meta.Slot
-	Digest  string
+	// Slot is the slot the target goes to when Rebooting or Staged, the
+	// slot that runs it when Upgraded.
+	Slot   meta.Slot
+	Digest string
 	// Staging is how long the staging took in this run (pull, write,
 	// sync): the rest of a run is the agent's own work and the drain.
 	Staging time.Duration
@@ -198,7 +204,10 @@ func (a *Agent) Run(ctx context.Context) (*Result, error) {
 	}
 	if a.Sentinel != "" && (s == stepReboot || s == stepUpgrade) {
 		res.Outcome = Staged
-		return res, a.stageForKured(ctx, node, digest, s == stepReboot)
+		if s == stepReboot {
+			res.Slot = st.Staged.Target
+		}
+		return res, a.stageForKured(ctx, node, res, digest, s == stepReboot)
 	}
 	switch s {
 	case stepDone:
@@ -212,11 +221,17 @@ func (a *Agent) Run(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("%w: META on %s is %s (slot %s) while this system runs slot %s: the early boot did not finish; see stager status", ErrNotDone, st.Disk, st.Slots.Phase, st.Slots.Active, st.Booted)
 	case stepReboot:
 		// Staged by an earlier run that did not reboot: only with the lock.
+		if err := a.canReboot(); err != nil {
+			return nil, err
+		}
 		if err := a.acquire(ctx, node); err != nil {
 			return nil, err
 		}
-		res.Outcome = Rebooting
+		res.Outcome, res.Slot = Rebooting, st.Staged.Target
 		return res, a.reboot(ctx, node, digest)
+	}
+	if err := a.canReboot(); err != nil {
+		return nil, err
 	}
 	res.Outcome = Rebooting
 	return res, a.upgrade(ctx, node, res)
@@ -442,9 +457,24 @@ func (a *Agent) rolledBack(ctx context.Context, node *corev1.Node, digest string
 type rolledBackError struct{ msg string }
 
 func (e *rolledBackError) Error() string {
-	return e.msg + "; the rollout is stopped (stager node resume starts it again)"
+	return e.msg + "; the rollout is stopped (stagehand-agent node resume starts it again)"
 }
 func (e *rolledBackError) Unwrap() error { return ErrRolledBack }
+
+// canReboot refuses a run that could not reboot once it has drained:
+// nothing is taken, cordoned or staged yet.
+func (a *Agent) canReboot() error {
+	if a.Reboot == nil {
+		return errors.New("no way to reboot this machine")
+	}
+	if a.CanReboot == nil {
+		return nil
+	}
+	if err := a.CanReboot(); err != nil {
+		return fmt.Errorf("%w; node %s left as it was: not cordoned, no lock taken", err, a.Node)
+	}
+	return nil
+}
 
 // upgrade takes the locks, cordons, drains, stages and reboots.
 func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, out *Result) error {
@@ -481,7 +511,7 @@ func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, out *Result) err
 		return fail(err)
 	}
 	start := time.Now()
-	digest, err := a.stage(ctx)
+	staged, err := a.stage(ctx)
 	out.Staging = time.Since(start)
 	var rb *stage.RolledBackError
 	if errors.As(err, &rb) {
@@ -490,23 +520,24 @@ func (a *Agent) upgrade(ctx context.Context, node *corev1.Node, out *Result) err
 	if err != nil {
 		return fail(err)
 	}
-	return a.reboot(ctx, node, digest)
+	out.Slot = staged.Target
+	return a.reboot(ctx, node, staged.Digest)
 }
 
-// stage stages the target and returns the digest it staged: the tag may
+// stage stages the target and returns what it staged: the tag may
 // have moved since it was resolved, even to a digest that rolled back on
 // this node, which stage refuses (a *stage.RolledBackError, unless
 // a.Stage.Retry): the callers then stop the rollout as next's
 // stepRolledBack does, rather than fail a run that the Job would repeat.
-func (a *Agent) stage(ctx context.Context) (string, error) {
+func (a *Agent) stage(ctx context.Context) (*meta.Staged, error) {
 	o := a.Stage
 	o.Logf = func(f string, args ...any) { a.logf(f, args...) }
 	res, err := stage.Stage(ctx, o)
 	if err != nil {
-		return "", fmt.Errorf("staging %s: %w", a.Stage.Image, err)
+		return nil, fmt.Errorf("staging %s: %w", a.Stage.Image, err)
 	}
 	a.logf("staged %s (%s) for slot %s", res.Staged.Image, res.Staged.Digest, res.Staged.Target)
-	return res.Staged.Digest, nil
+	return res.Staged, nil
 }
 
 // recordTarget records on the node the target it goes to and the boot it
@@ -534,7 +565,7 @@ func (a *Agent) reboot(ctx context.Context, node *corev1.Node, digest string) er
 
 // stageForKured stages (unless staged already) and writes kured's sentinel;
 // while the rollout is stopped it stages nothing, and drops what it staged.
-func (a *Agent) stageForKured(ctx context.Context, node *corev1.Node, digest string, staged bool) error {
+func (a *Agent) stageForKured(ctx context.Context, node *corev1.Node, res *Result, digest string, staged bool) error {
 	stop, err := a.Lock.Stopped(ctx)
 	if err != nil {
 		return err
@@ -545,7 +576,7 @@ func (a *Agent) stageForKured(ctx context.Context, node *corev1.Node, digest str
 		return &StoppedError{*stop}
 	}
 	if !staged {
-		digest, err = a.stage(ctx)
+		s, err := a.stage(ctx)
 		var rb *stage.RolledBackError
 		if errors.As(err, &rb) {
 			a.clearSentinel()
@@ -554,6 +585,7 @@ func (a *Agent) stageForKured(ctx context.Context, node *corev1.Node, digest str
 		if err != nil {
 			return err
 		}
+		digest, res.Slot = s.Digest, s.Target
 	}
 	if err := a.recordTarget(ctx, node, digest); err != nil {
 		return err

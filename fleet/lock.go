@@ -46,15 +46,18 @@ type Lock struct {
 
 // Holder is one lease's holder.
 type Holder struct {
-	Lease, Node     string
-	Acquired, Renew time.Time
-	Expired         bool
+	Lease    string    `json:"lease"`
+	Node     string    `json:"node"`
+	Acquired time.Time `json:"acquired"`
+	Renew    time.Time `json:"renewed"`
+	Expired  bool      `json:"expired"`
 }
 
 // Stop is a rollout's stop.
 type Stop struct {
-	Node, Reason string
-	Time         time.Time
+	Node   string    `json:"node"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
 }
 
 // Stop's annotations, on lease NAME-0.
@@ -140,7 +143,7 @@ func stopOf(le *coordv1.Lease) *Stop {
 type StoppedError struct{ Stop }
 
 func (e *StoppedError) Error() string {
-	return fmt.Sprintf("%v since %s by node %s: %s; fix the cause, then run `stager node resume`", ErrStopped, e.Time.Format(time.RFC3339), e.Node, e.Reason)
+	return fmt.Sprintf("%v since %s by node %s: %s; fix the cause, then run `stagehand-agent node resume`", ErrStopped, e.Time.Format(time.RFC3339), e.Node, e.Reason)
 }
 func (e *StoppedError) Unwrap() error { return ErrStopped }
 

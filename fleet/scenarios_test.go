@@ -66,7 +66,7 @@ func TestRollbackStopsRollout(t *testing.T) {
 	// The next nodes do not start.
 	for _, n := range []*node{w1, w2} {
 		_, err := c.job(n, "v3")
-		if !errors.Is(err, fleet.ErrStopped) || !strings.Contains(err.Error(), "by node w-0") || !strings.Contains(err.Error(), "stager node resume") {
+		if !errors.Is(err, fleet.ErrStopped) || !strings.Contains(err.Error(), "by node w-0") || !strings.Contains(err.Error(), "stagehand-agent node resume") {
 			t.Fatalf("%s: %v, want the rollout stopped by w-0", n.name, err)
 		}
 		c.checkUntouched(n)

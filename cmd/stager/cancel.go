@@ -7,6 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/stage"
 )
 
@@ -15,9 +17,9 @@ func newCancelCmd() *cobra.Command {
 		Use:   "cancel",
 		Short: "Drop the staged upgrade before it is applied",
 		Long:  "Drop the staged upgrade: META forgets it first, then its bytes in STAGE are cleared. An upgrade already being applied or on trial is not cancelled: use rollback.",
-		Args:  exactArgs(0, "no arguments"),
+		Args:  cli.ExactArgs(0, "no arguments"),
 	}
-	diskPath := addDiskFlag(cmd)
+	diskPath := cli.AddDiskFlag(cmd, nil)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		path, err := diskPath()
 		if err != nil {

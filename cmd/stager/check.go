@@ -7,6 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/health"
 )
@@ -30,7 +32,7 @@ wanted check is only a warning. On a slot on trial the verdict is recorded in
 META (stager status shows it), and with --reboot a failed required check
 reboots, so that the trial's boot counting brings the previous slot back
 after its tries. Run it from contrib/stagehand-check.service.`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
 	flags := addFlowFlags(cmd)
 	cmd.Flags().StringArrayVar(&dirs, "dir", nil, "a directory holding required.d and wanted.d, lowest precedence first; repeat it (default: "+strings.Join(health.DefaultDirs, ", ")+")")
@@ -39,7 +41,7 @@ after its tries. Run it from contrib/stagehand-check.service.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the results as JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if timeout <= 0 {
-			return usageError{fmt.Errorf("--timeout %s: want a positive duration such as 30s", timeout)}
+			return cli.Usage("--timeout %s: want a positive duration such as 30s", timeout)
 		}
 		out, errw := cmd.OutOrStdout(), cmd.ErrOrStderr()
 		opts := health.Options{Dirs: dirs, Timeout: timeout}
@@ -58,7 +60,7 @@ after its tries. Run it from contrib/stagehand-check.service.`,
 		}
 		outcome := recordChecks(cmd, flags, rep)
 		if asJSON {
-			if err := writeJSON(out, rep); err != nil {
+			if err := cli.WriteJSON(out, rep); err != nil {
 				return err
 			}
 		}

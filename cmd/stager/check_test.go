@@ -10,6 +10,7 @@ import (
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/internal/reboot"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -71,10 +72,16 @@ func TestCheck(t *testing.T) {
 		"wanted.d/10-ntp":  "echo clock not synchronized; exit 1",
 	})
 	var reboots []string
-	saved := hostRebooter
-	t.Cleanup(func() { hostRebooter = saved })
-	hostRebooter = rebooter{systemdDir: dir, run: func(_ context.Context, name string, args ...string) ([]byte, error) {
-		reboots = append(reboots, strings.Join(append([]string{name}, args...), " "))
+	// A fake machine: systemd's directory and systemctl under a root of
+	// their own, the reboot recorded.
+	sys := t.TempDir()
+	os.MkdirAll(filepath.Join(sys, "run/systemd/system"), 0o755)
+	os.MkdirAll(filepath.Join(sys, "usr/bin"), 0o755)
+	os.WriteFile(filepath.Join(sys, "usr/bin/systemctl"), []byte("#!/bin/false\n"), 0o755)
+	saved := thisMachine
+	t.Cleanup(func() { thisMachine = saved })
+	thisMachine = reboot.Machine{HostRoot: sys, Run: func(_ context.Context, _ string, argv []string) ([]byte, error) {
+		reboots = append(reboots, strings.Join(argv, " "))
 		return nil, nil
 	}}
 	flow := []string{"--disk", img, "--efivars", vars}
@@ -112,7 +119,7 @@ func TestCheck(t *testing.T) {
 			t.Errorf("stager %s: exit %d, %d reboots; want exit %d, %d reboots\n%s%s", strings.Join(tc.args, " "), code, len(reboots)-before, tc.code, tc.reboots, out, e)
 		}
 	}
-	if len(reboots) != 1 || reboots[0] != "systemctl reboot" {
+	if len(reboots) != 1 || reboots[0] != "/usr/bin/systemctl reboot" {
 		t.Errorf("reboots: %q", reboots)
 	}
 }

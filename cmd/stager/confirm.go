@@ -6,6 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
@@ -22,7 +24,7 @@ type flowFlags struct {
 }
 
 func addFlowFlags(cmd *cobra.Command) *flowFlags {
-	f := &flowFlags{disk: addDiskFlag(cmd)}
+	f := &flowFlags{disk: cli.AddDiskFlag(cmd, nil)}
 	cmd.Flags().StringVar(&f.efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
 	cmd.Flags().StringVar(&f.slot, "slot", "", "the slot this system runs from (default: stagehand.slot= of the running kernel)")
 	cmd.Flags().MarkHidden("efivars")
@@ -76,7 +78,7 @@ blessed (the boot counter dropped) and it becomes the default; the slot it
 replaces is kept for rollback. Run it once the system is healthy, from a unit
 ordered after boot-complete.target (see contrib/stagehand-confirm.service).
 Confirming a slot that already is is a no-op.`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
 	flags := addFlowFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -108,7 +110,7 @@ func newRollbackCmd() *cobra.Command {
 		Long: `Make the other slot the default when it holds a good image; on a slot that is
 on trial, give the trial up (the slot is marked bad and the confirmed slot
 stays the default). With --reboot, reboot into it at once.`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
 	flags := addFlowFlags(cmd)
 	cmd.Flags().BoolVar(&reboot, "reboot", false, "reboot once the default is switched")

@@ -8,13 +8,15 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/payload"
 	"github.com/stagehand-dev/stagehand/stage"
 )
 
 func newDiskCmd() *cobra.Command {
-	cmd := groupOnly(&cobra.Command{
+	cmd := cli.GroupOnly(&cobra.Command{
 		Use:   "disk",
 		Short: "Make bootable stagehand disks",
 	})
@@ -45,7 +47,7 @@ and so is a disk or file that holds data, unless --force is given.`,
 		Example: `  stager disk init --disk disk.img --size 2G --kernel vmlinuz --initramfs initramfs.img --cmdline console=ttyS0 --version v1
   stager disk init --disk disk.img --size 2G --install 127.0.0.1:5000/stagehand/os:v1
   stager disk init --disk /dev/vdb --kernel vmlinuz --initramfs initramfs.img --force`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
 	f := cmd.Flags()
 	f.StringVar(&path, "disk", "", "image file or whole-disk block device to write (required)")
@@ -61,18 +63,18 @@ and so is a disk or file that holds data, unless --force is given.`,
 	f.StringVar(&stageSize, "stage-size", "512M", "size of STAGE (at least twice the largest payload)")
 	f.StringVar(&rootSize, "root-size", "0", "size of a ROOT partition after STAGE (0: none)")
 	f.BoolVar(&cfg.Force, "force", false, "overwrite a disk or image file that holds data")
-	trust := addTrustFlags(cmd)
+	trust := cli.AddTrustFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if path == "" {
-			return usageError{fmt.Errorf("--disk is required (see --help)")}
+			return cli.Usage("--disk is required (see --help)")
 		}
 		files := cfg.Kernel != "" || cfg.Initramfs != ""
 		if n := btoi(install.Image != "") + btoi(files) + btoi(cfg.UKI != ""); n != 1 || files && (cfg.Kernel == "" || cfg.Initramfs == "") {
-			return usageError{fmt.Errorf("give one of --install REF, --uki FILE, or both --kernel and --initramfs (see --help)")}
+			return cli.Usage("give one of --install REF, --uki FILE, or both --kernel and --initramfs (see --help)")
 		}
 		if install.Image != "" {
 			if _, err := stage.ParseSource(install.Image, install.Insecure); err != nil {
-				return usageError{err}
+				return cli.UsageError{Err: err}
 			}
 		}
 		for _, s := range []struct {
@@ -85,7 +87,7 @@ and so is a disk or file that holds data, unless --force is given.`,
 			}
 			n, err := parseSize(s.v)
 			if err != nil {
-				return usageError{fmt.Errorf("%s %q: %v", s.flag, s.v, err)}
+				return cli.Usage("%s %q: %v", s.flag, s.v, err)
 			}
 			*s.dst = n
 		}

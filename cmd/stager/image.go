@@ -9,6 +9,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/stage"
 )
@@ -19,7 +21,7 @@ func newImageCmd() *cobra.Command {
 		Short: "Build and sign installer images",
 	}
 	cmd.AddCommand(newImageBuildCmd(), newImageSignCmd())
-	return groupOnly(cmd)
+	return cli.GroupOnly(cmd)
 }
 
 func newImageBuildCmd() *cobra.Command {
@@ -53,7 +55,7 @@ installed, else the machine's own.`,
   stager image build --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0" --push 127.0.0.1:5000/os:v2
   stager image build --uki --kernel vmlinuz --initramfs initrd.xz --cmdline "console=ttyS0 rdinit=/prestage" --version v2 --sign-key db.key --sign-cert db.pem --output oci:build/images:v2
   stager image build --uki --kernel vmlinuz --initramfs initrd.xz --version v2 --pcr-private-key pcr.key --output oci:build/images:v2`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
 	cmd.Flags().StringVar(&o.Kernel, "kernel", "", "kernel image (required)")
 	cmd.Flags().StringVar(&o.Initramfs, "initramfs", "", "initramfs (required)")
@@ -70,21 +72,21 @@ installed, else the machine's own.`,
 	cmd.Flags().StringVar(&u.PCRPrivateKey, "pcr-private-key", "", "with --uki: sign its PCR 11 policy with this RSA key (PEM) and embed the public key, so that the OS can seal secrets to every UKI signed with it (systemd-cryptenroll --tpm2-public-key)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.Kernel == "" || o.Initramfs == "" {
-			return usageError{fmt.Errorf("--kernel and --initramfs are required")}
+			return cli.Usage("--kernel and --initramfs are required")
 		}
 		if (output == "") == (push == "") {
-			return usageError{fmt.Errorf("give exactly one of --output oci:DIR[:TAG] and --push REF")}
+			return cli.Usage("give exactly one of --output oci:DIR[:TAG] and --push REF")
 		}
 		dest := output + push
 		src, err := stage.ParseSource(dest, insecure)
 		if err != nil {
-			return usageError{err}
+			return cli.UsageError{Err: err}
 		}
 		if (output != "" && src.Transport != stage.OCILayout) || (push != "" && src.Transport != stage.Registry) {
-			return usageError{fmt.Errorf("--output takes oci:DIR[:TAG] and --push a registry reference; got %q", dest)}
+			return cli.Usage("--output takes oci:DIR[:TAG] and --push a registry reference; got %q", dest)
 		}
 		if !asUKI && (u.SignKey != "" || u.SignCert != "" || u.PCRPrivateKey != "" || cmd.Flags().Changed("stub")) {
-			return usageError{fmt.Errorf("--sign-key, --sign-cert, --pcr-private-key and --stub go with --uki")}
+			return cli.Usage("--sign-key, --sign-cert, --pcr-private-key and --stub go with --uki")
 		}
 		if asUKI {
 			dir, err := os.MkdirTemp(o.TempDir, "stagehand-uki-*")

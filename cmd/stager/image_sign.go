@@ -6,6 +6,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/spf13/cobra"
+
+	"github.com/stagehand-dev/stagehand/internal/cli"
 	"golang.org/x/term"
 
 	"github.com/stagehand-dev/stagehand/sign"
@@ -27,20 +29,20 @@ key (cosign generate-key-pair); the password comes from COSIGN_PASSWORD, or
 is asked for on a terminal. 'stager --verify-key' and
 'cosign verify --key cosign.pub --insecure-ignore-tlog' accept the signature.`,
 		Example: `  COSIGN_PASSWORD=... stager image sign --key cosign.key 127.0.0.1:5000/stagehand/os:v2`,
-		Args:    exactArgs(1, "one image reference"),
+		Args:    cli.ExactArgs(1, "one image reference"),
 	}
 	cmd.Flags().StringVar(&keyFile, "key", "", "cosign private key file (required)")
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "talk plain HTTP to the registry")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if keyFile == "" {
-			return usageError{fmt.Errorf("--key is required")}
+			return cli.Usage("--key is required")
 		}
 		src, err := stage.ParseSource(args[0], insecure)
 		if err != nil {
-			return usageError{err}
+			return cli.UsageError{Err: err}
 		}
 		if src.Transport != stage.Registry {
-			return usageError{fmt.Errorf("%s: signatures live in a registry: sign a REGISTRY/REPO:TAG or @sha256:DIGEST reference", args[0])}
+			return cli.Usage("%s: signatures live in a registry: sign a REGISTRY/REPO:TAG or @sha256:DIGEST reference", args[0])
 		}
 		pemBytes, err := os.ReadFile(keyFile)
 		if err != nil {

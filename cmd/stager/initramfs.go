@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/initramfs"
 )
 
@@ -18,7 +20,7 @@ func newInitramfsCmd() *cobra.Command {
 		Short: "Build initramfs archives that carry the pre-stage init",
 	}
 	cmd.AddCommand(newInitramfsBuildCmd())
-	return groupOnly(cmd)
+	return cli.GroupOnly(cmd)
 }
 
 func newInitramfsBuildCmd() *cobra.Command {
@@ -34,7 +36,7 @@ rdinit=/prestage: the pre-stage init runs first, then execs the OS's /init.
 The same inputs give the same bytes.`,
 		Example: `  stager initramfs build --base /boot/initrd.img --kernel-modules /lib/modules/6.1.0-28-cloud-amd64 \
       --modules virtio_pci,virtio_blk,nvme --prestage build/prestage --output initramfs.img`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
 	cmd.Flags().StringVar(&base, "base", "", "the OS's initramfs to append to (default: none, a stand-alone archive)")
 	cmd.Flags().StringVar(&prestage, "prestage", "", "the prestage binary (default: prestage beside this stager)")
@@ -43,7 +45,7 @@ The same inputs give the same bytes.`,
 	cmd.Flags().StringVar(&output, "output", "", "where to write the initramfs (required)")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if output == "" {
-			return usageError{fmt.Errorf("--output is required")}
+			return cli.Usage("--output is required")
 		}
 		var names []string
 		for _, m := range strings.Split(modules, ",") {
@@ -52,7 +54,7 @@ The same inputs give the same bytes.`,
 			}
 		}
 		if len(names) > 0 && modDir == "" {
-			return usageError{fmt.Errorf("--modules needs --kernel-modules /lib/modules/RELEASE")}
+			return cli.Usage("--modules needs --kernel-modules /lib/modules/RELEASE")
 		}
 		if prestage == "" {
 			self, err := os.Executable()

@@ -1,18 +1,19 @@
 // Command stager stages OS upgrades for the pre-stage init to apply at the
 // next boot, and reads and changes the META store. See `stager --help`.
+// The Kubernetes agent is stagehand-agent, a binary of its own: stager
+// links no Kubernetes or etcd code (TestDeps).
 package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/stagehand-dev/stagehand/internal/cli"
 )
 
 func main() {
@@ -22,32 +23,10 @@ func main() {
 	os.Exit(code)
 }
 
-// usageError marks bad command-line input (exit code 2).
-type usageError struct{ error }
-
 // run executes one stager command and returns the exit code: 0 on success,
-// 1 when the command failed, 2 on bad usage (stager node upgrade has 3 and
-// 4 too). Errors are printed as one line.
+// 1 when the command failed, 2 on bad usage. Errors are printed as one line.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root := newRoot()
-	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
-	if err == nil {
-		return 0
-	}
-	msg := strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; ")
-	fmt.Fprintf(stderr, "stager: %s\n", msg)
-	var ue usageError
-	if errors.As(err, &ue) {
-		return 2
-	}
-	var ee exitError
-	if errors.As(err, &ee) {
-		return ee.code
-	}
-	return 1
+	return cli.Execute(ctx, newRoot(), args, stdout, stderr)
 }
 
 func newRoot() *cobra.Command {
@@ -60,57 +39,28 @@ next boot the pre-stage init applies them to the inactive slot and kexecs
 into the new kernel, with automatic rollback if the new system never confirms.
 
 The disk is the one that booted (from the LoaderDevicePartUUID EFI variable
-that systemd-boot sets), or the image file or block device given by --disk.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Args:          unknownCommand,
+that systemd-boot sets), or the image file or block device given by --disk.
+
+Exit codes: 0 done, 1 failed, 2 bad usage. Rollouts on Kubernetes are
+stagehand-agent's (stagehand-agent --help).`,
+		Args: cli.UnknownCommand,
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w (see --help)", err)}
-	})
 	addStageFlags(root)
 	root.AddCommand(newMetaCmd())
 	root.AddCommand(newStatusCmd(), newCancelCmd(), newImageCmd(), newConfirmCmd(), newRollbackCmd(), newInitramfsCmd(), newCheckCmd())
-	root.AddCommand(newDiskCmd(), newGuardCmd(), newNodeCmd())
+	root.AddCommand(newDiskCmd(), movedToAgent("node"), movedToAgent("guard"))
 	return root
 }
 
-// unknownCommand refuses arguments to a command that takes none, as an
-// unknown subcommand, suggesting the nearest one.
-func unknownCommand(cmd *cobra.Command, args []string) error {
-	if len(args) == 0 {
-		return nil
-	}
-	if cmd.SuggestionsMinimumDistance <= 0 {
-		cmd.SuggestionsMinimumDistance = 2
-	}
-	hint := ""
-	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-		hint = fmt.Sprintf("; did you mean %q?", s[0])
-	}
-	return usageError{fmt.Errorf("unknown command %q for %q%s (see %s --help)", args[0], cmd.CommandPath(), hint, cmd.CommandPath())}
-}
-
-// groupOnly makes cmd, a command that only groups subcommands, answer an
-// unknown subcommand with a usage error that suggests the nearest one.
-func groupOnly(cmd *cobra.Command) *cobra.Command {
-	cmd.Args = cobra.ArbitraryArgs
-	cmd.FParseErrWhitelist.UnknownFlags = true
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		if err := unknownCommand(cmd, args); err != nil {
-			return err
-		}
-		return cmd.Help()
-	}
-	return cmd
-}
-
-// exactArgs is cobra.ExactArgs with a usage error that says what is missing.
-func exactArgs(n int, names string) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if len(args) != n {
-			return usageError{fmt.Errorf("%s takes %s (got %d arguments; see --help)", cmd.CommandPath(), names, len(args))}
-		}
-		return nil
+// movedToAgent answers a command that moved to stagehand-agent with one
+// line saying so (exit 2), hidden from --help.
+func movedToAgent(name string) *cobra.Command {
+	return &cobra.Command{
+		Use:                name,
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cli.Usage("`stager %s` moved to the Kubernetes agent: run `stagehand-agent %s` (from the stagehand-agent image)", name, name)
+		},
 	}
 }

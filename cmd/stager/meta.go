@@ -2,9 +2,7 @@ package main
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+
+	"github.com/stagehand-dev/stagehand/internal/cli"
 
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -30,7 +30,7 @@ talos-staged-install-options); stagehand's own start at 0x40 (generation,
 staged, slots, transitions). Values print as text when printable, else as hex.`,
 	}
 	cmd.AddCommand(newMetaListCmd(), newMetaGetCmd(), newMetaSetCmd(), newMetaDeleteCmd(), newMetaFormatCmd())
-	return groupOnly(cmd)
+	return cli.GroupOnly(cmd)
 }
 
 // parseTag reads a tag as a number (0x07, 7) or a name (talos-staged-image-ref).
@@ -47,7 +47,7 @@ func parseTag(s string) (meta.Tag, error) {
 			}
 		}
 		sort.Strings(names)
-		return 0, usageError{fmt.Errorf("tag %q is neither a number from 0x01 to 0xff nor a known name (%s)", s, strings.Join(names, ", "))}
+		return 0, cli.Usage("tag %q is neither a number from 0x01 to 0xff nor a known name (%s)", s, strings.Join(names, ", "))
 	}
 	return meta.Tag(n), nil
 }
@@ -83,12 +83,6 @@ func toJSONEntry(e meta.Entry) jsonEntry {
 	return j
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // readMETA loads META without writing, says on stderr when a copy is
 // damaged, and releases the disk: the store keeps what it read.
 func readMETA(cmd *cobra.Command, diskPath func() (string, error)) (*meta.Store, error) {
@@ -112,9 +106,9 @@ func newMetaListCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List every tag in META",
-		Args:  exactArgs(0, "no arguments"),
+		Args:  cli.ExactArgs(0, "no arguments"),
 	}
-	diskPath := addDiskFlag(cmd)
+	diskPath := cli.AddDiskFlag(cmd, nil)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		s, err := readMETA(cmd, diskPath)
@@ -148,7 +142,7 @@ func newMetaListCmd() *cobra.Command {
 			for _, e := range entries {
 				v.Entries = append(v.Entries, toJSONEntry(e))
 			}
-			return writeJSON(out, v)
+			return cli.WriteJSON(out, v)
 		}
 		if len(entries) == 0 {
 			fmt.Fprintf(out, "META on %s is empty\n", s.Name())
@@ -182,9 +176,9 @@ func newMetaGetCmd() *cobra.Command {
 		Use:   "get TAG",
 		Short: "Print the value of one tag",
 		Long:  "Print the value of one tag: as text when it is printable, else as hex (or always as hex with --hex).",
-		Args:  exactArgs(1, "one TAG"),
+		Args:  cli.ExactArgs(1, "one TAG"),
 	}
-	diskPath := addDiskFlag(cmd)
+	diskPath := cli.AddDiskFlag(cmd, nil)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&asHex, "hex", false, "print the value as hex")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
@@ -203,7 +197,7 @@ func newMetaGetCmd() *cobra.Command {
 		out := cmd.OutOrStdout()
 		switch {
 		case asJSON:
-			return writeJSON(out, toJSONEntry(meta.Entry{Tag: tag, Value: v}))
+			return cli.WriteJSON(out, toJSONEntry(meta.Entry{Tag: tag, Value: v}))
 		case asHex || !printable(v):
 			_, err = fmt.Fprintln(out, hex.EncodeToString(v))
 		default:

@@ -6,6 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/meta"
 )
@@ -27,9 +29,9 @@ func newMetaSetCmd() *cobra.Command {
 		Short: "Set one tag to a text value (or hex with --hex)",
 		Example: `  stager meta set talos-staged-image-ref ghcr.io/siderolabs/installer:v1.9.0 --disk disk.img
   stager meta set 0x20 --hex 00ff10 --disk /dev/vda`,
-		Args: exactArgs(2, "a TAG and a VALUE"),
+		Args: cli.ExactArgs(2, "a TAG and a VALUE"),
 	}
-	diskPath := addDiskFlag(cmd)
+	diskPath := cli.AddDiskFlag(cmd, nil)
 	cmd.Flags().BoolVar(&asHex, "hex", false, "VALUE is hex")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		tag, err := parseTag(args[0])
@@ -39,11 +41,11 @@ func newMetaSetCmd() *cobra.Command {
 		value := []byte(args[1])
 		if asHex {
 			if value, err = hex.DecodeString(args[1]); err != nil {
-				return usageError{fmt.Errorf("value %q is not hex: %v", args[1], err)}
+				return cli.Usage("value %q is not hex: %v", args[1], err)
 			}
 		}
 		if err := meta.CheckValue(tag, value); err != nil {
-			return usageError{fmt.Errorf("refusing to set tag 0x%02x: %w", tag, err)}
+			return cli.Usage("refusing to set tag 0x%02x: %w", tag, err)
 		}
 		path, err := diskPath()
 		if err != nil {
@@ -63,16 +65,16 @@ func newMetaDeleteCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete TAG",
 		Short: "Delete one tag",
-		Args:  exactArgs(1, "one TAG"),
+		Args:  cli.ExactArgs(1, "one TAG"),
 	}
-	diskPath := addDiskFlag(cmd)
+	diskPath := cli.AddDiskFlag(cmd, nil)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		tag, err := parseTag(args[0])
 		if err != nil {
 			return err
 		}
 		if tag == meta.TagGeneration {
-			return usageError{meta.CheckValue(tag, nil)}
+			return cli.UsageError{Err: meta.CheckValue(tag, nil)}
 		}
 		path, err := diskPath()
 		if err != nil {
@@ -106,9 +108,9 @@ func newMetaFormatCmd() *cobra.Command {
 		Long: `Write an empty META (generation 1) over both copies. This is the way back
 from a META whose two copies are corrupt. A META that still reads and holds
 tags is only replaced with --force: its upgrade state would be lost.`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
-	diskPath := addDiskFlag(cmd)
+	diskPath := cli.AddDiskFlag(cmd, nil)
 	cmd.Flags().BoolVar(&force, "force", false, "replace a META that still holds tags")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		path, err := diskPath()

@@ -9,6 +9,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/stage"
 )
@@ -28,8 +30,8 @@ func addStageFlags(root *cobra.Command) {
 	root.Flags().StringVar(&firmwareVars, "firmware-vars", "", "directory of EFI variables (efivarfs layout: SecureBoot, db, dbx) of the machine that boots --disk, to check the payload against its Secure Boot (default: this machine's, when --disk is the disk that booted or a block device)")
 	root.Flags().BoolVar(&reboot, "reboot", false, "reboot once the upgrade is staged")
 	root.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	diskPath := addDiskFlag(root)
-	trust := addTrustFlags(root)
+	diskPath := cli.AddDiskFlag(root, nil)
+	trust := cli.AddTrustFlags(root)
 	root.Example = `  stager --image 127.0.0.1:5000/stagehand/os:v2 --disk /dev/vda
   stager --image 127.0.0.1:5000/stagehand/os:v2 --verify-key /etc/stagehand/keys/release.pub
   stager --image oci:/var/lib/images/os:v2 --reboot
@@ -41,12 +43,12 @@ func addStageFlags(root *cobra.Command) {
 		if platform != "" {
 			p, err := v1.ParsePlatform(platform)
 			if err != nil {
-				return usageError{fmt.Errorf("--platform %q: %v", platform, err)}
+				return cli.Usage("--platform %q: %v", platform, err)
 			}
 			o.Platform = p
 		}
 		if _, err := stage.ParseSource(o.Image, o.Insecure); err != nil {
-			return usageError{err}
+			return cli.UsageError{Err: err}
 		}
 		var err error
 		if o.VerifyKeys, o.Policy, err = trust(); err != nil {
@@ -60,12 +62,12 @@ func addStageFlags(root *cobra.Command) {
 		}
 		bar := newProgress(cmd.ErrOrStderr(), "staging")
 		o.Progress = bar.update
-		o.Logf = logf(cmd)
+		o.Logf = cli.Logf(cmd)
 		start := time.Now()
 		res, err := stage.Stage(cmd.Context(), o)
 		bar.finish(err == nil)
 		if errors.Is(err, stage.ErrUnverifiable) && len(o.VerifyKeys) > 0 {
-			return usageError{err}
+			return cli.UsageError{Err: err}
 		}
 		if err != nil {
 			return err
@@ -74,7 +76,7 @@ func addStageFlags(root *cobra.Command) {
 		st := res.Staged
 		switch {
 		case asJSON:
-			if err := writeJSON(out, struct {
+			if err := cli.WriteJSON(out, struct {
 				*stage.Result
 				Seconds float64 `json:"seconds"`
 			}{res, time.Since(start).Seconds()}); err != nil {
@@ -112,7 +114,7 @@ func firmwareOf(diskPath, dir string) (*stage.Firmware, error) {
 	switch {
 	case dir != "":
 		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-			return nil, usageError{fmt.Errorf("--firmware-vars %s: not a directory of EFI variables", dir)}
+			return nil, cli.Usage("--firmware-vars %s: not a directory of EFI variables", dir)
 		}
 		vars = efivar.Dir(dir)
 	default:

@@ -9,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stagehand-dev/stagehand/internal/cli"
+
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
@@ -34,9 +36,9 @@ FILE at once so that the collector never reads half of it; "-" is stdout.`,
 		Example: `  stager status
   stager status --json
   stager status --prometheus /var/lib/node-exporter/textfile/stagehand.prom`,
-		Args: exactArgs(0, "no arguments"),
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
-	diskPath := addDiskFlag(cmd)
+	diskPath := cli.AddDiskFlag(cmd, nil)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().StringVar(&prom, "prometheus", "", "write node-exporter textfile metrics to this file (- for stdout)")
 	cmd.Flags().StringVar(&efivars, "efivars", "", "directory of EFI variables in efivarfs format, instead of the firmware's")
@@ -58,7 +60,7 @@ FILE at once so that the collector never reads half of it; "-" is stdout.`,
 		case meta.SlotA, meta.SlotB:
 			st.SetBooted(meta.Slot(booted))
 		default:
-			return usageError{fmt.Errorf("--slot %q: give a or b", booted)}
+			return cli.Usage("--slot %q: give a or b", booted)
 		}
 		var vars efivar.Store
 		if efivars != "" {
@@ -80,7 +82,7 @@ FILE at once so that the collector never reads half of it; "-" is stdout.`,
 			return replaceFile(prom, 0o644, st.WritePrometheus)
 		}
 		if asJSON {
-			return writeJSON(cmd.OutOrStdout(), struct {
+			return cli.WriteJSON(cmd.OutOrStdout(), struct {
 				*stage.Status
 				Loader *apply.LoaderStatus `json:"loader,omitempty"`
 			}{st, loader})

@@ -24,7 +24,7 @@ func (b *bench) fleetFigures() {
 	load := b.watch.during(t0, b.now())
 
 	av := m["BenchmarkAgentVsDrain"]
-	f := &Figure{ID: "fleet-agent", Name: "stager node upgrade up to the reboot on a node with 50 pods, its staging apart (lock, node reads and records, events, cordon, drain)",
+	f := &Figure{ID: "fleet-agent", Name: "stagehand-agent node upgrade up to the reboot on a node with 50 pods, its staging apart (lock, node reads and records, events, cordon, drain)",
 		Budget: "≤ 1.5× the bare drain", Load: load}
 	f.Measured = av.get("agent-s", n)
 	base := av.get("drain-s", n)

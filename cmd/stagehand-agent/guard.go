@@ -11,10 +11,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stagehand-dev/stagehand/fleet/etcdguard"
+	"github.com/stagehand-dev/stagehand/internal/cli"
 )
 
 func newGuardCmd() *cobra.Command {
-	g := groupOnly(&cobra.Command{Use: "guard", Short: "Refuse an upgrade that would risk the cluster"})
+	g := cli.GroupOnly(&cobra.Command{Use: "guard", Short: "Refuse an upgrade that would risk the cluster"})
 	g.AddCommand(newGuardEtcdCmd())
 	return g
 }
@@ -47,11 +48,13 @@ when the healthy voting members left would not keep quorum.
 With --lock the check runs under the control-plane upgrade lock, kept in
 etcd (one node at a time) until --release, which waits for the cluster to be
 whole again; the lock lapses after --lock-ttl if its holder never comes back.
-stager node upgrade does all of this itself on control-plane nodes.`,
-		Example: `  stager guard etcd --etcd-endpoints https://10.0.0.2:2379 --etcd-ca ca.crt --etcd-cert c.crt --etcd-key c.key
-  stager guard etcd --lock --holder cp-1 && stager --image REF --reboot
-  stager guard etcd --release --holder cp-1`,
-		Args: exactArgs(0, "no arguments"),
+stagehand-agent node upgrade does all of this itself on control-plane nodes.
+
+Exit codes: 0 allowed (or done), 1 refused or failed, 2 bad usage.`,
+		Example: `  stagehand-agent guard etcd --etcd-endpoints https://10.0.0.2:2379 --etcd-ca ca.crt --etcd-cert c.crt --etcd-key c.key
+  stagehand-agent guard etcd --lock --holder cp-1 && stager --image REF --reboot
+  stagehand-agent guard etcd --release --holder cp-1`,
+		Args: cli.ExactArgs(0, "no arguments"),
 	}
 	o := addEtcdFlags(cmd)
 	cmd.Flags().BoolVar(&lock, "lock", false, "take the upgrade lock, then check")
@@ -61,12 +64,12 @@ stager node upgrade does all of this itself on control-plane nodes.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if lock && release {
-			return usageError{fmt.Errorf("--lock and --release exclude each other")}
+			return cli.Usage("--lock and --release exclude each other")
 		}
 		if holder == "" {
 			holder = o.Member
 		}
-		o.Logf = logf(cmd)
+		o.Logf = cli.Logf(cmd)
 		var r *etcdguard.Report
 		var err error
 		switch {
@@ -79,7 +82,7 @@ stager node upgrade does all of this itself on control-plane nodes.`,
 		}
 		if r != nil {
 			if asJSON {
-				if jerr := writeJSON(cmd.OutOrStdout(), r); jerr != nil {
+				if jerr := cli.WriteJSON(cmd.OutOrStdout(), r); jerr != nil {
 					return jerr
 				}
 			} else {

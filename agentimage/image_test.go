@@ -52,39 +52,51 @@ type built struct {
 	err  error
 }
 
-// stager builds ./cmd/stager as make image does (static, -trimpath) for
-// linux/arch, once per test process: the arm64 build is a cross-compile of
-// the whole command (cold, minutes; then the Go build cache's link only).
-func stager(t *testing.T, arch string) string {
+// imageBinaries are the commands make image puts in the image.
+var imageBinaries = []string{"stagehand-agent", "stager"}
+
+// binaries builds imageBinaries as make image does (static, -trimpath) for
+// linux/arch, once per test process, and returns their paths: the arm64
+// build is a cross-compile of both commands (cold, about a minute and a
+// half each arch here; then the Go build cache's link only).
+func binaries(t *testing.T, arch string) []string {
 	t.Helper()
 	v, _ := builds.LoadOrStore(arch, &built{})
 	b := v.(*built)
 	b.once.Do(func() {
-		b.path = filepath.Join(binDir, "linux-"+arch, "stager")
+		b.path = filepath.Join(binDir, "linux-"+arch)
 		start := time.Now()
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags=-s -w", "-o", b.path, "./cmd/stager")
+		args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", b.path + "/"}
+		for _, c := range imageBinaries {
+			args = append(args, "./cmd/"+c)
+		}
+		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), args...)
 		cmd.Dir = ".."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("building stager for linux/%s: %v: %s", arch, err, out)
+			b.err = fmt.Errorf("building %v for linux/%s: %v: %s", imageBinaries, arch, err, out)
 		}
-		t.Logf("built stager for linux/%s in %v", arch, time.Since(start).Round(time.Millisecond))
+		t.Logf("built %v for linux/%s in %v", imageBinaries, arch, time.Since(start).Round(time.Millisecond))
 	})
 	if b.err != nil {
 		t.Fatal(b.err)
 	}
-	return b.path
+	var out []string
+	for _, c := range imageBinaries {
+		out = append(out, filepath.Join(b.path, c))
+	}
+	return out
 }
 
 func testOptions(t *testing.T) Options {
 	return Options{
 		Platforms: []Platform{
-			{OS: "linux", Architecture: "amd64", Binaries: []string{stager(t, "amd64")}},
-			{OS: "linux", Architecture: "arm64", Binaries: []string{stager(t, "arm64")}},
+			{OS: "linux", Architecture: "amd64", Binaries: binaries(t, "amd64")},
+			{OS: "linux", Architecture: "arm64", Binaries: binaries(t, "arm64")},
 		},
 		CACerts:    hostCACerts,
 		User:       &User{Name: "stagehand", UID: 65532, GID: 65532},
-		Entrypoint: []string{"/usr/bin/stager"},
+		Entrypoint: []string{"/usr/bin/stagehand-agent"},
 		Version:    "v0.5.0",
 		Revision:   "0123456789abcdef0123456789abcdef01234567",
 		Source:     "https://github.com/stagehand-dev/stagehand",
@@ -182,20 +194,22 @@ func TestImage(t *testing.T) {
 			}
 
 			fs := extract(t, img, o.Created)
-			bin := fs["usr/bin/stager"]
-			if bin == nil || bin.hdr.Mode != 0o755 {
-				t.Fatalf("/usr/bin/stager: %+v, want a file of mode 0755", bin)
-			}
-			f, err := elf.NewFile(bytes.NewReader(bin.data))
-			if err != nil {
-				t.Fatalf("/usr/bin/stager: %v", err)
-			}
-			if want := machines[arch]; f.Machine != want {
-				t.Errorf("/usr/bin/stager is for %v, want %v", f.Machine, want)
-			}
-			for _, p := range f.Progs {
-				if p.Type == elf.PT_INTERP {
-					t.Errorf("/usr/bin/stager has a PT_INTERP: not static")
+			for _, c := range imageBinaries {
+				bin := fs["usr/bin/"+c]
+				if bin == nil || bin.hdr.Mode != 0o755 {
+					t.Fatalf("/usr/bin/%s: %+v, want a file of mode 0755", c, bin)
+				}
+				f, err := elf.NewFile(bytes.NewReader(bin.data))
+				if err != nil {
+					t.Fatalf("/usr/bin/%s: %v", c, err)
+				}
+				if want := machines[arch]; f.Machine != want {
+					t.Errorf("/usr/bin/%s is for %v, want %v", c, f.Machine, want)
+				}
+				for _, p := range f.Progs {
+					if p.Type == elf.PT_INTERP {
+						t.Errorf("/usr/bin/%s has a PT_INTERP: not static", c)
+					}
 				}
 			}
 			host, err := os.ReadFile(hostCACerts)
@@ -218,14 +232,16 @@ func TestImage(t *testing.T) {
 			if arch != runtime.GOARCH || runtime.GOOS != "linux" {
 				return
 			}
-			// The binary as extracted from the layer runs on the host.
-			exe := filepath.Join(t.TempDir(), "stager")
-			if err := os.WriteFile(exe, bin.data, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			out, err := exec.Command(exe, "--help").CombinedOutput()
-			if err != nil || !strings.Contains(string(out), "Usage:") {
-				t.Errorf("stager --help from the %s image: %v\n%s", arch, err, out)
+			// The binaries as extracted from the layer run on the host.
+			for _, c := range imageBinaries {
+				exe := filepath.Join(t.TempDir(), c)
+				if err := os.WriteFile(exe, fs["usr/bin/"+c].data, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				out, err := exec.Command(exe, "--help").CombinedOutput()
+				if err != nil || !strings.Contains(string(out), "Usage:") {
+					t.Errorf("%s --help from the %s image: %v\n%s", c, arch, err, out)
+				}
 			}
 		})
 	}
@@ -255,18 +271,23 @@ func TestImage(t *testing.T) {
 		o2 := o
 		o2.Platforms = nil
 		for _, p := range o.Platforms {
-			cp := filepath.Join(t.TempDir(), "stager")
-			b, err := os.ReadFile(p.Binaries[0])
-			if err != nil {
-				t.Fatal(err)
+			dir := t.TempDir()
+			var cps []string
+			for _, bin := range p.Binaries {
+				cp := filepath.Join(dir, filepath.Base(bin))
+				b, err := os.ReadFile(bin)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(cp, b, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chtimes(cp, time.Now(), time.Unix(42, 0)); err != nil {
+					t.Fatal(err)
+				}
+				cps = append(cps, cp)
 			}
-			if err := os.WriteFile(cp, b, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Chtimes(cp, time.Now(), time.Unix(42, 0)); err != nil {
-				t.Fatal(err)
-			}
-			o2.Platforms = append(o2.Platforms, Platform{OS: p.OS, Architecture: p.Architecture, Binaries: []string{cp}})
+			o2.Platforms = append(o2.Platforms, Platform{OS: p.OS, Architecture: p.Architecture, Binaries: cps})
 		}
 		idx2, err := Build(o2)
 		if err != nil {

@@ -54,7 +54,8 @@ type prestage struct {
 	params  string
 	mounted []string
 	debug   bool
-	last    time.Time // when the last step logged by stepf ended
+	last    time.Time     // when the last step logged by stepf ended
+	read    time.Duration // reading the slot into memory for kexec_file_load
 	handoff sync.Once
 }
 
@@ -258,11 +259,13 @@ func (p *prestage) bootDisk() (string, error) {
 
 func (p *prestage) efivars() (efivar.Store, error) { return efivar.NewFS(disk.EFIVarsDir) }
 
-// loadKexec loads slot's kernel, initramfs and command line for Exec.
+// loadKexec loads slot's kernel, initramfs and command line for Exec,
+// noting how long reading them into memory took (the kexec line says).
 func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot) error {
 	if v, _ := p.param("stagehand.kexec"); v == "0" {
 		return fmt.Errorf("stagehand.kexec=0")
 	}
+	read := time.Now()
 	if err := checkKexecMemory(dk); err != nil {
 		return err
 	}
@@ -286,6 +289,7 @@ func (p *prestage) loadKexec(ctx context.Context, dk *apply.Disk, slot meta.Slot
 	}
 	defer inf.Close()
 	start := time.Now()
+	p.read = start.Sub(read)
 	if err := kexec.Load(kf, inf, entry.Cmdline); err != nil {
 		// Say whether lockdown is why: the kernel tells it in securityfs,
 		// mounted only for this (and unmounted with the rest).
@@ -316,7 +320,7 @@ func (p *prestage) act(d apply.Decision) {
 	switch d.Action {
 	case apply.Kexec:
 		p.unmount()
-		p.logf("kexec into slot %s after %s (peak memory %s)", d.Slot, time.Since(p.start).Round(time.Millisecond), p.peakRSS())
+		p.logf("kexec into slot %s after %s (peak memory %s), slot read in %s", d.Slot, time.Since(p.start).Round(time.Millisecond), p.peakRSS(), p.read.Round(time.Millisecond))
 		if err := kexec.Exec(); err != nil {
 			p.logf("%v: rebooting through the firmware", err)
 		}

@@ -198,7 +198,6 @@ var (
 	handoffLine = regexp.MustCompile(`stagehand: handing off to /init after (\S+) \(peak memory (\d+) kB\)`)
 	applying    = regexp.MustCompile(`stagehand: staged → applying `)
 	trialArmed  = regexp.MustCompile(`stagehand: applying → trial `)
-	kexecLine   = regexp.MustCompile(`stagehand: kexec into slot b after (\S+) \(peak memory (\d+) kB\)`)
 	rebootLine  = regexp.MustCompile(`stagehand: rebooting through the firmware after (\S+) \(peak memory (\d+) kB\)`)
 	leaveLine   = regexp.MustCompile(`stagehand: (?:kexec into slot b|rebooting through the firmware) after (\S+) \(peak memory (\d+) kB\)`)
 	runInit     = regexp.MustCompile(`\] Run /\S+ as init process`)
@@ -319,7 +318,10 @@ type upgrade struct {
 	Why      string  `json:"why_not_kexec,omitempty"`
 	Version  string  `json:"booted"` // the version the OS says after the reboot
 	Uname    string  `json:"uname"`
-	Log      string  `json:"log"`
+	// Steps is the reboot into v2 step by step (steps.go), in ms by step.
+	Steps    map[string]float64 `json:"steps_ms,omitempty"`
+	StepsErr string             `json:"steps_error,omitempty"`
+	Log      string             `json:"log"`
 }
 
 func (g *guest) upgrade(template, variant, dir string, memMB int) (*upgrade, error) {
@@ -378,6 +380,10 @@ func (g *guest) upgrade(template, variant, dir string, memMB int) (*upgrade, err
 		}
 		u.Reboot, u.Leave = (v2.at - t.at).Seconds(), (v2.at - l.at).Seconds()
 		u.Version, u.Uname = vv[1], vv[2]
+		var serr error
+		if u.Steps, serr = stepsOf(p.all()); serr != nil {
+			u.StepsErr = serr.Error()
+		}
 		return nil
 	}()
 	// A boot that went nowhere is not waited for.

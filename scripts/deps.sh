@@ -7,7 +7,8 @@ set -euo pipefail
 # sbsigntool and openssl: the UKI tests sign with Debian ovmf's snakeoil key.
 # osslsigncode: the authenticode tests check their hash against its digest.
 # ca-certificates: the agent's image carries its bundle (agentimage's tests too).
-need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl osslsigncode ca-certificates)
+# grub-common: grub/grubenv's tests compare its blocks byte for byte with grub-editenv's.
+need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl osslsigncode ca-certificates grub-common)
 # make demo stages from a real registry: Debian's docker-registry.
 if [[ ${1:-} == demo ]]; then
 	need_pkgs+=(docker-registry)

@@ -21,6 +21,9 @@ die() {
 }
 
 need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0 cryptsetup-bin)
+# GRUB 2.06's stock modules for BIOS and UEFI: the GRUB backend's images, and
+# package grub's test that its grub.cfg uses only commands they provide.
+need_pkgs+=(grub-pc-bin grub-efi-amd64-bin)
 need_files=(
 	/usr/bin/qemu-system-x86_64
 	/usr/share/OVMF/OVMF_CODE_4M.fd
@@ -45,6 +48,8 @@ need_files=(
 	/usr/bin/swtpm
 	/usr/lib/systemd/systemd-measure
 	/usr/sbin/cryptsetup
+	/usr/lib/grub/i386-pc/command.lst
+	/usr/lib/grub/x86_64-efi/command.lst
 )
 
 updated=0

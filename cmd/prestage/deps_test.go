@@ -1,20 +1,16 @@
 package main
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/stagehand-dev/stagehand/internal/imports"
 )
 
 // TestDeps keeps the pre-stage init small and its attack surface narrow:
 // nothing that talks to registries, parses command lines for humans, or
 // draws progress bars belongs in PID 1 of the initramfs.
 func TestDeps(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
-	}
-	for _, banned := range []string{
+	imports.Forbid(t, "prestage",
 		"github.com/google/go-containerregistry",
 		"github.com/spf13/cobra",
 		"github.com/schollz/progressbar",
@@ -34,12 +30,5 @@ func TestDeps(t *testing.T) {
 		"k8s.io",
 		"go.etcd.io",
 		"google.golang.org/grpc",
-	} {
-		exact, only := strings.CutSuffix(banned, "$") // the package, not those under it
-		for _, dep := range strings.Fields(string(out)) {
-			if dep == exact || !only && strings.HasPrefix(dep, banned+"/") {
-				t.Errorf("prestage imports %s", dep)
-			}
-		}
-	}
+	)
 }

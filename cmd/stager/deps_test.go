@@ -1,9 +1,9 @@
 package main
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/stagehand-dev/stagehand/internal/imports"
 )
 
 // TestDeps keeps the Kubernetes agent out of stager: client-go's and
@@ -11,21 +11,11 @@ import (
 // boot tens of MiB and their package init, and every slot the binary's
 // size. They are stagehand-agent's alone.
 func TestDeps(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v\n%s", err, out)
-	}
-	for _, banned := range []string{
+	imports.Forbid(t, "stager",
 		"k8s.io",
 		"sigs.k8s.io",
 		"go.etcd.io",
 		"google.golang.org/grpc",
 		"github.com/stagehand-dev/stagehand/fleet",
-	} {
-		for _, dep := range strings.Fields(string(out)) {
-			if dep == banned || strings.HasPrefix(dep, banned+"/") {
-				t.Errorf("stager imports %s", dep)
-			}
-		}
-	}
+	)
 }

@@ -25,7 +25,7 @@ func TestDeps(t *testing.T) {
 		"debug/elf",
 		"debug/pe",
 		"debug/dwarf",
-		// Fleets: the Kubernetes and etcd clients are stager's alone.
+		// Fleets: the Kubernetes and etcd clients are stagehand-agent's alone.
 		"github.com/stagehand-dev/stagehand/fleet",
 		"k8s.io",
 		"go.etcd.io",

@@ -26,6 +26,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
+
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 )
 
 const hostCACerts = "/etc/ssl/certs/ca-certificates.crt"
@@ -66,16 +68,11 @@ func binaries(t *testing.T, arch string) []string {
 	b.once.Do(func() {
 		b.path = filepath.Join(binDir, "linux-"+arch)
 		start := time.Now()
-		args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", b.path + "/"}
+		var pkgs []string
 		for _, c := range imageBinaries {
-			args = append(args, "./cmd/"+c)
+			pkgs = append(pkgs, "./cmd/"+c)
 		}
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), args...)
-		cmd.Dir = ".."
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("building %v for linux/%s: %v: %s", imageBinaries, arch, err, out)
-		}
+		b.err = gobuild.Static("..", arch, b.path+"/", pkgs...)
 		t.Logf("built %v for linux/%s in %v", imageBinaries, arch, time.Since(start).Round(time.Millisecond))
 	})
 	if b.err != nil {

@@ -4,10 +4,8 @@ package qemutests
 
 import (
 	"context"
-	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -18,6 +16,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/initramfs"
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
 
@@ -153,14 +152,7 @@ func TestMain(m *testing.M) {
 func buildStatic(t testing.TB, pkg string) string {
 	t.Helper()
 	return once(t, "bin"+pkg, func(out string) error {
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		cmd := exec.Command(goBin, "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
-		cmd.Dir = repoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v: %s", pkg, err, b)
-		}
-		return nil
+		return gobuild.Static(repoRoot(), "amd64", out, pkg)
 	})
 }
 

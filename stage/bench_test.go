@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/stagehand-dev/stagehand/internal/benchstat"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stagehand-dev/stagehand/internal/benchstat"
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -129,8 +132,8 @@ func BenchmarkStageSize(b *testing.B) {
 // each other).
 func BenchmarkStageRSS(b *testing.B) {
 	bin := filepath.Join(b.TempDir(), "stager")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/stager").CombinedOutput(); err != nil {
-		b.Fatalf("building stager: %v: %s", err, out)
+	if err := gobuild.Static(".", runtime.GOARCH, bin, "../cmd/stager"); err != nil {
+		b.Fatal(err)
 	}
 	reg := testRegistry(b, "", "")
 	sizes := []int{64 * mib, 512 * mib}

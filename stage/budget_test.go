@@ -6,8 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 )
 
 // rssBudgetMiB is stager's peak RSS budget while staging (issue 27):
@@ -25,10 +28,8 @@ func TestStageRSS(t *testing.T) {
 		t.Fatalf("no /usr/bin/time (%v): run 'make deps' (scripts/deps.sh installs Debian's time) as root", err)
 	}
 	bin := filepath.Join(t.TempDir(), "stager")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "../cmd/stager")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building stager: %v: %s", err, out)
+	if err := gobuild.Static(".", runtime.GOARCH, bin, "../cmd/stager"); err != nil {
+		t.Fatal(err)
 	}
 	reg := testRegistry(t, "", "")
 	peaks := map[int]float64{}

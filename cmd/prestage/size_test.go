@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"compress/gzip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stagehand-dev/stagehand/initramfs"
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 )
 
 // The budgets of docs/performance.md, judged in make test as in make bench
@@ -34,10 +34,8 @@ var sizeModules = []string{"virtio_pci", "virtio_blk", "efivarfs"}
 // takes gzip).
 func TestSize(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "prestage")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building prestage: %v: %s", err, out)
+	if err := gobuild.Static(".", "amd64", bin, "."); err != nil {
+		t.Fatal(err)
 	}
 	st, err := os.Stat(bin)
 	if err != nil {

@@ -2,9 +2,10 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 )
 
 // sizeBudget is the node stager's size budget, stripped (issue 27): every
@@ -18,10 +19,8 @@ const sizeBudget = 21 << 19 // 10.5 MiB
 // linux/amd64 and checks its size. What it links is TestDeps's.
 func TestSize(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "stager")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building stager: %v: %s", err, out)
+	if err := gobuild.Static(".", "amd64", bin, "."); err != nil {
+		t.Fatal(err)
 	}
 	st, err := os.Stat(bin)
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/installer"
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 	"github.com/stagehand-dev/stagehand/stage"
 )
@@ -54,11 +54,8 @@ func (g *guest) build() error {
 	bin := filepath.Join(g.dir, "bin")
 	for pkg, out := range map[string]*string{"./cmd/prestage": &g.prestage, "./qemu-tests/testos": &g.testos, "./qemu-tests/bench/goinit": &g.goinit} {
 		*out = filepath.Join(bin, filepath.Base(pkg))
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags=-s -w", "-o", *out, pkg)
-		cmd.Dir = g.root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v: %s", pkg, err, b)
+		if err := gobuild.Static(g.root, "amd64", *out, pkg); err != nil {
+			return err
 		}
 	}
 	g.kernels = map[string]kernel{}

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/internal/benchstat"
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 	"github.com/stagehand-dev/stagehand/qemu-tests/realos"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
@@ -63,11 +62,8 @@ func (g *guest) realOSDisk(ctx context.Context, path, rdinit string, staged bool
 	outs := map[string]string{}
 	for _, pkg := range []string{"./cmd/stager", "./qemu-tests/realos/init"} {
 		out := filepath.Join(bin, "realos-"+filepath.Base(pkg))
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
-		cmd.Dir = g.root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v: %s", pkg, err, b)
+		if err := gobuild.Static(g.root, "amd64", out, pkg); err != nil {
+			return err
 		}
 		outs[pkg] = out
 	}

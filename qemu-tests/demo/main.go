@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/stagehand-dev/stagehand/initramfs"
+	"github.com/stagehand-dev/stagehand/internal/gobuild"
 	"github.com/stagehand-dev/stagehand/qemu-tests/realos"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
@@ -128,10 +129,8 @@ func (d *demo) run() error {
 	fmt.Printf("    root image %s (key %s): %s in %.1f s\n", filepath.Base(img.Path), img.Key, how, img.Took.Seconds())
 	d.phase("the real OS's root image", img.Took)
 	initBin := filepath.Join(d.dir, "realos-init")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", initBin, "./qemu-tests/realos/init")
-	build.Dir, build.Env = *root, append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the real OS's init: %v: %s", err, b)
+	if err := gobuild.Static(*root, "amd64", initBin, "./qemu-tests/realos/init"); err != nil {
+		return fmt.Errorf("the real OS's init: %w", err)
 	}
 	say("Three versions: v1 on Debian's %s kernel, v2 on %s (its wanted check fails: a warning), v3 on %s (its required check fails)", v1k.release, v2k.release, v1k.release)
 	for _, v := range []struct {

@@ -24,6 +24,9 @@ need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2
 # GRUB 2.06's stock modules for BIOS and UEFI: the GRUB backend's images, and
 # package grub's test that its grub.cfg uses only commands they provide.
 need_pkgs+=(grub-pc-bin grub-efi-amd64-bin)
+# grub-emu: GRUB 2.06's emulator, which package grub's TestEmu runs the
+# stagehand grub.cfg under (under util-linux's script, from bsdutils, Essential).
+need_pkgs+=(grub-emu)
 need_files=(
 	/usr/bin/qemu-system-x86_64
 	/usr/share/OVMF/OVMF_CODE_4M.fd

@@ -8,6 +8,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/fat"
 )
 
 // Disk is the boot flow's environment on a real disk; Close releases it.
@@ -46,7 +47,7 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 		if mnt != "" {
 			return boot.Dir(mnt), nil
 		}
-		f, err := boot.OpenESP(espPart, espPart.Size)
+		f, err := fat.Open(espPart, espPart.Size)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", espPart.Name(), err)
 		}

@@ -7,6 +7,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -38,7 +39,7 @@ func ReadLoader(ctx context.Context, path string, vars efivar.Store) (*LoaderSta
 		return nil, err
 	} else if mnt != "" {
 		esp = boot.Dir(mnt)
-	} else if esp, err = boot.OpenESP(espPart, espPart.Size); err != nil {
+	} else if esp, err = fat.Open(espPart, espPart.Size); err != nil {
 		return nil, err
 	}
 	var opts []boot.SystemdBootOption

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -29,7 +30,7 @@ func BenchmarkInstallSlot(b *testing.B) {
 			f, _ := os.Create(p)
 			defer f.Close()
 			f.Truncate(size)
-			esp, err := FormatESP(fileDevice{f}, size)
+			esp, err := fat.Format(fileDevice{f}, size, ESPLabel)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -95,7 +96,7 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	if err != nil {
 		return nil, err
 	}
-	esp, err := FormatESP(espR, espR.Size)
+	esp, err := fat.Format(espR, espR.Size, ESPLabel)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}

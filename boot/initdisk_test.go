@@ -19,10 +19,37 @@ import (
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/disk/disktest"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
 const mib = 1 << 20
+
+// fsckFAT runs fsck.fat -n on a file holding only a FAT file system.
+func fsckFAT(t *testing.T, img string) string {
+	t.Helper()
+	out, err := exec.Command("fsck.fat", "-n", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fsck.fat -n %s: %v:\n%s(fsck.fat comes with 'make deps')", img, err, out)
+	}
+	return string(out)
+}
+
+// mtools runs an mtools command (mdir, mtype) on the FAT at img@@offset.
+func mtools(t *testing.T, tool, img string, offset int64, args ...string) string {
+	t.Helper()
+	target := img
+	if offset != 0 {
+		target = fmt.Sprintf("%s@@%d", img, offset)
+	}
+	cmd := exec.Command(tool, append([]string{"-i", target}, args...)...)
+	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s -i %s %s: %v:\n%s", tool, target, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
 
 // fakeKernel is a file with a bzImage setup header naming release.
 func fakeKernel(t *testing.T, dir, release string, size int) string {
@@ -183,7 +210,7 @@ func TestInitDisk(t *testing.T) {
 	}
 	defer f.Close()
 	sec := &section{f, espPart.Offset, espPart.Size}
-	esp, err := OpenESP(sec, espPart.Size)
+	esp, err := fat.Open(sec, espPart.Size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +302,7 @@ func TestInitDisk(t *testing.T) {
 	}
 }
 
-// section is a partition of an open image file, as a Device.
+// section is a partition of an open image file, as a fat.Device.
 type section struct {
 	f        *os.File
 	off, len int64

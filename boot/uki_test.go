@@ -16,6 +16,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -46,7 +47,7 @@ func fatESP(t *testing.T) boot.FS {
 	if err := f.Truncate(260 << 20); err != nil {
 		t.Fatal(err)
 	}
-	esp, err := boot.FormatESP(f, 260<<20)
+	esp, err := fat.Format(f, 260<<20, boot.ESPLabel)
 	if err != nil {
 		t.Fatal(err)
 	}

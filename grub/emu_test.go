@@ -20,6 +20,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/grub/grubenv"
 )
 
@@ -301,7 +302,7 @@ func (e *emu) run(t *testing.T, img string, nosave, hidden bool) emuRun {
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // newEmuDisk writes a disk image with the project's layout (disk.Create)
-// and an ESP (boot.FormatESP) holding grub.cfg, both slots' kernel and
+// and an ESP (fat.Format) holding grub.cfg, both slots' kernel and
 // initramfs, and grubenv unless env is nil. For nosave, all of them are in
 // a FAT image file on the ESP instead, where the harness sets $root.
 func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool) string {
@@ -318,12 +319,12 @@ func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool
 	if err != nil {
 		t.Fatal(err)
 	}
-	esp, err := boot.FormatESP(r, r.Size)
+	esp, err := fat.Format(r, r.Size, boot.ESPLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The script, the slots and grubenv, on a FAT.
-	fill := func(fat *boot.FAT, env []byte) {
+	fill := func(vol *fat.Volume, env []byte) {
 		t.Helper()
 		files := map[string][]byte{"/grub/grub.cfg": script}
 		for _, s := range []Slot{cfg.A, cfg.B} {
@@ -334,7 +335,7 @@ func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool
 			files[cfg.Env] = env
 		}
 		for name, b := range files {
-			if err := fat.WriteFile(strings.TrimPrefix(name, "/"), bytes.NewReader(b)); err != nil {
+			if err := vol.WriteFile(strings.TrimPrefix(name, "/"), bytes.NewReader(b)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -344,9 +345,9 @@ func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool
 	} else {
 		fill(esp, nil)
 		inner := filepath.Join(t.TempDir(), emuNoSave)
-		fat := formatFAT(t, inner, emuNoSaveSize)
-		fill(fat, env)
-		if err := fat.Sync(); err != nil {
+		vol := formatFAT(t, inner, emuNoSaveSize)
+		fill(vol, env)
+		if err := vol.Sync(); err != nil {
 			t.Fatal(err)
 		}
 		f, err := os.Open(inner)
@@ -368,10 +369,10 @@ func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool
 }
 
 // emuNoSaveSize is the FAT32 in nosave.img: past FAT32's least cluster
-// count with 512-byte clusters, and not 64 MiB (see boot.FormatESP).
+// count with 512-byte clusters, and not 64 MiB (see fat.Format).
 const emuNoSaveSize = 40 << 20
 
-func formatFAT(t *testing.T, path string, size int64) *boot.FAT {
+func formatFAT(t *testing.T, path string, size int64) *fat.Volume {
 	t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
@@ -381,11 +382,11 @@ func formatFAT(t *testing.T, path string, size int64) *boot.FAT {
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
-	fat, err := boot.FormatESP(f, size)
+	vol, err := fat.Format(f, size, boot.ESPLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fat
+	return vol
 }
 
 // readEmuEnv reads grubenv back from img's ESP (for nosave, from the FAT
@@ -401,7 +402,7 @@ func readEmuEnv(t *testing.T, img, name string, nosave bool) ([]byte, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	esp, err := boot.OpenESP(r, r.Size)
+	esp, err := fat.Open(r, r.Size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,14 +423,14 @@ func readEmuEnv(t *testing.T, img, name string, nosave bool) ([]byte, error) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	fat, err := boot.OpenESP(readOnly{f}, int64(len(b)))
+	vol, err := fat.Open(readOnly{f}, int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fat.ReadFile(name)
+	return vol.ReadFile(name)
 }
 
-// readOnly is a file as a boot.Device that refuses writes.
+// readOnly is a file as a fat.Device that refuses writes.
 type readOnly struct{ *os.File }
 
 func (readOnly) WriteAt([]byte, int64) (int, error) { return 0, fmt.Errorf("read-only") }

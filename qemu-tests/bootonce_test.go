@@ -18,15 +18,16 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
 // espOf opens the ESP of the disk image img (QEMU not running) and calls f
 // with it and the systemd-boot backend on it.
-func espOf(t testing.TB, img string, writable bool, f func(esp *boot.FAT, sb *boot.SystemdBoot)) {
+func espOf(t testing.TB, img string, writable bool, f func(esp *fat.Volume, sb *boot.SystemdBoot)) {
 	t.Helper()
 	withPartition(t, img, disk.LabelESP, writable, func(r *disk.Region) {
-		esp, err := boot.OpenESP(r, r.Size)
+		esp, err := fat.Open(r, r.Size)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +59,7 @@ func fsckESP(t testing.TB, img string) {
 // setOptions rewrites the kernel command line of slot's entry on img.
 func setOptions(t testing.TB, img string, slot meta.Slot, options string) {
 	t.Helper()
-	espOf(t, img, true, func(esp *boot.FAT, sb *boot.SystemdBoot) {
+	espOf(t, img, true, func(esp *fat.Volume, sb *boot.SystemdBoot) {
 		slots, err := sb.Slots(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -114,7 +115,7 @@ func TestBootOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer inf.Close()
-	espOf(t, img, true, func(esp *boot.FAT, sb *boot.SystemdBoot) {
+	espOf(t, img, true, func(esp *fat.Volume, sb *boot.SystemdBoot) {
 		err := sb.InstallSlot(ctx, meta.SlotB, boot.Image{Kernel: kf, Initramfs: inf, Version: "v2",
 			Cmdline: "console=ttyS0 stagehand.testos.steps=efivars", Tries: 1})
 		if err != nil {
@@ -183,7 +184,7 @@ func TestBootOnce(t *testing.T) {
 	// On the host: systemd-boot counted b's try on the ESP, and left the
 	// FAT clean.
 	fsckESP(t, img)
-	espOf(t, img, false, func(esp *boot.FAT, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, sb *boot.SystemdBoot) {
 		names, err := esp.ReadDir("loader/entries")
 		if err != nil {
 			t.Fatal(err)
@@ -228,7 +229,7 @@ func TestBootOnce(t *testing.T) {
 		t.Fatalf("boot 3: QEMU after power off: %v", err)
 	}
 	t.Logf("boot 3: power on to test OS %s, to power off %s", boot3.Round(100*time.Millisecond), r.Elapsed().Round(100*time.Millisecond))
-	espOf(t, img, false, func(esp *boot.FAT, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, sb *boot.SystemdBoot) {
 		if names, _ := esp.ReadDir("loader/entries"); !cmp.Equal(names, []string{"stagehand-a.conf", "stagehand-b+0-1.conf"}) {
 			t.Errorf("entries after boot 3: %v", names)
 		}
@@ -258,7 +259,7 @@ func TestOneShotNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer inf.Close()
-	espOf(t, img, true, func(esp *boot.FAT, sb *boot.SystemdBoot) {
+	espOf(t, img, true, func(esp *fat.Volume, sb *boot.SystemdBoot) {
 		err := sb.InstallSlot(ctx, meta.SlotB, boot.Image{Kernel: kf, Initramfs: inf, Version: "v2",
 			Cmdline: "console=ttyS0 stagehand.testos.steps=efivars", Tries: 1})
 		if err != nil {

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -34,7 +34,7 @@ func TestColdBootRefusesPending(t *testing.T) {
 	}
 
 	withPartition(t, u.img, disk.LabelESP, true, func(p *disk.Region) {
-		esp, err := boot.OpenESP(p, p.Size)
+		esp, err := fat.Open(p, p.Size)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
@@ -37,7 +38,7 @@ func armedByDefault(t testing.TB, r *vm.Run) {
 // default and that it resolves to want.
 func countedDefault(t testing.TB, img string, want meta.Slot) {
 	t.Helper()
-	espOf(t, img, false, func(_ *boot.FAT, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(_ *fat.Volume, sb *boot.SystemdBoot) {
 		on, err := sb.CountedDefault(context.Background())
 		if err != nil || !on {
 			t.Errorf("loader.conf's default is not %q (%v)", boot.CountedDefaultPattern, err)

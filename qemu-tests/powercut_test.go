@@ -20,6 +20,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
 )
@@ -356,8 +357,8 @@ func diskState(img string) string {
 	}
 	r, err := d.Find(disk.LabelESP)
 	if err == nil {
-		var esp *boot.FAT
-		if esp, err = boot.OpenESP(r, r.Size); err == nil {
+		var esp *fat.Volume
+		if esp, err = fat.Open(r, r.Size); err == nil {
 			var names []string
 			if names, err = esp.ReadDir("loader/entries"); err == nil {
 				parts = append(parts, strings.Join(trimEntries(names), ","))
@@ -382,7 +383,7 @@ func diskState(img string) string {
 // slotFiles lists the files of slot's directory on esp with their sizes
 // in MiB and whether their bytes are the staged payload's (what a cut in
 // the slot write left).
-func slotFiles(esp *boot.FAT, slot meta.Slot, staged *meta.Staged) string {
+func slotFiles(esp *fat.Volume, slot meta.Slot, staged *meta.Staged) string {
 	dir := "stagehand/" + string(slot)
 	names, err := esp.ReadDir(dir)
 	if err != nil || len(names) == 0 {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
@@ -153,7 +154,7 @@ func metaHash(t testing.TB, img string) [32]byte {
 func entries(t testing.TB, img string) []string {
 	t.Helper()
 	var names []string
-	espOf(t, img, false, func(esp *boot.FAT, _ *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
 		var err error
 		if names, err = esp.ReadDir("loader/entries"); err != nil {
 			t.Fatal(err)

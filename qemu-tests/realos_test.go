@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/realos"
@@ -243,7 +244,7 @@ func TestRealOSUpgrade(t *testing.T) {
 	if !strings.Contains(checked, "passed") || !strings.Contains(checked, "60-fails") {
 		t.Errorf("META records v2's health checks as %q, want passed with the wanted check 60-fails's warning%s", checked, lastReasons(st, 5))
 	}
-	espOf(t, img, false, func(esp *boot.FAT, _ *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
 		b, err := esp.ReadFile(HeldFileOnESP)
 		if err != nil || !strings.HasPrefix(string(b), "held open by the real OS") {
 			t.Errorf("%s on the ESP: %q, %v", HeldFileOnESP, b, err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
 )
@@ -42,7 +43,7 @@ func openMETA(t testing.TB, img string) *meta.Store {
 func defaultSlot(t testing.TB, img string) meta.Slot {
 	t.Helper()
 	var def meta.Slot
-	espOf(t, img, false, func(_ *boot.FAT, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(_ *fat.Volume, sb *boot.SystemdBoot) {
 		var err error
 		if def, err = sb.Default(context.Background()); err != nil {
 			t.Fatal(err)
@@ -214,7 +215,7 @@ func TestScenarioCorruptPayload(t *testing.T) {
 	if d := cmp.Diff(entriesBefore, entries(t, u.img)); d != "" {
 		t.Errorf("entries changed (-before, +after):\n%s", d)
 	}
-	espOf(t, u.img, false, func(esp *boot.FAT, _ *boot.SystemdBoot) {
+	espOf(t, u.img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
 		if names, err := esp.ReadDir("stagehand"); err != nil || !cmp.Equal(names, []string{"a"}) {
 			t.Errorf("the ESP's stagehand/ holds %v (%v), want only a: slot b was written", names, err)
 		}

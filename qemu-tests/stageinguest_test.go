@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
@@ -114,7 +115,7 @@ func TestScenarioStageInGuest(t *testing.T) {
 	if !strings.HasPrefix(stagedFrom, "staged "+ref+" ") {
 		t.Errorf("META records the stage as %q, want it from %s", stagedFrom, ref)
 	}
-	espOf(t, u.img, false, func(esp *boot.FAT, _ *boot.SystemdBoot) {
+	espOf(t, u.img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
 		b, err := esp.ReadFile(HeldFileOnESP)
 		if err != nil || !strings.HasPrefix(string(b), "held open by the test OS") {
 			t.Errorf("%s on the ESP: %q, %v", HeldFileOnESP, b, err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
@@ -180,7 +181,7 @@ func stageSpec(t testing.TB, img string, s ukiSpec, asUKI bool, target meta.Slot
 func espEntries(t testing.TB, img string) []string {
 	t.Helper()
 	var out []string
-	espOf(t, img, false, func(esp *boot.FAT, _ *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
 		for _, d := range []string{"loader/entries", "EFI/Linux"} {
 			names, err := esp.ReadDir(d)
 			if errors.Is(err, fs.ErrNotExist) {

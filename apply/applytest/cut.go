@@ -10,6 +10,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -101,11 +102,11 @@ func (m *Machine) OpenCut(booted meta.Slot, at int) (*apply.Disk, *CutFS) {
 	}
 	stageR, _ := dk.Find(disk.LabelSTAGE)
 	espR, _ := dk.Find(disk.LabelESP)
-	fat, err := boot.OpenESP(espR, espR.Size)
+	vol, err := fat.Open(espR, espR.Size)
 	if err != nil {
 		m.T.Fatal(err)
 	}
-	cf := &CutFS{FS: fat, At: at}
+	cf := &CutFS{FS: vol, At: at}
 	store, err := meta.Load(&CutMETA{Device: metaR, FS: cf}, metaR.Name())
 	if err != nil {
 		m.T.Fatal(err)

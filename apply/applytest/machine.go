@@ -21,6 +21,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/stage"
@@ -259,7 +260,7 @@ func (m *Machine) countTry(e boot.SlotEntry) {
 	if err != nil {
 		m.T.Fatal(err)
 	}
-	esp, err := boot.OpenESP(r, r.Size)
+	esp, err := fat.Open(r, r.Size)
 	if err != nil {
 		m.T.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -358,10 +359,10 @@ func firmwareView(ctx context.Context, img string, slot meta.Slot, known func(Fi
 	}
 	bps, reserved := int64(binary.LittleEndian.Uint16(bs[11:])), int64(binary.LittleEndian.Uint16(bs[14:]))
 	nfats, fatSize := int64(bs[16]), int64(binary.LittleEndian.Uint32(bs[36:]))*int64(binary.LittleEndian.Uint16(bs[11:]))
-	fat := make([]byte, fatSize)
-	_, err = f.ReadAt(fat, esp.Offset+reserved*bps)
+	table := make([]byte, fatSize)
+	_, err = f.ReadAt(table, esp.Offset+reserved*bps)
 	for i := int64(1); err == nil && i < nfats; i++ {
-		_, err = f.WriteAt(fat, esp.Offset+(reserved*bps)+i*fatSize)
+		_, err = f.WriteAt(table, esp.Offset+(reserved*bps)+i*fatSize)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -377,7 +378,7 @@ func firmwareView(ctx context.Context, img string, slot meta.Slot, known func(Fi
 	if esp, err = d.Find(disk.LabelESP); err != nil {
 		return err
 	}
-	fs, err := boot.OpenESP(esp, esp.Size)
+	fs, err := fat.Open(esp, esp.Size)
 	if err != nil {
 		return fmt.Errorf("the ESP as the cut left it (first FAT): %w", err)
 	}

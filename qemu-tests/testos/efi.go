@@ -14,6 +14,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -79,7 +80,7 @@ func bootOnce(slot meta.Slot) error {
 	if err != nil {
 		return err
 	}
-	esp, err := boot.OpenESP(r, r.Size)
+	esp, err := fat.Open(r, r.Size)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/tpmseal"
 	"github.com/stagehand-dev/stagehand/uki"
@@ -115,7 +116,7 @@ func pcrSignature(d *disk.Disk) (sig, pub []byte, from string, err error) {
 	if err != nil {
 		return nil, nil, "", err
 	}
-	esp, err := boot.OpenESP(r, r.Size)
+	esp, err := fat.Open(r, r.Size)
 	if err != nil {
 		return nil, nil, "", err
 	}

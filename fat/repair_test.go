@@ -1,4 +1,4 @@
-package boot
+package fat
 
 import (
 	"bytes"
@@ -73,9 +73,9 @@ func TestRepairCut(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			e, err := OpenESP(f, int64(len(b)))
+			e, err := Open(f, int64(len(b)))
 			if err != nil {
-				t.Fatalf("OpenESP: %v", err)
+				t.Fatalf("Open: %v", err)
 			}
 			if got, err := e.ReadFile("stagehand/a/vmlinuz"); err != nil || !bytes.Equal(got, old) {
 				t.Errorf("the file written before the cut: %d bytes, %v", len(got), err)

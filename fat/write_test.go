@@ -1,4 +1,4 @@
-package boot
+package fat
 
 import (
 	"bytes"
@@ -46,7 +46,7 @@ func TestFATWriteRegion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	esp, err := FormatESP(region, espSize)
+	esp, err := Format(region, espSize, "EFI")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestFATWriteRegion(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	again, err := OpenESP(region, espSize)
+	again, err := Open(region, espSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestFATSyncSyncs(t *testing.T) {
 	defer f.Close()
 	f.Truncate(100 << 20)
 	dev := &countingDevice{File: f}
-	esp, err := FormatESP(dev, 100<<20)
+	esp, err := Format(dev, 100<<20, "EFI")
 	if err != nil {
 		t.Fatal(err)
 	}

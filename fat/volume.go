@@ -1,4 +1,4 @@
-package boot
+package fat
 
 import (
 	"errors"
@@ -17,27 +17,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 )
 
-// FS is an ESP's file system as the backends use it. Names are
-// slash-separated paths from the ESP's root, without a leading slash.
-type FS interface {
-	// ReadFile returns a file's contents; fs.ErrNotExist when it is absent.
-	ReadFile(name string) ([]byte, error)
-	// Open opens a file for reading; fs.ErrNotExist when it is absent.
-	Open(name string) (io.ReadCloser, error)
-	// WriteFile creates or replaces a file, creating its directories.
-	WriteFile(name string, r io.Reader) error
-	// ReadDir lists a directory's names, sorted; fs.ErrNotExist when it is
-	// absent.
-	ReadDir(name string) ([]string, error)
-	// Rename renames a file within its directory, replacing the target.
-	Rename(from, to string) error
-	// Remove removes a file; fs.ErrNotExist when it is absent.
-	Remove(name string) error
-	// Sync makes every change so far durable.
-	Sync() error
-}
-
-// Device is where an ESP lies: a partition region of a disk (a
+// Device is where a volume lies: a partition region of a disk (a
 // *disk.Region) or any file.
 type Device interface {
 	io.ReaderAt
@@ -45,13 +25,11 @@ type Device interface {
 	Sync() error
 }
 
-// ESPLabel is the volume label FormatESP gives the ESP.
-const ESPLabel = "EFI"
-
-// FAT is an ESP read and written with go-diskfs on a device, without
-// mounting it: the way for an image file, and for a disk whose ESP nothing
-// has mounted (the pre-stage init, `stager disk init`).
-type FAT struct {
+// Volume is a FAT32 file system read and written with go-diskfs on a
+// device, without mounting it: the way for an image file, and for a disk
+// whose ESP nothing has mounted (the pre-stage init, `stager disk init`).
+// Names are slash-separated paths from the root, without a leading slash.
+type Volume struct {
 	dev  Device
 	st   *storage // dev as go-diskfs writes it
 	fs   *fat32.FileSystem
@@ -63,31 +41,30 @@ type FAT struct {
 	repair bool
 }
 
-var _ FS = (*FAT)(nil)
-
-// FormatESP writes an empty FAT32 file system of size bytes on dev.
-func FormatESP(dev Device, size int64) (*FAT, error) {
+// Format writes an empty FAT32 file system of size bytes, with the volume
+// label label, on dev.
+func Format(dev Device, size int64, label string) (*Volume, error) {
 	if size == 64<<20 {
 		// mtools and fsck.fat reject go-diskfs's 64 MiB FAT32 (NOTES.md).
 		return nil, errors.New("formatting ESP: a FAT32 of exactly 64 MiB is not readable by every tool; use another size")
 	}
 	st := newStorage(dev, size)
-	f, err := fat32.Create(st, size, 0, 512, ESPLabel, false)
+	f, err := fat32.Create(st, size, 0, 512, label, false)
 	if err != nil {
 		return nil, fmt.Errorf("formatting ESP: %w", err)
 	}
-	esp := &FAT{dev: dev, st: st, fs: f, size: size, repair: true}
+	esp := &Volume{dev: dev, st: st, fs: f, size: size, repair: true}
 	if err := esp.Sync(); err != nil {
 		return nil, fmt.Errorf("formatting ESP: %w", err)
 	}
 	return esp, nil
 }
 
-// OpenESP reads the FAT32 file system of size bytes on dev, first putting
+// Open reads the FAT32 file system of size bytes on dev, first putting
 // right what an earlier writer cut short may have left (see repairFAT); a
 // clean file system is not written. On a device opened read-only the repair
 // cannot write and is skipped: reading does not need it.
-func OpenESP(dev Device, size int64) (*FAT, error) {
+func Open(dev Device, size int64) (*Volume, error) {
 	st := newStorage(dev, size)
 	r, rerr := repairFAT(st)
 	if rerr == nil && r.any() {
@@ -100,14 +77,14 @@ func OpenESP(dev Device, size int64) (*FAT, error) {
 		return nil, fmt.Errorf("reading ESP: %w", err)
 	}
 	// A repair that failed is tried again at the first Sync.
-	return &FAT{dev: dev, st: st, fs: f, size: size, repair: rerr != nil}, nil
+	return &Volume{dev: dev, st: st, fs: f, size: size, repair: rerr != nil}, nil
 }
 
 func espPath(name string) string { return "/" + strings.TrimPrefix(path.Clean("/"+name), "/") }
 
 // readDir lists the directory at p (an espPath); go-diskfs's ReadDir takes
 // io/fs paths.
-func (f *FAT) readDir(p string) ([]fs.DirEntry, error) {
+func (f *Volume) readDir(p string) ([]fs.DirEntry, error) {
 	q := strings.TrimPrefix(p, "/")
 	if q == "" {
 		q = "."
@@ -117,7 +94,7 @@ func (f *FAT) readDir(p string) ([]fs.DirEntry, error) {
 
 // exists tells whether name is on the ESP, walking down from the root;
 // go-diskfs's errors do not say "not exist" in a way errors.Is sees.
-func (f *FAT) exists(name string) (bool, error) {
+func (f *Volume) exists(name string) (bool, error) {
 	p := espPath(name)
 	if p == "/" {
 		return true, nil
@@ -147,11 +124,11 @@ func notExist(op, name string) error {
 	return &fs.PathError{Op: op, Path: "ESP:" + espPath(name), Err: fs.ErrNotExist}
 }
 
-// ReadFile implements FS. It reads through Open: go-diskfs's ReadFile
-// returns bytes past the end of a file whose reads do not fall on cluster
-// boundaries (its Read does not cap a read that starts inside a cluster at
-// the file's size).
-func (f *FAT) ReadFile(name string) ([]byte, error) {
+// ReadFile returns a file's contents; fs.ErrNotExist when it is absent. It
+// reads through Open: go-diskfs's ReadFile returns bytes past the end of a
+// file whose reads do not fall on cluster boundaries (its Read does not cap
+// a read that starts inside a cluster at the file's size).
+func (f *Volume) ReadFile(name string) ([]byte, error) {
 	r, err := f.Open(name)
 	if err != nil {
 		return nil, err
@@ -164,10 +141,11 @@ func (f *FAT) ReadFile(name string) ([]byte, error) {
 	return b, nil
 }
 
-// Open implements FS. The file is read from its cluster runs, each read as
-// large as the caller's buffer (go-diskfs reads a cluster at a time and
-// walks the file's whole cluster chain at every read).
-func (f *FAT) Open(name string) (io.ReadCloser, error) {
+// Open opens a file for reading; fs.ErrNotExist when it is absent. The
+// file is read from its cluster runs, each read as large as the caller's
+// buffer (go-diskfs reads a cluster at a time and walks the file's whole
+// cluster chain at every read).
+func (f *Volume) Open(name string) (io.ReadCloser, error) {
 	if ok, err := f.exists(name); err != nil || !ok {
 		if err == nil {
 			err = notExist("open", name)
@@ -292,16 +270,16 @@ type directDevice interface {
 	OpenDirect() (*disk.DirectWriter, error)
 }
 
-// WriteFile implements FS. A reader that says how much it holds (Len, as
-// *bytes.Reader and *strings.Reader have, or Size and Seek, as
-// *io.SectionReader has) gets its clusters in one allocation, and its bytes
-// go straight to them in writeChunk writes, bypassing the page cache where
-// the device can (see writeRuns); it must hold exactly that much. Any other
-// reader is written through go-diskfs in writeChunk pieces (go-diskfs
-// allocates clusters and writes the whole FAT at each write, and writes a
-// cluster at a time). A file that exists is written in place (see
-// create).
-func (f *FAT) WriteFile(name string, r io.Reader) error {
+// WriteFile creates or replaces a file, creating its directories. A reader
+// that says how much it holds (Len, as *bytes.Reader and *strings.Reader
+// have, or Size and Seek, as *io.SectionReader has) gets its clusters in one
+// allocation, and its bytes go straight to them in writeChunk writes,
+// bypassing the page cache where the device can (see writeRuns); it must
+// hold exactly that much. Any other reader is written through go-diskfs in
+// writeChunk pieces (go-diskfs allocates clusters and writes the whole FAT
+// at each write, and writes a cluster at a time). A file that exists is
+// written in place (see create).
+func (f *Volume) WriteFile(name string, r io.Reader) error {
 	p := espPath(name)
 	n, sized := readerSize(r)
 	old, err := f.exists(name)
@@ -360,7 +338,7 @@ func (f *FAT) WriteFile(name string, r io.Reader) error {
 // growing, and not at all when they are as many), and its size is
 // returned; any other is truncated, which frees all its clusters but the
 // first.
-func (f *FAT) create(p string, old bool, n int64, sized bool) (filesystem.File, int64, error) {
+func (f *Volume) create(p string, old bool, n int64, sized bool) (filesystem.File, int64, error) {
 	if old {
 		w, err := f.fs.OpenFile(p, os.O_RDWR)
 		if err != nil {
@@ -411,7 +389,7 @@ func clusterChain(fl filesystem.File) ([]uint32, error) {
 // and at every later write of the FAT (go-diskfs holds it as used and so
 // never hands it out). When the clusters are not known, the next Sync's
 // repairFAT frees them.
-func (f *FAT) remove(p string) error {
+func (f *Volume) remove(p string) error {
 	var chain []uint32
 	if t, err := f.fs.OpenFile(p, os.O_RDWR|os.O_TRUNC); err == nil {
 		chain, _ = clusterChain(t)
@@ -433,7 +411,7 @@ func (f *FAT) remove(p string) error {
 
 // fits tells whether go-diskfs has the clusters for n bytes more, and a few
 // for directories, without those it does not know are free.
-func (f *FAT) fits(n int64) bool {
+func (f *Volume) fits(n int64) bool {
 	g, err := f.st.geometry()
 	if err != nil {
 		return false
@@ -447,7 +425,7 @@ func (f *FAT) fits(n int64) bool {
 
 // reload reads the go-diskfs file system again, from what the device
 // holds: it then knows the clusters freed behind its back.
-func (f *FAT) reload() error {
+func (f *Volume) reload() error {
 	fs, err := fat32.Read(f.st, f.size, 0, 512)
 	if err != nil {
 		return fmt.Errorf("ESP: reading it again: %w", err)
@@ -475,7 +453,7 @@ func readerSize(r io.Reader) (int64, bool) {
 }
 
 // writeSized writes the n bytes of r into the new, empty file w.
-func (f *FAT) writeSized(w filesystem.File, r io.Reader, n int64) error {
+func (f *Volume) writeSized(w filesystem.File, r io.Reader, n int64) error {
 	if n > maxFileSize {
 		return fmt.Errorf("%d bytes is more than a FAT32 file holds (4 GiB - 1)", n)
 	}
@@ -514,7 +492,7 @@ func (f *FAT) writeSized(w filesystem.File, r io.Reader, n int64) error {
 // boundary): the head of each run up to the first aligned offset, and any
 // tail shorter than the alignment, go through the page cache. A device that
 // refuses direct I/O gets it all through the page cache.
-func (f *FAT) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
+func (f *Volume) writeRuns(runs []fat12.DiskRange, r io.Reader, n int64) error {
 	var dw *disk.DirectWriter
 	if d, ok := f.dev.(directDevice); ok {
 		if w, err := d.OpenDirect(); err == nil {
@@ -654,8 +632,9 @@ func writeChunked(w filesystem.File, r io.Reader) error {
 	}
 }
 
-// ReadDir implements FS.
-func (f *FAT) ReadDir(name string) ([]string, error) {
+// ReadDir lists a directory's names, sorted; fs.ErrNotExist when it is
+// absent.
+func (f *Volume) ReadDir(name string) ([]string, error) {
 	p := espPath(name)
 	if p != "/" {
 		if ok, err := f.exists(name); err != nil || !ok {
@@ -677,8 +656,8 @@ func (f *FAT) ReadDir(name string) ([]string, error) {
 	return names, nil
 }
 
-// Rename implements FS.
-func (f *FAT) Rename(from, to string) error {
+// Rename renames a file within its directory, replacing the target.
+func (f *Volume) Rename(from, to string) error {
 	if path.Dir(espPath(from)) != path.Dir(espPath(to)) {
 		return fmt.Errorf("ESP: renaming %s to %s: not in the same directory", espPath(from), espPath(to))
 	}
@@ -701,8 +680,8 @@ func (f *FAT) Rename(from, to string) error {
 	return nil
 }
 
-// Remove implements FS.
-func (f *FAT) Remove(name string) error {
+// Remove removes a file; fs.ErrNotExist when it is absent.
+func (f *Volume) Remove(name string) error {
 	if ok, err := f.exists(name); err != nil || !ok {
 		if err == nil {
 			err = notExist("remove", name)
@@ -715,14 +694,15 @@ func (f *FAT) Remove(name string) error {
 	return nil
 }
 
-// Sync implements FS: it puts right what go-diskfs leaves wrong and syncs
-// the device. Most changes leave only the FSInfo sector's counts wrong
-// (go-diskfs writes those it read at every allocation), set from the FAT
-// as it was last written; after a directory was made, or a file removed
-// whose clusters are not known, repairFAT walks the whole file system, and
-// the file system is read again when it freed clusters. With nothing
-// written since the last Sync, there is nothing to do.
-func (f *FAT) Sync() error {
+// Sync makes every change so far durable: it puts right what go-diskfs
+// leaves wrong and syncs the device. Most changes leave only the FSInfo
+// sector's counts wrong (go-diskfs writes those it read at every
+// allocation), set from the FAT as it was last written; after a directory
+// was made, or a file removed whose clusters are not known, repairFAT walks
+// the whole file system, and the file system is read again when it freed
+// clusters. With nothing written since the last Sync, there is nothing to
+// do.
+func (f *Volume) Sync() error {
 	if f.repair {
 		r, err := repairFAT(f.st)
 		if err != nil {

@@ -1,8 +1,7 @@
-package boot
+package fat
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,8 +12,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/stagehand-dev/stagehand/meta"
 )
 
 // fsckFAT runs fsck.fat -n on a file holding only a FAT file system.
@@ -43,7 +40,7 @@ func mtools(t *testing.T, tool, img string, offset int64, args ...string) string
 	return string(out)
 }
 
-func newESP(t *testing.T, size int64) (*FAT, string) {
+func newESP(t *testing.T, size int64) (*Volume, string) {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "esp.img")
 	f, err := os.Create(img)
@@ -54,7 +51,7 @@ func newESP(t *testing.T, size int64) (*FAT, string) {
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
-	esp, err := FormatESP(f, size)
+	esp, err := Format(f, size, "EFI")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +109,7 @@ func TestFAT(t *testing.T) {
 	// Read back through a fresh reader of the same bytes.
 	f, _ := os.Open(img)
 	defer f.Close()
-	again, err := OpenESP(f, 260<<20)
+	again, err := Open(f, 260<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,44 +142,7 @@ func TestFAT(t *testing.T) {
 }
 
 func TestFAT64MiB(t *testing.T) {
-	if _, err := FormatESP(nil, 64<<20); err == nil || !strings.Contains(err.Error(), "64 MiB") {
-		t.Fatalf("FormatESP(64 MiB) = %v", err)
-	}
-}
-
-// TestDir runs the systemd-boot backend on a directory, as on a mounted
-// ESP: the same files land.
-func TestDir(t *testing.T) {
-	root := t.TempDir()
-	ctx := context.Background()
-	sb := NewSystemdBoot(Dir(root))
-	if err := sb.InstallLoader(ctx); err != nil {
-		t.Fatal(err)
-	}
-	img := Image{Kernel: strings.NewReader("k"), Initramfs: strings.NewReader("i"), Cmdline: "console=ttyS0", Version: "v1"}
-	if err := sb.InstallSlot(ctx, meta.SlotA, img); err != nil {
-		t.Fatal(err)
-	}
-	if err := sb.SetDefault(ctx, meta.SlotA); err != nil {
-		t.Fatal(err)
-	}
-	for name, want := range map[string]string{
-		"loader/loader.conf":              "default stagehand-a[.+]*\ntimeout 0\n",
-		"loader/entries/stagehand-a.conf": "title stagehand slot A (v1)\nversion v1\nsort-key stagehand-999999999\nlinux /stagehand/a/vmlinuz\ninitrd /stagehand/a/initramfs\noptions stagehand.slot=a console=ttyS0\n",
-		"stagehand/a/vmlinuz":             "k",
-		"stagehand/a/initramfs":           "i",
-	} {
-		if b, err := os.ReadFile(filepath.Join(root, name)); err != nil || string(b) != want {
-			t.Errorf("%s = %q, %v; want %q", name, b, err, want)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(root, "EFI/BOOT/BOOTX64.EFI")); err != nil {
-		t.Error(err)
-	}
-	if _, err := Dir(root).ReadFile("nope"); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("ReadFile of a missing file: %v", err)
-	}
-	if err := sb.InstallSlot(ctx, "c", img); err == nil {
-		t.Error("InstallSlot(c) succeeded")
+	if _, err := Format(nil, 64<<20, "EFI"); err == nil || !strings.Contains(err.Error(), "64 MiB") {
+		t.Fatalf("Format(64 MiB) = %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package boot
+package fat
 
 import (
 	"bytes"
@@ -28,7 +28,7 @@ type storage struct {
 	// went: the next write there is compared with it, not with a read.
 	shadows map[int64][]byte
 	// freed are clusters that go-diskfs's table holds as allocated and no
-	// file uses (those of removed files, see FAT.remove): every write of a
+	// file uses (those of removed files, see Volume.remove): every write of a
 	// FAT copy marks them free, and go-diskfs never hands them out.
 	freed []uint32
 	spare []byte       // the shadow a FAT copy had before its last write, reused

@@ -20,36 +20,11 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/fat/fattest"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
 const mib = 1 << 20
-
-// fsckFAT runs fsck.fat -n on a file holding only a FAT file system.
-func fsckFAT(t *testing.T, img string) string {
-	t.Helper()
-	out, err := exec.Command("fsck.fat", "-n", img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("fsck.fat -n %s: %v:\n%s(fsck.fat comes with 'make deps')", img, err, out)
-	}
-	return string(out)
-}
-
-// mtools runs an mtools command (mdir, mtype) on the FAT at img@@offset.
-func mtools(t *testing.T, tool, img string, offset int64, args ...string) string {
-	t.Helper()
-	target := img
-	if offset != 0 {
-		target = fmt.Sprintf("%s@@%d", img, offset)
-	}
-	cmd := exec.Command(tool, append([]string{"-i", target}, args...)...)
-	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s -i %s %s: %v:\n%s", tool, target, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 // fakeKernel is a file with a bzImage setup header naming release.
 func fakeKernel(t *testing.T, dir, release string, size int) string {
@@ -156,32 +131,32 @@ func TestInitDisk(t *testing.T) {
 
 	// The ESP: fsck.fat finds nothing wrong, mtools sees the files.
 	espPart := partition(t, img, "EFI")
-	fsck := fsckFAT(t, extract(t, img, espPart))
+	fsck := fattest.Fsck(t, extract(t, img, espPart))
 	if strings.Count(strings.TrimSpace(fsck), "\n") != 1 {
 		t.Errorf("fsck.fat -n:\n%s", fsck)
 	}
 	t.Logf("fsck.fat -n on the ESP:\n%s", fsck)
-	dir := mtools(t, "mdir", img, espPart.Offset, "-/", "-b", "::/")
+	dir := fattest.Mtools(t, "mdir", img, espPart.Offset, "-/", "-b", "::/")
 	for _, want := range []string{"::/EFI/BOOT/BOOTX64.EFI", "::/EFI/systemd/systemd-bootx64.efi", "::/loader/loader.conf",
 		"::/loader/entries/stagehand-a.conf", "::/stagehand/a/vmlinuz", "::/stagehand/a/initramfs"} {
 		if !strings.Contains(dir, want) {
 			t.Errorf("mdir -/ does not list %s:\n%s", want, dir)
 		}
 	}
-	entry := mtools(t, "mtype", img, espPart.Offset, "::/loader/entries/stagehand-a.conf")
+	entry := fattest.Mtools(t, "mtype", img, espPart.Offset, "::/loader/entries/stagehand-a.conf")
 	wantEntry := "title stagehand slot A (v1)\nversion v1\nsort-key stagehand-999999999\nlinux /stagehand/a/vmlinuz\ninitrd /stagehand/a/initramfs\noptions stagehand.slot=a console=ttyS0 quiet\n"
 	if entry != wantEntry {
 		t.Errorf("entry:\n%s\nwant:\n%s", entry, wantEntry)
 	}
-	if got := mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a[.+]*\ntimeout 0\n" {
+	if got := fattest.Mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a[.+]*\ntimeout 0\n" {
 		t.Errorf("loader.conf: %q", got)
 	}
 	efi, _ := os.ReadFile(SystemdBootEFI)
-	if got := mtools(t, "mtype", img, espPart.Offset, "::/EFI/BOOT/BOOTX64.EFI"); got != string(efi) {
+	if got := fattest.Mtools(t, "mtype", img, espPart.Offset, "::/EFI/BOOT/BOOTX64.EFI"); got != string(efi) {
 		t.Errorf("BOOTX64.EFI is %d bytes, not systemd-boot's %d", len(got), len(efi))
 	}
 	kernel, _ := os.ReadFile(in.kernel)
-	if got := mtools(t, "mtype", img, espPart.Offset, "::/stagehand/a/vmlinuz"); got != string(kernel) {
+	if got := fattest.Mtools(t, "mtype", img, espPart.Offset, "::/stagehand/a/vmlinuz"); got != string(kernel) {
 		t.Errorf("vmlinuz differs from the kernel given")
 	}
 
@@ -289,15 +264,15 @@ func TestInitDisk(t *testing.T) {
 	if err != nil || string(k) != "kernel 4" || string(i) != "initramfs 4" || e.Counting || e.Description != "loader/entries/stagehand-b.conf" {
 		t.Errorf("ReadSlot(b) = %q, %q, %+v, %v", k, i, e, err)
 	}
-	fsck = fsckFAT(t, extract(t, img, espPart))
+	fsck = fattest.Fsck(t, extract(t, img, espPart))
 	if strings.Count(strings.TrimSpace(fsck), "\n") != 1 {
 		t.Errorf("fsck.fat -n after changes:\n%s", fsck)
 	}
 	t.Logf("fsck.fat -n after a counted install, the loader's rename, Bless and SetDefault:\n%s", fsck)
-	if got := mtools(t, "mdir", img, espPart.Offset, "-b", "::/loader/entries"); !strings.Contains(got, "stagehand-b.conf") || strings.Contains(got, "+") {
+	if got := fattest.Mtools(t, "mdir", img, espPart.Offset, "-b", "::/loader/entries"); !strings.Contains(got, "stagehand-b.conf") || strings.Contains(got, "+") {
 		t.Errorf("mdir sees:\n%s", got)
 	}
-	if got := mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a[.+]*\ntimeout 0\n" {
+	if got := fattest.Mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a[.+]*\ntimeout 0\n" {
 		t.Errorf("loader.conf: %q", got)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/stagehand-dev/stagehand/fat/fattest"
 )
 
 // TestRepairCut: an ESP where a cut left some of the writes since the last
@@ -90,7 +92,7 @@ func TestRepairCut(t *testing.T) {
 			if r, err := repairFAT(e.dev); err != nil || r.any() {
 				t.Errorf("repaired again: %+v (%v)", r, err)
 			}
-			if out := fsckFAT(t, p); len(strings.Split(strings.TrimSpace(out), "\n")) != 2 {
+			if out := fattest.Fsck(t, p); len(strings.Split(strings.TrimSpace(out), "\n")) != 2 {
 				t.Errorf("fsck.fat -n said more than its banner and summary:\n%s", out)
 			}
 		})

@@ -3,42 +3,15 @@ package fat
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stagehand-dev/stagehand/fat/fattest"
 )
-
-// fsckFAT runs fsck.fat -n on a file holding only a FAT file system.
-func fsckFAT(t *testing.T, img string) string {
-	t.Helper()
-	out, err := exec.Command("fsck.fat", "-n", img).CombinedOutput()
-	if err != nil {
-		t.Fatalf("fsck.fat -n %s: %v:\n%s(fsck.fat comes with 'make deps')", img, err, out)
-	}
-	return string(out)
-}
-
-// mtools runs an mtools command (mdir, mtype) on the FAT at img@@offset.
-func mtools(t *testing.T, tool, img string, offset int64, args ...string) string {
-	t.Helper()
-	target := img
-	if offset != 0 {
-		target = fmt.Sprintf("%s@@%d", img, offset)
-	}
-	cmd := exec.Command(tool, append([]string{"-i", target}, args...)...)
-	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s -i %s %s: %v:\n%s", tool, target, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 func newESP(t *testing.T, size int64) (*Volume, string) {
 	t.Helper()
@@ -128,15 +101,15 @@ func TestFAT(t *testing.T) {
 	}
 
 	// The real tools agree.
-	out := fsckFAT(t, img)
+	out := fattest.Fsck(t, img)
 	t.Logf("fsck.fat -n:\n%s", out)
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 || !strings.Contains(lines[1], "11 files") {
 		t.Errorf("fsck.fat -n said more than its banner and summary:\n%s", out)
 	}
-	if got := mtools(t, "mdir", img, 0, "-b", "::/loader/entries"); !strings.Contains(got, "stagehand-b+2-1.conf") || !strings.Contains(got, "stagehand-a.conf") {
+	if got := fattest.Mtools(t, "mdir", img, 0, "-b", "::/loader/entries"); !strings.Contains(got, "stagehand-b+2-1.conf") || !strings.Contains(got, "stagehand-a.conf") {
 		t.Errorf("mdir sees:\n%s", got)
 	}
-	if got := mtools(t, "mtype", img, 0, "::/EFI/BOOT/BOOTX64.EFI"); got != "MZ efi" {
+	if got := fattest.Mtools(t, "mtype", img, 0, "::/EFI/BOOT/BOOTX64.EFI"); got != "MZ efi" {
 		t.Errorf("mtype sees %q", got)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/disk/disktest"
+	"github.com/stagehand-dev/stagehand/fat/fattest"
 )
 
 func randomBytes(seed uint64, n int) []byte {
@@ -110,14 +111,14 @@ func TestFATWriteRegion(t *testing.T) {
 		}
 		rc.Close()
 	}
-	if got := mtools(t, "mtype", img, region.Offset, "::/stagehand/bytes/fffk"); got != string(want["stagehand/bytes/fffk"]) {
+	if got := fattest.Mtools(t, "mtype", img, region.Offset, "::/stagehand/bytes/fffk"); got != string(want["stagehand/bytes/fffk"]) {
 		t.Errorf("mtype reads %d bytes, not the %d written", len(got), len(want["stagehand/bytes/fffk"]))
 	}
 	part := filepath.Join(t.TempDir(), "esp.img")
 	b := make([]byte, espSize)
 	region.ReadAt(b, 0)
 	os.WriteFile(part, b, 0o644)
-	out := fsckFAT(t, part)
+	out := fattest.Fsck(t, part)
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 {
 		t.Errorf("fsck.fat -n said more than its banner and summary:\n%s", out)
 	}
@@ -146,7 +147,7 @@ func TestFATReplaceLarge(t *testing.T) {
 	if got, err := esp.ReadFile("stagehand/b/initramfs"); err != nil || !bytes.Equal(got, last) {
 		t.Errorf("read back %d bytes, %v; want the %d last written", len(got), err, len(last))
 	}
-	out := fsckFAT(t, img)
+	out := fattest.Fsck(t, img)
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 {
 		t.Errorf("fsck.fat -n said more than its banner and summary:\n%s", out)
 	}
@@ -308,7 +309,7 @@ func TestFATSyncRepairs(t *testing.T) {
 		if r, err := repairFAT(esp.dev); err != nil || r.any() {
 			t.Errorf("%s: after Sync, repairFAT put right %+v (%v)", c.name, r, err)
 		}
-		out := fsckFAT(t, img)
+		out := fattest.Fsck(t, img)
 		if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 {
 			t.Errorf("%s: fsck.fat -n said more than its banner and summary:\n%s", c.name, out)
 		}
@@ -355,7 +356,7 @@ func TestFATFreedReused(t *testing.T) {
 	if got, err := esp.ReadFile("dir/d"); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("read back %d bytes, %v", len(got), err)
 	}
-	out := fsckFAT(t, img)
+	out := fattest.Fsck(t, img)
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 {
 		t.Errorf("fsck.fat -n said more than its banner and summary:\n%s", out)
 	}

@@ -30,16 +30,27 @@ const (
 	DefaultESPSize   = 300 * mib
 	DefaultStageSize = 2 * 256 * mib // twice the largest payload expected
 	LabelRoot        = "ROOT"
+	// LabelBIOS is the BIOS boot partition's (Layout.BIOSBoot), which
+	// holds GRUB's i386-pc core image; BIOSBootSize is its size, what
+	// grub-install recommends (GRUB 2.06 warns below 1 MiB).
+	LabelBIOS    = "BIOS"
+	BIOSBootSize = mib
 )
 
 // Layout is what Create writes: a GPT with the ESP (EF00), META (exactly
-// 1 MiB), STAGE and an optional root partition, in this order, each 1 MiB
-// aligned.
+// 1 MiB), STAGE, an optional root partition and an optional BIOS boot
+// partition, in this order, each 1 MiB aligned. The BIOS boot partition
+// comes last so that the others keep their numbers (ESP 1, META 2, STAGE
+// 3, root 4) with it or without it.
 type Layout struct {
 	Size      int64 // the whole disk; 0: an existing file's or the device's size
 	ESPSize   int64 // 0: DefaultESPSize
 	StageSize int64 // 0: DefaultStageSize
 	RootSize  int64 // 0: no root partition
+	// BIOSBoot adds a BIOS boot partition (GPT type
+	// 21686148-6449-6E6F-744E-656564454649, label LabelBIOS, BIOSBootSize)
+	// for GRUB's core image, to boot the disk from a PC BIOS.
+	BIOSBoot bool
 }
 
 func (l Layout) withDefaults() Layout {
@@ -57,7 +68,15 @@ func (l Layout) withDefaults() Layout {
 // the end for the backup GPT.
 func (l Layout) MinSize() int64 {
 	l = l.withDefaults()
-	return mib + l.ESPSize + meta.PartitionSize + l.StageSize + l.RootSize + mib
+	return mib + l.ESPSize + meta.PartitionSize + l.StageSize + l.RootSize + l.biosBootSize() + mib
+}
+
+// biosBootSize is the size of the BIOS boot partition: 0 without one.
+func (l Layout) biosBootSize() int64 {
+	if l.BIOSBoot {
+		return BIOSBootSize
+	}
+	return 0
 }
 
 func (l Layout) check() error {
@@ -76,8 +95,12 @@ func (l Layout) check() error {
 		return fmt.Errorf("ESP size %d MiB is below the minimum of %d MiB", l.ESPSize/mib, MinESPSize/mib)
 	}
 	if l.Size < l.MinSize() {
-		return fmt.Errorf("disk size %d MiB is too small for the layout: it needs at least %d MiB (ESP %d + META 1 + STAGE %d + root %d + 2 for the GPT)",
-			l.Size/mib, l.MinSize()/mib, l.ESPSize/mib, l.StageSize/mib, l.RootSize/mib)
+		bios := ""
+		if l.BIOSBoot {
+			bios = fmt.Sprintf(" + BIOS boot %d", BIOSBootSize/mib)
+		}
+		return fmt.Errorf("disk size %d MiB is too small for the layout: it needs at least %d MiB (ESP %d + META 1 + STAGE %d + root %d%s + 2 for the GPT)",
+			l.Size/mib, l.MinSize()/mib, l.ESPSize/mib, l.StageSize/mib, l.RootSize/mib, bios)
 	}
 	return nil
 }
@@ -220,6 +243,9 @@ func Create(ctx context.Context, path string, l Layout, opts ...CreateOption) (*
 	add(LabelSTAGE, l.StageSize, gpt.LinuxFilesystem)
 	if l.RootSize > 0 {
 		add(LabelRoot, l.RootSize, gpt.LinuxRootX86_64)
+	}
+	if l.BIOSBoot {
+		add(LabelBIOS, BIOSBootSize, gpt.BIOSBoot)
 	}
 	if block {
 		// Old GPTs and signatures at both ends go first.

@@ -20,7 +20,17 @@ type Region struct {
 
 // Name says which disk and partition this is, for messages.
 func (r *Region) Name() string {
+	if r.Index == 0 {
+		return r.d.path + " (whole disk)"
+	}
 	return fmt.Sprintf("%s partition %d (%s)", r.d.path, r.Index, r.Label)
+}
+
+// Whole returns the whole disk as a region (Index 0, no label): for what
+// lies outside every partition, such as the boot code of the protective
+// MBR (grub.InstallBIOS).
+func (d *Disk) Whole() *Region {
+	return &Region{Partition: Partition{Size: d.size}, d: d}
 }
 
 // ReadAt reads within the region; reading past its end returns io.EOF.

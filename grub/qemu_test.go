@@ -1,0 +1,349 @@
+//go:build vm
+
+package grub
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
+)
+
+// The VM tests boot the images InstallBIOS and InstallEFI write, with
+// Debian's stock GRUB 2.06, under QEMU (TCG, one guest at a time, each
+// holding a slot of the project's guest pool: qemu-tests/vm.Launch): a PC
+// BIOS (SeaBIOS, QEMU's default firmware) and UEFI (OVMF). Run them with
+// go test -tags vm ./grub.
+
+// qemuTimeout bounds each wait for the guest: GRUB is up in seconds.
+const qemuTimeout = 60 * time.Second
+
+// okCfg is the grub.cfg of the plain boot: it says where GRUB found it,
+// then powers off.
+const okCfg = `serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+echo "STAGEHAND-GRUB-OK prefix=$prefix root=$root"
+halt
+`
+
+// The root is matched exactly: under OVMF, the firmware's copy of the
+// console on the serial port may run into GRUB's own line.
+var okRE = regexp.MustCompile(`STAGEHAND-GRUB-OK prefix=(\S+) root=([a-z]+[0-9]+,[a-z]+[0-9]+)`)
+
+// testModules are the image's modules: ImageModules, and halt for okCfg.
+func testModules(platform string) []string { return append(ImageModules(platform), "halt") }
+
+// newGRUBDisk writes a disk image with the stagehand layout and a BIOS
+// boot partition, its ESP holding files (paths from the ESP's root).
+func newGRUBDisk(t *testing.T, files map[string][]byte) (img string, d *disk.Disk, esp *fat.Volume) {
+	t.Helper()
+	img = filepath.Join(t.TempDir(), "disk.img")
+	l := disk.Layout{ESPSize: disk.MinESPSize, StageSize: 1 << 20, BIOSBoot: true}
+	l.Size = l.MinSize()
+	d, err := disk.Create(context.Background(), img, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	r, err := d.Find(disk.LabelESP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	esp, err = fat.Format(r, r.Size, boot.ESPLabel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range files {
+		if err := esp.WriteFile(strings.TrimPrefix(name, "/"), bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := esp.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return img, d, esp
+}
+
+// installBIOS builds the core image with modules and installs it.
+func installBIOS(t *testing.T, d *disk.Disk, modules []string) {
+	t.Helper()
+	core, err := BuildImage(context.Background(), ImageSpec{Platform: PlatformBIOS, Modules: modules})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootImg, err := ReadBootImage("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.Find(disk.LabelBIOS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := InstallBIOS(d.Whole(), r.Partition, core, bootImg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// console is QEMU's serial output, as it comes.
+type console struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(p)
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.ReplaceAll(emuEscape.ReplaceAllString(c.buf.String(), ""), "\r", "")
+}
+
+// seaBIOS is a QEMU booting a disk image from SeaBIOS.
+type seaBIOS struct {
+	g     *vm.Guest
+	out   *console
+	start time.Time
+}
+
+// bootBIOS starts QEMU on img with QEMU's default firmware, SeaBIOS.
+func bootBIOS(t *testing.T, img string) *seaBIOS {
+	t.Helper()
+	if _, err := exec.LookPath(vm.QEMU); err != nil {
+		t.Fatalf("%s is not installed: %s", vm.QEMU, vm.Fix)
+	}
+	if _, err := os.Stat("/usr/share/seabios/bios-256k.bin"); err != nil {
+		t.Fatalf("SeaBIOS is missing (%v): %s", err, vm.Fix)
+	}
+	out := &console{}
+	cmd := exec.Command(vm.QEMU,
+		"-machine", "q35", "-accel", "tcg", "-m", "256",
+		"-name", vm.Marker+",process="+vm.Marker,
+		"-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
+		"-drive", "if=none,id=disk0,format=raw,file="+vm.OptValue(img),
+		"-device", "virtio-blk-pci,drive=disk0",
+		"-serial", "stdio")
+	cmd.Stdout, cmd.Stderr = out, out
+	g, err := vm.Launch(context.Background(), cmd, 1, "grub "+t.Name(), t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &seaBIOS{g: g, out: out, start: time.Now()}
+	t.Cleanup(func() {
+		s.kill(t)
+		t.Logf("QEMU (SeaBIOS) ran %s; its serial console:\n%s", time.Since(s.start).Round(100*time.Millisecond), out)
+	})
+	return s
+}
+
+// expect waits for the console to match re and returns the submatches.
+func (s *seaBIOS) expect(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.Now().Add(qemuTimeout)
+	for {
+		exited := s.exited(0) // before the last look: what it wrote is in
+		if m := re.FindStringSubmatch(s.out.String()); m != nil {
+			return m
+		}
+		if exited {
+			t.Fatalf("QEMU exited (%v) before the console matched %q", s.g.Err, re)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("the console did not match %q within %s", re, qemuTimeout)
+		}
+	}
+}
+
+// exited waits up to d for QEMU to exit and tells whether it did.
+func (s *seaBIOS) exited(d time.Duration) bool {
+	select {
+	case <-s.g.Exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// kill kills QEMU by its pid if it still runs, and waits for it.
+func (s *seaBIOS) kill(t *testing.T) {
+	if s.exited(0) {
+		return
+	}
+	if err := s.g.Cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Errorf("killing QEMU (pid %d): %v", s.g.Cmd.Process.Pid, err)
+	}
+	if !s.exited(10 * time.Second) {
+		t.Errorf("QEMU (pid %d) did not exit after SIGKILL", s.g.Cmd.Process.Pid)
+	}
+}
+
+// TestQEMUBIOS boots InstallBIOS's GRUB from SeaBIOS: boot.img in the MBR
+// loads the core image from the BIOS boot partition, which finds grub.cfg
+// on partition 1 of the boot drive (BIOSPrefix) and runs it.
+func TestQEMUBIOS(t *testing.T) {
+	lookTool(t, "grub-mkimage", "grub-common")
+	t.Run("grub.cfg", func(t *testing.T) {
+		img, d, _ := newGRUBDisk(t, map[string][]byte{"/grub/grub.cfg": []byte(okCfg)})
+		installBIOS(t, d, testModules(PlatformBIOS))
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s := bootBIOS(t, img)
+		m := s.expect(t, okRE)
+		if m[1] != "(hd0,gpt1)/grub" || m[2] != "hd0,gpt1" {
+			t.Errorf("GRUB ran grub.cfg with prefix %s and root %s, want (hd0,gpt1)/grub and hd0,gpt1", m[1], m[2])
+		}
+		t.Logf("GRUB ran grub.cfg %s after power on", time.Since(s.start).Round(100*time.Millisecond))
+		if !s.exited(20 * time.Second) {
+			t.Error("GRUB's halt did not power the machine off")
+		}
+	})
+	// The stagehand grub.cfg with a trial due: GRUB counts it down with
+	// save_env through the BIOS, and boots the trial slot (whose kernel is
+	// missing here: the script says so, and GRUB falls back to slot b,
+	// missing too).
+	t.Run("stagehand grub.cfg", func(t *testing.T) {
+		cfg := slots("console=ttyS0", "console=ttyS0")
+		script, err := Render(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vars := map[string]string{VarSlot: "b", VarTrial: "a", VarTries: "2"}
+		img, d, _ := newGRUBDisk(t, map[string][]byte{"/grub/grub.cfg": script, cfg.Env: emuEnv(t, vars)})
+		installBIOS(t, d, ImageModules(PlatformBIOS))
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s := bootBIOS(t, img)
+		m := s.expect(t, regexp.MustCompile(`stagehand: slot (\S+) \((\S+)\)`))
+		if m[1] != "a" || m[2] != ModeTrial {
+			t.Errorf("the script chose slot %s (%s), want a (trial)", m[1], m[2])
+		}
+		s.expect(t, regexp.MustCompile(`stagehand: slot b: /stagehand/b/vmlinuz or /stagehand/b/initramfs is missing`))
+		s.kill(t)
+		got, err := readEmuEnv(t, img, cfg.Env, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := maps.Clone(vars)
+		want[VarTries] = "1"
+		if diff := cmp.Diff(string(emuEnv(t, want)), string(got)); diff != "" {
+			t.Errorf("grubenv after the boot (-want, +got):\n%s", diff)
+		}
+	})
+}
+
+// TestQEMUEFI boots InstallEFI's GRUB from OVMF: the firmware starts
+// EFI/BOOT/BOOTX64.EFI, which finds /grub/grub.cfg on the partition it was
+// loaded from (EFIPrefix) and runs it.
+func TestQEMUEFI(t *testing.T) {
+	lookTool(t, "grub-mkimage", "grub-common")
+	if err := vm.CheckHost(vm.OVMF); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("grub.cfg", func(t *testing.T) {
+		img, d, esp := newGRUBDisk(t, map[string][]byte{"/grub/grub.cfg": []byte(okCfg)})
+		if err := InstallEFI(context.Background(), esp, ImageSpec{Modules: testModules(PlatformEFI)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r := bootEFI(t, img)
+		sub := expectEFI(t, r, okRE)
+		if sub[1] != "(hd0,gpt1)/grub" || sub[2] != "hd0,gpt1" {
+			t.Errorf("GRUB ran grub.cfg with prefix %s and root %s, want (hd0,gpt1)/grub and hd0,gpt1", sub[1], sub[2])
+		}
+		t.Logf("GRUB ran grub.cfg %s after power on", r.Elapsed().Round(100*time.Millisecond))
+		if err := r.Wait(20 * time.Second); err != nil {
+			t.Errorf("GRUB's halt did not power the machine off: %v", err)
+		}
+	})
+	// As TestQEMUBIOS's: save_env through UEFI's block I/O.
+	t.Run("stagehand grub.cfg", func(t *testing.T) {
+		cfg := slots("console=ttyS0", "console=ttyS0")
+		script, err := Render(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vars := map[string]string{VarSlot: "a", VarTrial: "b", VarTries: "1"}
+		img, d, esp := newGRUBDisk(t, map[string][]byte{"/grub/grub.cfg": script, cfg.Env: emuEnv(t, vars)})
+		if err := InstallEFI(context.Background(), esp, ImageSpec{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r := bootEFI(t, img)
+		m := expectEFI(t, r, regexp.MustCompile(`stagehand: slot (\S+) \((\S+)\)`))
+		if m[1] != "b" || m[2] != ModeTrial {
+			t.Errorf("the script chose slot %s (%s), want b (trial)", m[1], m[2])
+		}
+		// GRUB writes to the serial port and to the firmware's console,
+		// which OVMF copies to it too: the two copies of a line may come
+		// word by word, one into the other. This one comes whole.
+		expectEFI(t, r, regexp.MustCompile(`Failed to boot both default and fallback entries`))
+		if err := r.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := readEmuEnv(t, img, cfg.Env, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := maps.Clone(vars)
+		want[VarTries] = "0"
+		if diff := cmp.Diff(string(emuEnv(t, want)), string(got)); diff != "" {
+			t.Errorf("grubenv after the boot (-want, +got):\n%s", diff)
+		}
+	})
+}
+
+// bootEFI starts QEMU on img with OVMF (qemu-tests/vm's machine).
+func bootEFI(t *testing.T, img string) *vm.Run {
+	t.Helper()
+	m, err := vm.New(vm.Config{Dir: t.TempDir(), Disk: img, MemoryMB: 256, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := m.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Kill(); err != nil {
+			t.Error(err)
+		}
+		t.Logf("QEMU (OVMF) ran %s; its serial console:\n%s", r.Elapsed().Round(100*time.Millisecond),
+			strings.ReplaceAll(emuEscape.ReplaceAllString(r.Tail(40), ""), "\r", ""))
+	})
+	return r
+}
+
+func expectEFI(t *testing.T, r *vm.Run, re *regexp.Regexp) []string {
+	t.Helper()
+	m, err := r.Expect(context.Background(), qemuTimeout, re)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

@@ -108,6 +108,10 @@ type SlotFiles struct {
 	closers   []io.Closer
 }
 
+// AddCloser adds c to what Close closes: for a backend outside this
+// package that opens the files its readers read.
+func (f *SlotFiles) AddCloser(c io.Closer) { f.closers = append(f.closers, c) }
+
 // Close closes the files.
 func (f *SlotFiles) Close() error {
 	var err error
@@ -117,6 +121,18 @@ func (f *SlotFiles) Close() error {
 		}
 	}
 	return err
+}
+
+// KexecCounter is a backend whose bootloader keeps a trial armed until it
+// has counted the trial's tries (GRUB's grubenv), where systemd-boot's
+// boot-once is spent by one firmware boot. A kexec into the trial bypasses
+// the bootloader's count: without CountKexec, a trial of N tries would get
+// the kexec and N firmware boots.
+type KexecCounter interface {
+	// CountKexec records, before a kexec into slot's trial, the try the
+	// bootloader would have counted had it started the slot itself. It
+	// does nothing when slot is not on trial or has no tries left.
+	CountKexec(ctx context.Context, slot meta.Slot) error
 }
 
 // ErrSlotEmpty marks a slot that holds no entry.

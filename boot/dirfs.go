@@ -15,7 +15,10 @@ import (
 // directory standing for one in tests.
 type Dir string
 
-var _ FS = Dir("")
+var (
+	_ FS         = Dir("")
+	_ Overwriter = Dir("")
+)
 
 func (d Dir) path(name string) string {
 	return filepath.Join(string(d), filepath.FromSlash(path.Clean("/"+name)))
@@ -51,6 +54,36 @@ func (d Dir) WriteFile(name string, r io.Reader) error {
 		return fmt.Errorf("writing %s: %w", p, err)
 	}
 	return os.Rename(tmp.Name(), p)
+}
+
+// OverwriteFile implements Overwriter: it opens the file read-write,
+// without creating or truncating it, writes p at off with one pwrite and
+// fsyncs. The file keeps its inode and its blocks on file systems that
+// write data in place (FAT, ext2/3/4 without data journalling); on
+// copy-on-write ones (btrfs, ZFS) no program keeps a file's blocks.
+func (d Dir) OverwriteFile(name string, off int64, p []byte) error {
+	f, err := os.OpenFile(d.path(name), os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("overwriting %s: not a regular file (%v)", f.Name(), fi.Mode())
+	}
+	if off < 0 || off+int64(len(p)) > fi.Size() {
+		return fmt.Errorf("overwriting %s: %d bytes at %d do not lie within its %d bytes", f.Name(), len(p), off, fi.Size())
+	}
+	if _, err := f.WriteAt(p, off); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 // ReadDir implements FS.

@@ -26,8 +26,24 @@ type FS interface {
 	Sync() error
 }
 
+// Overwriter is an FS that can write over part of a file where it lies:
+// what a file must allow when another program writes it through the disk
+// blocks it found it in, as GRUB's save_env writes grubenv.
+type Overwriter interface {
+	// OverwriteFile writes p over the bytes of the existing file name from
+	// offset off, without changing its size, its clusters or blocks, or
+	// its directory entry, then makes the write durable. It refuses a
+	// write past the file's end, and creates nothing: fs.ErrNotExist when
+	// the file is absent. A disk writes each sector whole or not at all,
+	// so a cut leaves every sector p covers old or new.
+	OverwriteFile(name string, off int64, p []byte) error
+}
+
 // An ESP that is not mounted is an FS as a fat.Volume.
-var _ FS = (*fat.Volume)(nil)
+var (
+	_ FS         = (*fat.Volume)(nil)
+	_ Overwriter = (*fat.Volume)(nil)
+)
 
 // ESPLabel is the volume label InitDisk gives the ESP.
 const ESPLabel = "EFI"

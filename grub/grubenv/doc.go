@@ -32,7 +32,10 @@
 // GRUB's save_env writes the file through the block list it read it from, so
 // the file must keep its blocks: UpdateFile opens the existing file read-write,
 // never truncates or re-creates it (grub-editenv does both), writes the new
-// block at offset 0 with one pwrite and fsyncs. A disk writes a 512-byte sector
+// block at offset 0 with one pwrite and fsyncs. Update is the same change
+// without the file: old block in, new block out (nil when the bytes stay the
+// same), for a writer that writes it in place by its own means, as the GRUB
+// backend does through its boot file system. A disk writes a 512-byte sector
 // whole or not at all, so a power cut mid-write leaves each of the two sectors
 // old or new. Set and Delete alone give no guarantee for such a mix: a line
 // can straddle offset 512 and shifted bytes can mismatch.

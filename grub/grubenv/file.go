@@ -33,18 +33,11 @@ func UpdateFile(path string, fn func(*Env) error) error {
 	if _, err := f.ReadAt(old, 0); err != nil {
 		return fmt.Errorf("grubenv: %w", err)
 	}
-	env, err := Parse(old)
+	b, err := Update(old, fn)
 	if err != nil {
 		return fmt.Errorf("updating %s: %w", path, err)
 	}
-	if err := fn(env); err != nil {
-		return fmt.Errorf("updating %s: %w", path, err)
-	}
-	b, err := env.MarshalBinary()
-	if err != nil {
-		return fmt.Errorf("updating %s: %w", path, err)
-	}
-	if bytes.Equal(b, old) {
+	if b == nil {
 		return nil
 	}
 	if _, err := f.WriteAt(b, 0); err != nil {
@@ -54,4 +47,28 @@ func UpdateFile(path string, fn func(*Env) error) error {
 		return fmt.Errorf("grubenv: %w", err)
 	}
 	return f.Close()
+}
+
+// Update is UpdateFile without the file: it parses the block old, lets fn
+// change it, and returns the block to write over old, in place, at offset
+// 0; nil when there is nothing to write (the same bytes). A block that is
+// not valid, an error from fn, or a block that does not fit is an error.
+// Whoever writes the result must write it over the old bytes where they lie
+// (see the package documentation), as UpdateFile does.
+func Update(old []byte, fn func(*Env) error) ([]byte, error) {
+	env, err := Parse(old)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(env); err != nil {
+		return nil, err
+	}
+	b, err := env.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Equal(b, old) {
+		return nil, nil
+	}
+	return b, nil
 }

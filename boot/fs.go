@@ -29,5 +29,5 @@ type FS interface {
 // An ESP that is not mounted is an FS as a fat.Volume.
 var _ FS = (*fat.Volume)(nil)
 
-// ESPLabel is the volume label InitDisk gives the ESP.
+// ESPLabel is the volume label bootdisk.Init gives the ESP.
 const ESPLabel = "EFI"

@@ -19,6 +19,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/installer"
@@ -69,7 +70,7 @@ func benchApply(b *testing.B, size int) {
 	}
 	l := benchLayout
 	l.Size = l.MinSize()
-	if _, err := boot.InitDisk(ctx, img, boot.DiskConfig{Layout: l, Kernel: k1, Initramfs: i1, Cmdline: "console=ttyS0 rdinit=/prestage", Version: "v1", LoaderEFI: k1}); err != nil {
+	if _, err := bootdisk.Init(ctx, img, bootdisk.Config{Layout: l, Kernel: k1, Initramfs: i1, Cmdline: "console=ttyS0 rdinit=/prestage", Version: "v1", LoaderEFI: k1}); err != nil {
 		b.Fatal(err)
 	}
 	const kernelSize = 8 * mib
@@ -316,7 +317,7 @@ func BenchmarkNoopBoot(b *testing.B) {
 	if err := os.WriteFile(i1, randomPayload(1, 12*mib), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := boot.InitDisk(ctx, img, boot.DiskConfig{Layout: disk.Layout{Size: disk.Layout{}.MinSize()}, Kernel: k1, Initramfs: i1, Cmdline: "console=ttyS0 rdinit=/prestage", Version: "v1", LoaderEFI: k1}); err != nil {
+	if _, err := bootdisk.Init(ctx, img, bootdisk.Config{Layout: disk.Layout{Size: disk.Layout{}.MinSize()}, Kernel: k1, Initramfs: i1, Cmdline: "console=ttyS0 rdinit=/prestage", Version: "v1", LoaderEFI: k1}); err != nil {
 		b.Fatal(err)
 	}
 	vars := efivar.Dir(filepath.Join(dir, "efivars"))

@@ -8,9 +8,9 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // cutAfterSet is an EFI variable store that loses power right after it
@@ -39,7 +39,7 @@ func (c cutAfterSet) Set(name, vendor string, attrs uint32, data []byte) error {
 // trial.
 func TestCutAfterBootOnce(t *testing.T) {
 	m := applytest.New(t)
-	d, err := apply.Open(context.Background(), m.Img, cutAfterSet{Dir: m.Vars, name: boot.OneShotVar})
+	d, err := apply.Open(context.Background(), m.Img, cutAfterSet{Dir: m.Vars, name: systemdboot.OneShotVar})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,11 +11,11 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/stage"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 func TestApplyTrialConfirm(t *testing.T) {
@@ -351,9 +351,9 @@ func TestSettledBootSkipsESP(t *testing.T) {
 		name       string
 		set, reset func() error
 	}{
-		{"counted entry", setVar(boot.CountPathVar, `\loader\entries\stagehand-a+1.conf`), func() error { return m.Vars.Remove(boot.CountPathVar, efivar.LoaderVendor) }},
-		{"nothing recorded", func() error { return m.Vars.Remove(boot.SelectedVar, efivar.LoaderVendor) }, setVar(boot.SelectedVar, "stagehand-a.conf")},
-		{"another entry", setVar(boot.SelectedVar, "stagehand-b.conf"), setVar(boot.SelectedVar, "stagehand-a.conf")},
+		{"counted entry", setVar(systemdboot.CountPathVar, `\loader\entries\stagehand-a+1.conf`), func() error { return m.Vars.Remove(systemdboot.CountPathVar, efivar.LoaderVendor) }},
+		{"nothing recorded", func() error { return m.Vars.Remove(systemdboot.SelectedVar, efivar.LoaderVendor) }, setVar(systemdboot.SelectedVar, "stagehand-a.conf")},
+		{"another entry", setVar(systemdboot.SelectedVar, "stagehand-b.conf"), setVar(systemdboot.SelectedVar, "stagehand-a.conf")},
 		{"META not settled", setMarker(""), setMarker(meta.SlotA)},
 		{"META settled on the other slot", setMarker(meta.SlotB), setMarker(meta.SlotA)},
 	} {

@@ -9,6 +9,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // Disk is the boot flow's environment on a real disk; Close releases it.
@@ -53,10 +54,10 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 		}
 		return f, nil
 	}}
-	loaderOpts := []boot.SystemdBootOption{boot.WithEFIVars(vars)}
+	loaderOpts := []systemdboot.Option{systemdboot.WithEFIVars(vars)}
 	if g, err := uuid.Parse(espPart.GUID); err == nil {
 		ss := uint64(d.SectorSize())
-		loaderOpts = append(loaderOpts, boot.WithESPPartition(boot.ESPPartition{
+		loaderOpts = append(loaderOpts, systemdboot.WithESPPartition(systemdboot.ESPPartition{
 			Index: uint32(espPart.Index), GUID: g, StartLBA: uint64(espPart.Offset) / ss, SizeLBA: uint64(espPart.Size) / ss}))
 	}
 	return &Disk{
@@ -64,7 +65,7 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 			Store:     store,
 			Stage:     stage,
 			StageSize: stage.Size,
-			Loader:    boot.NewSystemdBoot(esp, loaderOpts...),
+			Loader:    systemdboot.New(esp, loaderOpts...),
 			TPMSealed: d.TPM2Sealed,
 			Databases: func() (string, string, error) {
 				if vars == nil {

@@ -6,9 +6,9 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // pendingB brings a machine to v2 in slot b confirmed after a kexec,
@@ -85,7 +85,7 @@ func TestPendingPanicsAtColdBoot(t *testing.T) {
 // whose start of b completes the blessing.
 func TestPendingBootOnceLost(t *testing.T) {
 	m := pendingB(t)
-	if err := m.Vars.Remove(boot.OneShotVar, efivar.LoaderVendor); err != nil {
+	if err := m.Vars.Remove(systemdboot.OneShotVar, efivar.LoaderVendor); err != nil {
 		t.Fatal(err)
 	}
 	if s := m.Firmware(); s != meta.SlotA {

@@ -7,10 +7,10 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // withESP runs fn on the ESP partition of the machine's disk.
@@ -141,7 +141,7 @@ func TestStaleDefaultHandPick(t *testing.T) {
 		if s := m.Firmware(); s != meta.SlotA {
 			t.Fatalf("the firmware starts %s", s)
 		}
-		if err := m.Vars.Remove(boot.SelectedVar, efivar.LoaderVendor); err != nil {
+		if err := m.Vars.Remove(systemdboot.SelectedVar, efivar.LoaderVendor); err != nil {
 			t.Fatal(err)
 		}
 		d := m.Prestage(meta.SlotA)
@@ -164,17 +164,17 @@ func TestDefaultInFirmwareVariable(t *testing.T) {
 	if end := m.Settle(true); end != meta.SlotB {
 		t.Fatalf("settled on %s", end)
 	}
-	if err := efivar.SetString(m.Vars, boot.DefaultVar, efivar.LoaderVendor, efivar.NonVolatile|efivar.BootServiceAccess|efivar.RuntimeAccess, "stagehand-a.conf"); err != nil {
+	if err := efivar.SetString(m.Vars, systemdboot.DefaultVar, efivar.LoaderVendor, efivar.NonVolatile|efivar.BootServiceAccess|efivar.RuntimeAccess, "stagehand-a.conf"); err != nil {
 		t.Fatal(err)
 	}
 	if s := m.Firmware(); s != meta.SlotA {
-		t.Fatalf("with %s=stagehand-a.conf the firmware starts %s", boot.DefaultVar, s)
+		t.Fatalf("with %s=stagehand-a.conf the firmware starts %s", systemdboot.DefaultVar, s)
 	}
 	if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec || d.Slot != meta.SlotB {
 		t.Fatalf("%+v", d)
 	}
-	if _, _, err := m.Vars.Get(boot.DefaultVar, efivar.LoaderVendor); err == nil {
-		t.Errorf("%s is still set", boot.DefaultVar)
+	if _, _, err := m.Vars.Get(systemdboot.DefaultVar, efivar.LoaderVendor); err == nil {
+		t.Errorf("%s is still set", systemdboot.DefaultVar)
 	}
 	if s := m.Firmware(); s != meta.SlotB {
 		t.Errorf("the next boot starts %s", s)
@@ -188,7 +188,7 @@ func TestDefaultInFirmwareVariable(t *testing.T) {
 func TestTrialNeverBooted(t *testing.T) {
 	lose := func(m *applytest.Machine) {
 		t.Helper()
-		if err := m.Vars.Remove(boot.OneShotVar, efivar.LoaderVendor); err != nil {
+		if err := m.Vars.Remove(systemdboot.OneShotVar, efivar.LoaderVendor); err != nil {
 			t.Fatal(err)
 		}
 	}

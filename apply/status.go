@@ -9,6 +9,7 @@ import (
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // LoaderStatus is what the bootloader holds, for stager status.
@@ -42,11 +43,11 @@ func ReadLoader(ctx context.Context, path string, vars efivar.Store) (*LoaderSta
 	} else if esp, err = fat.Open(espPart, espPart.Size); err != nil {
 		return nil, err
 	}
-	var opts []boot.SystemdBootOption
+	var opts []systemdboot.Option
 	if vars != nil {
-		opts = append(opts, boot.WithEFIVars(vars))
+		opts = append(opts, systemdboot.WithEFIVars(vars))
 	}
-	l := boot.NewSystemdBoot(esp, opts...)
+	l := systemdboot.New(esp, opts...)
 	st := &LoaderStatus{}
 	if st.Entries, err = l.Slots(ctx); err != nil {
 		return nil, err

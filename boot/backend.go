@@ -103,19 +103,15 @@ type SlotReader interface {
 type SlotFiles struct {
 	Entry     SlotEntry
 	Kernel    io.Reader
-	Initramfs io.Reader // the entry's initrds, one after the other
-	UKI       io.Reader // for a UKI entry: the whole image, as installed
-	closers   []io.Closer
+	Initramfs io.Reader   // the entry's initrds, one after the other
+	UKI       io.Reader   // for a UKI entry: the whole image, as installed
+	Closers   []io.Closer // what Close closes: the files the readers read
 }
-
-// AddCloser adds c to what Close closes: for a backend outside this
-// package that opens the files its readers read.
-func (f *SlotFiles) AddCloser(c io.Closer) { f.closers = append(f.closers, c) }
 
 // Close closes the files.
 func (f *SlotFiles) Close() error {
 	var err error
-	for _, c := range f.closers {
+	for _, c := range f.Closers {
 		if cerr := c.Close(); err == nil {
 			err = cerr
 		}
@@ -135,8 +131,52 @@ type KexecCounter interface {
 	CountKexec(ctx context.Context, slot meta.Slot) error
 }
 
+// BootRecord is a backend that can tell, from what the bootloader recorded
+// about this boot alone, without reading the ESP, that the running slot
+// booted from its plain entry.
+type BootRecord interface {
+	// BootedPlain reports whether this boot came from slot's entry with no
+	// boot counter. False when the bootloader says nothing, or something
+	// else: the caller then looks at the ESP.
+	BootedPlain(ctx context.Context, slot meta.Slot) (bool, error)
+	// BootedSlot is the slot whose entry the bootloader booted, when it
+	// says; false when it names none of stagehand's entries.
+	BootedSlot(ctx context.Context) (meta.Slot, bool, error)
+}
+
+// CountedDefault is a backend that can arm a trial without boot-once, for
+// firmware that takes no variable writes at run time: the default follows
+// the trial's counted entry while it has tries left, and the other slot
+// once the bootloader has counted them all, so the bootloader gives the
+// trial up by itself.
+type CountedDefault interface {
+	// SetCountedDefault makes the default the slot the bootloader lists
+	// first among those with tries left, and checks that this is slot
+	// while its counted entry has tries left.
+	SetCountedDefault(ctx context.Context, slot meta.Slot) error
+	// CountedDefault tells whether the default is so set.
+	CountedDefault(ctx context.Context) (bool, error)
+}
+
+// FirmwareFallback is a backend that can make the UEFI boot manager start
+// the bootloader again when it fails an entry and returns: by the UEFI
+// specification (3.1.1) the boot manager then tries the next Boot#### of
+// BootOrder, which on many machines is a shell, a setup screen or the
+// network, all waiting for a person.
+type FirmwareFallback interface {
+	// EnsureFirmwareFallback puts two load options of the bootloader at
+	// the front of BootOrder, so that a first start that fails its
+	// one-shot entry is followed by a second that boots the default.
+	EnsureFirmwareFallback(ctx context.Context) error
+}
+
 // ErrSlotEmpty marks a slot that holds no entry.
 var ErrSlotEmpty = errors.New("the slot has no loader entry")
+
+// ErrNoEFIVars is returned by a backend made without the firmware's
+// variables (systemdboot.WithEFIVars) for what needs them: boot once, the
+// boot record, the firmware's boot options.
+var ErrNoEFIVars = errors.New("systemd-boot backend has no EFI variables to set boot once in (WithEFIVars)")
 
 // SlotParam is the kernel parameter naming the slot a kernel was booted
 // from.

@@ -1,5 +1,5 @@
-// Package boot implements the bootloader backends that hold stagehand's two
-// slots on the ESP — systemd-boot first, with Type #1 entries, behind an
-// interface that GRUB or a kexec-only backend can implement later — and
-// InitDisk, which makes a bootable stagehand disk.
+// Package boot holds what every bootloader backend shares: the Backend
+// interface and the optional ones the boot flow asks for, the ESP's file
+// system, and the checks of a slot's kernel or UKI. Each backend lives in a
+// package of its own (systemdboot, grub), so that adding one touches no other.
 package boot

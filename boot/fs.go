@@ -45,5 +45,5 @@ var (
 	_ Overwriter = (*fat.Volume)(nil)
 )
 
-// ESPLabel is the volume label InitDisk gives the ESP.
+// ESPLabel is the volume label bootdisk.Init gives the ESP.
 const ESPLabel = "EFI"

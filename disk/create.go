@@ -25,8 +25,8 @@ const (
 	// DefaultESPSize is past the 260 MiB line above which FAT32 gets 4 KiB
 	// clusters instead of 512-byte ones (mkfs.fat's table, which go-diskfs
 	// follows): the FAT is 8 times smaller, and writing a slot through
-	// go-diskfs 2.5 times faster (boot's BenchmarkInstallSlot: 241 against
-	// 97 MB/s on the build machine).
+	// go-diskfs 2.5 times faster (systemdboot's BenchmarkInstallSlot: 241
+	// against 97 MB/s on the build machine).
 	DefaultESPSize   = 300 * mib
 	DefaultStageSize = 2 * 256 * mib // twice the largest payload expected
 	LabelRoot        = "ROOT"

@@ -710,7 +710,7 @@ func (l *Loader) OpenSlot(ctx context.Context, slot meta.Slot) (*boot.SlotFiles,
 			f.Close()
 			return nil, fmt.Errorf("reading slot %s's %s: %w", slot, what, err)
 		}
-		f.AddCloser(r)
+		f.Closers = append(f.Closers, r)
 		return r, nil
 	}
 	if f.Kernel, err = open(kernelFile, "kernel"); err != nil {

@@ -20,18 +20,19 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // espOf opens the ESP of the disk image img (QEMU not running) and calls f
 // with it and the systemd-boot backend on it.
-func espOf(t testing.TB, img string, writable bool, f func(esp *fat.Volume, sb *boot.SystemdBoot)) {
+func espOf(t testing.TB, img string, writable bool, f func(esp *fat.Volume, sb *systemdboot.Loader)) {
 	t.Helper()
 	withPartition(t, img, disk.LabelESP, writable, func(r *disk.Region) {
 		esp, err := fat.Open(r, r.Size)
 		if err != nil {
 			t.Fatal(err)
 		}
-		f(esp, boot.NewSystemdBoot(esp))
+		f(esp, systemdboot.New(esp))
 	})
 }
 
@@ -59,7 +60,7 @@ func fsckESP(t testing.TB, img string) {
 // setOptions rewrites the kernel command line of slot's entry on img.
 func setOptions(t testing.TB, img string, slot meta.Slot, options string) {
 	t.Helper()
-	espOf(t, img, true, func(esp *fat.Volume, sb *boot.SystemdBoot) {
+	espOf(t, img, true, func(esp *fat.Volume, sb *systemdboot.Loader) {
 		slots, err := sb.Slots(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -72,7 +73,7 @@ func setOptions(t testing.TB, img string, slot meta.Slot, options string) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e, err := boot.ParseEntry(b)
+			e, err := systemdboot.ParseEntry(b)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -115,7 +116,7 @@ func TestBootOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer inf.Close()
-	espOf(t, img, true, func(esp *fat.Volume, sb *boot.SystemdBoot) {
+	espOf(t, img, true, func(esp *fat.Volume, sb *systemdboot.Loader) {
 		err := sb.InstallSlot(ctx, meta.SlotB, boot.Image{Kernel: kf, Initramfs: inf, Version: "v2",
 			Cmdline: "console=ttyS0 stagehand.testos.steps=efivars", Tries: 1})
 		if err != nil {
@@ -184,7 +185,7 @@ func TestBootOnce(t *testing.T) {
 	// On the host: systemd-boot counted b's try on the ESP, and left the
 	// FAT clean.
 	fsckESP(t, img)
-	espOf(t, img, false, func(esp *fat.Volume, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, sb *systemdboot.Loader) {
 		names, err := esp.ReadDir("loader/entries")
 		if err != nil {
 			t.Fatal(err)
@@ -229,7 +230,7 @@ func TestBootOnce(t *testing.T) {
 		t.Fatalf("boot 3: QEMU after power off: %v", err)
 	}
 	t.Logf("boot 3: power on to test OS %s, to power off %s", boot3.Round(100*time.Millisecond), r.Elapsed().Round(100*time.Millisecond))
-	espOf(t, img, false, func(esp *fat.Volume, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, sb *systemdboot.Loader) {
 		if names, _ := esp.ReadDir("loader/entries"); !cmp.Equal(names, []string{"stagehand-a.conf", "stagehand-b+0-1.conf"}) {
 			t.Errorf("entries after boot 3: %v", names)
 		}
@@ -240,7 +241,7 @@ func TestBootOnce(t *testing.T) {
 // systemd-boot (252) matches against a counted entry, stagehand-b+1.conf:
 // it takes the whole file name, counter included, as the entry's ID and
 // matches the value as a glob. So the bare ID and ID.conf miss it (a boots
-// again), the file name and boot.EntryPattern hit it. Later systemd-boot
+// again), the file name and systemdboot.EntryPattern hit it. Later systemd-boot
 // versions cut the counter out of the ID (stagehand-b.conf): should this
 // test fail after a systemd-boot upgrade, that is why, and EntryPattern
 // still matches under both rules.
@@ -259,7 +260,7 @@ func TestOneShotNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer inf.Close()
-	espOf(t, img, true, func(esp *fat.Volume, sb *boot.SystemdBoot) {
+	espOf(t, img, true, func(esp *fat.Volume, sb *systemdboot.Loader) {
 		err := sb.InstallSlot(ctx, meta.SlotB, boot.Image{Kernel: kf, Initramfs: inf, Version: "v2",
 			Cmdline: "console=ttyS0 stagehand.testos.steps=efivars", Tries: 1})
 		if err != nil {

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/stagehand-dev/stagehand/apply/applytest"
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -20,6 +19,7 @@ import (
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 	"github.com/stagehand-dev/stagehand/qemu-tests/writelog"
 	"github.com/stagehand-dev/stagehand/stage"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // crashVMLarge: make crash-campaign's run of TestCrashStatesVM, more
@@ -239,7 +239,7 @@ func vmRecording(t *testing.T, logPath, base string) *crashstate.Recording {
 		t.Fatal(err)
 	}
 	const nv = efivar.NonVolatile | efivar.BootServiceAccess | efivar.RuntimeAccess
-	if err := efivar.SetString(vd, boot.OneShotVar, efivar.LoaderVendor, nv, boot.EntryPattern(meta.SlotB)); err != nil {
+	if err := efivar.SetString(vd, systemdboot.OneShotVar, efivar.LoaderVendor, nv, systemdboot.EntryPattern(meta.SlotB)); err != nil {
 		t.Fatal(err)
 	}
 	v1, err := crashstate.ReadVars(string(vd))

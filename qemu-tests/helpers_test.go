@@ -13,11 +13,12 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/internal/gobuild"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // withPartition opens the disk image img (QEMU not running), calls f with
@@ -79,7 +80,7 @@ func checkHost(t testing.TB) {
 	if err := vm.CheckHost(vm.OVMF); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(boot.SystemdBootEFI); err != nil {
+	if _, err := os.Stat(systemdboot.EFIBinary); err != nil {
 		t.Fatalf("systemd-boot is missing (%v): %s", err, vm.Fix)
 	}
 }
@@ -232,7 +233,7 @@ func testLayout() disk.Layout {
 func newDisk(t testing.TB, k Kernel, version, cmdline string) string {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "disk.img")
-	_, err := boot.InitDisk(context.Background(), img, boot.DiskConfig{
+	_, err := bootdisk.Init(context.Background(), img, bootdisk.Config{
 		Layout:    testLayout(),
 		Kernel:    k.Vmlinuz,
 		Initramfs: testInitramfs(t, k, version),

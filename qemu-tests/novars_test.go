@@ -10,10 +10,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // noVarWrites on both slots' command lines: prestage and the test OS mount
@@ -38,10 +38,10 @@ func armedByDefault(t testing.TB, r *vm.Run) {
 // default and that it resolves to want.
 func countedDefault(t testing.TB, img string, want meta.Slot) {
 	t.Helper()
-	espOf(t, img, false, func(_ *fat.Volume, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(_ *fat.Volume, sb *systemdboot.Loader) {
 		on, err := sb.CountedDefault(context.Background())
 		if err != nil || !on {
-			t.Errorf("loader.conf's default is not %q (%v)", boot.CountedDefaultPattern, err)
+			t.Errorf("loader.conf's default is not %q (%v)", systemdboot.CountedDefaultPattern, err)
 		}
 	})
 	if def := defaultSlot(t, img); def != want {

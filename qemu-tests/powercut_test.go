@@ -18,11 +18,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // The power-cut campaign: QEMU is killed (SIGKILL, by its pid) at a moment
@@ -365,7 +365,7 @@ func diskState(img string) string {
 			}
 			staged, _, _ := s.Block().Staged()
 			parts = append(parts, slotFiles(esp, meta.SlotB, staged))
-			if def, derr := boot.NewSystemdBoot(esp).Default(context.Background()); derr == nil {
+			if def, derr := systemdboot.New(esp).Default(context.Background()); derr == nil {
 				parts = append(parts, "default "+string(def))
 			}
 		}

@@ -18,7 +18,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/initramfs"
@@ -26,9 +26,10 @@ import (
 	"github.com/stagehand-dev/stagehand/payload"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 	"github.com/stagehand-dev/stagehand/stage"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
-// The pre-stage scenarios: a disk made by boot.InitDisk whose slot A holds
+// The pre-stage scenarios: a disk made by bootdisk.Init whose slot A holds
 // the cloud kernel (v1), and v2 (the generic kernel, another `uname -r`)
 // built into an installer image with `stager image build` and staged on the
 // host with `stager --image oci:DIR:v2 --disk IMG`. Each slot's initramfs is
@@ -94,7 +95,7 @@ func newUpgrade(t *testing.T, v1Params, v1Steps, v2Steps string) *upgrade {
 	dir := t.TempDir()
 	u.img = filepath.Join(dir, "disk.img")
 	cmdline := strings.Join(strings.Fields(slotCmdline+" "+v1Params+" stagehand.testos.steps="+v1Steps), " ")
-	_, err := boot.InitDisk(context.Background(), u.img, boot.DiskConfig{
+	_, err := bootdisk.Init(context.Background(), u.img, bootdisk.Config{
 		Layout:    testLayout(),
 		Kernel:    u.k1.Vmlinuz,
 		Initramfs: slotInitramfs(t, "cloud", "v1"),
@@ -154,7 +155,7 @@ func metaHash(t testing.TB, img string) [32]byte {
 func entries(t testing.TB, img string) []string {
 	t.Helper()
 	var names []string
-	espOf(t, img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, _ *systemdboot.Loader) {
 		var err error
 		if names, err = esp.ReadDir("loader/entries"); err != nil {
 			t.Fatal(err)

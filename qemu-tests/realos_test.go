@@ -13,11 +13,13 @@ import (
 	"time"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/realos"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // The real OS scenarios: each slot holds a Debian kernel and an initramfs
@@ -144,7 +146,7 @@ func realOSImageBuildArgs(t testing.TB, dir, flavor, version, steps string, args
 func realOSDisk(t testing.TB, params, steps string) string {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "disk.img")
-	_, err := boot.InitDisk(context.Background(), img, boot.DiskConfig{
+	_, err := bootdisk.Init(context.Background(), img, bootdisk.Config{
 		Layout:    testLayout(),
 		Kernel:    kernel(t, "cloud").Vmlinuz,
 		Initramfs: realOSInitramfs(t, "cloud", "v1"),
@@ -244,7 +246,7 @@ func TestRealOSUpgrade(t *testing.T) {
 	if !strings.Contains(checked, "passed") || !strings.Contains(checked, "60-fails") {
 		t.Errorf("META records v2's health checks as %q, want passed with the wanted check 60-fails's warning%s", checked, lastReasons(st, 5))
 	}
-	espOf(t, img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, _ *systemdboot.Loader) {
 		b, err := esp.ReadFile(HeldFileOnESP)
 		if err != nil || !strings.HasPrefix(string(b), "held open by the real OS") {
 			t.Errorf("%s on the ESP: %q, %v", HeldFileOnESP, b, err)

@@ -11,11 +11,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // More scenarios of the upgrade story on the pre-stage disks of
@@ -43,7 +43,7 @@ func openMETA(t testing.TB, img string) *meta.Store {
 func defaultSlot(t testing.TB, img string) meta.Slot {
 	t.Helper()
 	var def meta.Slot
-	espOf(t, img, false, func(_ *fat.Volume, sb *boot.SystemdBoot) {
+	espOf(t, img, false, func(_ *fat.Volume, sb *systemdboot.Loader) {
 		var err error
 		if def, err = sb.Default(context.Background()); err != nil {
 			t.Fatal(err)
@@ -215,7 +215,7 @@ func TestScenarioCorruptPayload(t *testing.T) {
 	if d := cmp.Diff(entriesBefore, entries(t, u.img)); d != "" {
 		t.Errorf("entries changed (-before, +after):\n%s", d)
 	}
-	espOf(t, u.img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
+	espOf(t, u.img, false, func(esp *fat.Volume, _ *systemdboot.Loader) {
 		if names, err := esp.ReadDir("stagehand"); err != nil || !cmp.Equal(names, []string{"a"}) {
 			t.Errorf("the ESP's stagehand/ holds %v (%v), want only a: slot b was written", names, err)
 		}

@@ -14,10 +14,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // imagesDisk makes an ext4 image (mkfs.ext4 -d, e2fsprogs) holding the
@@ -66,7 +67,7 @@ func TestScenarioStageInGuest(t *testing.T) {
 
 	u := &upgrade{k1: kernel(t, "cloud"), k2: kernel(t, "generic")}
 	u.img = filepath.Join(t.TempDir(), "disk.img")
-	_, err := boot.InitDisk(context.Background(), u.img, boot.DiskConfig{
+	_, err := bootdisk.Init(context.Background(), u.img, bootdisk.Config{
 		Layout:    testLayout(),
 		Kernel:    u.k1.Vmlinuz,
 		Initramfs: slotInitramfs(t, "cloud", "v1"),
@@ -115,7 +116,7 @@ func TestScenarioStageInGuest(t *testing.T) {
 	if !strings.HasPrefix(stagedFrom, "staged "+ref+" ") {
 		t.Errorf("META records the stage as %q, want it from %s", stagedFrom, ref)
 	}
-	espOf(t, u.img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
+	espOf(t, u.img, false, func(esp *fat.Volume, _ *systemdboot.Loader) {
 		b, err := esp.ReadFile(HeldFileOnESP)
 		if err != nil || !strings.HasPrefix(string(b), "held open by the test OS") {
 			t.Errorf("%s on the ESP: %q, %v", HeldFileOnESP, b, err)

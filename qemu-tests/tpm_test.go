@@ -22,7 +22,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/tpmseal"
@@ -91,7 +91,7 @@ func newTPMSetup(t *testing.T, tokenType, v1Steps string) *tpmSetup {
 	layout.Size = layout.MinSize()
 	s.img = filepath.Join(dir, "disk.img")
 	v1 := ukiSpec{flavor: "generic", version: "v1", steps: v1Steps, pcrKey: s.pcrKey}
-	if _, err := boot.InitDisk(context.Background(), s.img, boot.DiskConfig{Layout: layout, Version: "v1", UKI: ukiFile(t, v1)}); err != nil {
+	if _, err := bootdisk.Init(context.Background(), s.img, bootdisk.Config{Layout: layout, Version: "v1", UKI: ukiFile(t, v1)}); err != nil {
 		t.Fatal(err)
 	}
 

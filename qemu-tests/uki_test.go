@@ -16,12 +16,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // The UKI scenarios (issue 15): slots as unified kernel images, Type #2
@@ -78,7 +79,7 @@ func signedSystemdBoot(t testing.TB) string {
 	t.Helper()
 	key, cert := snakeoil(t)
 	return once(t, "systemd-boot-signed", func(out string) error {
-		return sbsign(key, cert, boot.SystemdBootEFI, out)
+		return sbsign(key, cert, systemdboot.EFIBinary, out)
 	})
 }
 
@@ -140,13 +141,13 @@ func ukiFile(t testing.TB, s ukiSpec) string {
 func ukiDisk(t testing.TB, v1 ukiSpec, asUKI bool, loader string) string {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "disk.img")
-	cfg := boot.DiskConfig{Layout: testLayout(), Version: v1.version, LoaderEFI: loader}
+	cfg := bootdisk.Config{Layout: testLayout(), Version: v1.version, LoaderEFI: loader}
 	if asUKI {
 		cfg.UKI = ukiFile(t, v1)
 	} else {
 		cfg.Kernel, cfg.Initramfs, cfg.Cmdline = kernel(t, v1.flavor).Vmlinuz, slotInitramfs(t, v1.flavor, v1.version), v1.cmdline()
 	}
-	if _, err := boot.InitDisk(context.Background(), img, cfg); err != nil {
+	if _, err := bootdisk.Init(context.Background(), img, cfg); err != nil {
 		t.Fatal(err)
 	}
 	return img
@@ -181,7 +182,7 @@ func stageSpec(t testing.TB, img string, s ukiSpec, asUKI bool, target meta.Slot
 func espEntries(t testing.TB, img string) []string {
 	t.Helper()
 	var out []string
-	espOf(t, img, false, func(esp *fat.Volume, _ *boot.SystemdBoot) {
+	espOf(t, img, false, func(esp *fat.Volume, _ *systemdboot.Loader) {
 		for _, d := range []string{"loader/entries", "EFI/Linux"} {
 			names, err := esp.ReadDir(d)
 			if errors.Is(err, fs.ErrNotExist) {

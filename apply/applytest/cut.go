@@ -12,6 +12,7 @@ import (
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // ErrCut stands for power failing: nothing after it is written. The cut
@@ -113,7 +114,7 @@ func (m *Machine) OpenCut(booted meta.Slot, at int) (*apply.Disk, *CutFS) {
 	}
 	env := d.Env
 	env.Store, env.Stage, env.StageSize = store, stageR, stageR.Size
-	env.Loader = boot.NewSystemdBoot(cf, boot.WithEFIVars(&CutVars{Inner: m.Vars, FS: cf}))
+	env.Loader = systemdboot.New(cf, systemdboot.WithEFIVars(&CutVars{Inner: m.Vars, FS: cf}))
 	return &apply.Disk{Env: env, Disk: dk, STAGE: stageR}, cf
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/efivar"
@@ -25,6 +26,7 @@ import (
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/stage"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // Layout is the disk of a simulated machine: room for two slots of a few
@@ -71,7 +73,7 @@ func NewDisk(t testing.TB, version string) *Machine {
 	dir := t.TempDir()
 	m := &Machine{T: t, Img: filepath.Join(dir, "disk.img"), Vars: efivar.Dir(t.TempDir()), Dir: dir, Now: time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC)}
 	k, i := m.Inputs(version)
-	_, err := boot.InitDisk(context.Background(), m.Img, boot.DiskConfig{
+	_, err := bootdisk.Init(context.Background(), m.Img, bootdisk.Config{
 		Layout: Layout,
 		Kernel: k, Initramfs: i, Cmdline: "console=ttyS0 rdinit=/prestage", Version: version, LoaderEFI: k,
 	})
@@ -242,9 +244,9 @@ func (m *Machine) Firmware() meta.Slot {
 // stagehand-b+1-1.conf).
 func (m *Machine) countTry(e boot.SlotEntry) {
 	m.T.Helper()
-	parse := boot.ParseEntryName
+	parse := systemdboot.ParseEntryName
 	if strings.HasSuffix(e.Description, ".efi") {
-		parse = boot.ParseUKIName
+		parse = systemdboot.ParseUKIName
 	}
 	n, err := parse(path.Base(e.Description))
 	if err != nil {
@@ -308,7 +310,7 @@ func (m *Machine) recordBoot(d *apply.Disk, slot meta.Slot, chosen []boot.SlotEn
 			continue
 		}
 		name := path.Base(e.Description)
-		if err := efivar.SetString(m.Vars, boot.SelectedVar, efivar.LoaderVendor, volatile, strings.ToLower(name)); err != nil {
+		if err := efivar.SetString(m.Vars, systemdboot.SelectedVar, efivar.LoaderVendor, volatile, strings.ToLower(name)); err != nil {
 			m.T.Fatal(err)
 		}
 		if e.Counting {
@@ -316,8 +318,8 @@ func (m *Machine) recordBoot(d *apply.Disk, slot meta.Slot, chosen []boot.SlotEn
 			if i < len(now) && now[i].Slot == slot {
 				desc = now[i].Description // after the loader counted the try
 			}
-			err = efivar.SetString(m.Vars, boot.CountPathVar, efivar.LoaderVendor, volatile, `\`+strings.ReplaceAll(desc, "/", `\`))
-		} else if err = m.Vars.Remove(boot.CountPathVar, efivar.LoaderVendor); errors.Is(err, fs.ErrNotExist) {
+			err = efivar.SetString(m.Vars, systemdboot.CountPathVar, efivar.LoaderVendor, volatile, `\`+strings.ReplaceAll(desc, "/", `\`))
+		} else if err = m.Vars.Remove(systemdboot.CountPathVar, efivar.LoaderVendor); errors.Is(err, fs.ErrNotExist) {
 			err = nil
 		}
 		if err != nil {

@@ -1,5 +1,5 @@
 // Package boottest makes inputs for tests of the boot flow: kernels that
-// look like bzImages to KernelRelease, without being bootable, and unified
+// look like bzImages to boot.KernelRelease, without being bootable, and unified
 // kernel images built from the real systemd-stub.
 package boottest
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/internal/cli"
 
-	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/payload"
 	"github.com/stagehand-dev/stagehand/stage"
 )
@@ -28,7 +28,7 @@ func newDiskInitCmd() *cobra.Command {
 	var (
 		path                               string
 		size, espSize, stageSize, rootSize string
-		cfg                                boot.DiskConfig
+		cfg                                bootdisk.Config
 		install                            stage.Options
 	)
 	cmd := &cobra.Command{
@@ -119,7 +119,7 @@ and so is a disk or file that holds data, unless --force is given.`,
 				cfg.Version = readArtifact(fetched, payload.Version)
 			}
 		}
-		info, err := boot.InitDisk(cmd.Context(), path, cfg)
+		info, err := bootdisk.Init(cmd.Context(), path, cfg)
 		if err != nil {
 			return err
 		}

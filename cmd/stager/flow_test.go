@@ -9,10 +9,10 @@ import (
 	"testing"
 
 	"github.com/stagehand-dev/stagehand/apply"
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // TestConfirmAndRollback drives stager disk init, --image, confirm, status
@@ -152,11 +152,11 @@ func TestStatusBootedFromLoader(t *testing.T) {
 		{"debian.conf", "booted:   unknown", `stagehand_info{slot="a",`},
 	} {
 		d := efivar.Dir(vars)
-		if err := d.Remove(boot.SelectedVar, efivar.LoaderVendor); err != nil {
+		if err := d.Remove(systemdboot.SelectedVar, efivar.LoaderVendor); err != nil {
 			t.Fatal(err)
 		}
 		if tc.selected != "" {
-			if err := efivar.SetString(d, boot.SelectedVar, efivar.LoaderVendor, efivar.BootServiceAccess|efivar.RuntimeAccess, tc.selected); err != nil {
+			if err := efivar.SetString(d, systemdboot.SelectedVar, efivar.LoaderVendor, efivar.BootServiceAccess|efivar.RuntimeAccess, tc.selected); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -17,13 +17,14 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/internal/gobuild"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 	"github.com/stagehand-dev/stagehand/stage"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // The guest side: what the VM tests boot (OVMF, systemd-boot, Debian's
@@ -71,7 +72,7 @@ func (g *guest) build() error {
 	if err := vm.CheckHost(vm.OVMF); err != nil {
 		return err
 	}
-	if _, err := os.Stat(boot.SystemdBootEFI); err != nil {
+	if _, err := os.Stat(systemdboot.EFIBinary); err != nil {
 		return fmt.Errorf("systemd-boot is missing (%v): %s", err, vm.Fix)
 	}
 	g.initrds = map[string]string{}
@@ -144,7 +145,7 @@ func (g *guest) initramfs(flavor, version string) (string, []byte, error) {
 // generic kernel and initramfs v2) staged as `stager --image oci:…` does.
 func (g *guest) newDisk(path, params, v2 string) error {
 	ctx := context.Background()
-	_, err := boot.InitDisk(ctx, path, boot.DiskConfig{
+	_, err := bootdisk.Init(ctx, path, bootdisk.Config{
 		Layout:    disk.Layout{Size: disk.Layout{}.MinSize()},
 		Kernel:    g.kernels["cloud"].vmlinuz,
 		Initramfs: g.initrds["v1"],

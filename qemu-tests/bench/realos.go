@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/internal/benchstat"
@@ -82,7 +82,7 @@ func (g *guest) realOSDisk(ctx context.Context, path, rdinit string, staged bool
 		return err
 	}
 	line := "rdinit=" + rdinit + " " + cmdline + " stagehand.realos.steps=timing,poweroff"
-	_, err = boot.InitDisk(ctx, path, boot.DiskConfig{
+	_, err = bootdisk.Init(ctx, path, bootdisk.Config{
 		Layout:    disk.Layout{Size: disk.Layout{}.MinSize()},
 		Kernel:    k.vmlinuz,
 		Initramfs: initrd,

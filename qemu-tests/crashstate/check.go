@@ -16,11 +16,11 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // Files is what a version's slot holds: the SHA-256 of its kernel and of
@@ -382,7 +382,7 @@ func firmwareView(ctx context.Context, img string, slot meta.Slot, known func(Fi
 	if err != nil {
 		return fmt.Errorf("the ESP as the cut left it (first FAT): %w", err)
 	}
-	k, i, _, err := boot.NewSystemdBoot(fs).ReadSlot(ctx, slot)
+	k, i, _, err := systemdboot.New(fs).ReadSlot(ctx, slot)
 	if err != nil {
 		return fmt.Errorf("its files as the cut left them (first FAT): %w", err)
 	}

@@ -11,11 +11,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // efiVars mounts efivarfs (its module comes in the initramfs) and opens it.
@@ -55,7 +55,7 @@ func showEFIVars() error {
 		return v
 	}
 	say("efivars: oneshot=%s selected=%s bootcount=%s",
-		get(boot.OneShotVar), get("LoaderEntrySelected"), get("LoaderBootCountPath"))
+		get(systemdboot.OneShotVar), get("LoaderEntrySelected"), get("LoaderBootCountPath"))
 	return nil
 }
 
@@ -84,7 +84,7 @@ func bootOnce(slot meta.Slot) error {
 	if err != nil {
 		return err
 	}
-	sb := boot.NewSystemdBoot(esp, boot.WithEFIVars(vars))
+	sb := systemdboot.New(esp, systemdboot.WithEFIVars(vars))
 	ctx := context.Background()
 	check := func(want meta.Slot) error {
 		got, ok, err := sb.BootOnce(ctx)
@@ -108,7 +108,7 @@ func bootOnce(slot meta.Slot) error {
 			return err
 		}
 	}
-	v, err := efivar.GetString(vars, boot.OneShotVar, efivar.LoaderVendor)
+	v, err := efivar.GetString(vars, systemdboot.OneShotVar, efivar.LoaderVendor)
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ func setOneShot(v string) error {
 	if err != nil {
 		return err
 	}
-	if err := efivar.SetString(vars, boot.OneShotVar, efivar.LoaderVendor,
+	if err := efivar.SetString(vars, systemdboot.OneShotVar, efivar.LoaderVendor,
 		efivar.NonVolatile|efivar.BootServiceAccess|efivar.RuntimeAccess, v); err != nil {
 		return err
 	}

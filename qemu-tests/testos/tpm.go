@@ -14,11 +14,11 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
 
-	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/qemu-tests/tpmseal"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 	"github.com/stagehand-dev/stagehand/uki"
 )
 
@@ -124,7 +124,7 @@ func pcrSignature(d *disk.Disk) (sig, pub []byte, from string, err error) {
 	if err != nil {
 		return nil, nil, "", err
 	}
-	sb := boot.NewSystemdBoot(esp, boot.WithEFIVars(vars))
+	sb := systemdboot.New(esp, systemdboot.WithEFIVars(vars))
 	slot := meta.Slot(cmdline()["stagehand.slot"])
 	if slot == "" { // a UKI's own command line: the loader says
 		slot, _, _ = sb.BootedSlot(context.Background())

@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -17,11 +18,11 @@ import (
 func TestDir(t *testing.T) {
 	root := t.TempDir()
 	ctx := context.Background()
-	sb := NewSystemdBoot(Dir(root))
+	sb := New(boot.Dir(root))
 	if err := sb.InstallLoader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	img := Image{Kernel: strings.NewReader("k"), Initramfs: strings.NewReader("i"), Cmdline: "console=ttyS0", Version: "v1"}
+	img := boot.Image{Kernel: strings.NewReader("k"), Initramfs: strings.NewReader("i"), Cmdline: "console=ttyS0", Version: "v1"}
 	if err := sb.InstallSlot(ctx, meta.SlotA, img); err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,7 @@ func TestDir(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "EFI/BOOT/BOOTX64.EFI")); err != nil {
 		t.Error(err)
 	}
-	if _, err := Dir(root).ReadFile("nope"); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := boot.Dir(root).ReadFile("nope"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("ReadFile of a missing file: %v", err)
 	}
 	if err := sb.InstallSlot(ctx, "c", img); err == nil {

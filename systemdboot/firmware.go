@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"context"
@@ -6,20 +6,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 )
-
-// FirmwareFallback is a backend that can make the UEFI boot manager start
-// the bootloader again when it fails an entry and returns: by the UEFI
-// specification (3.1.1) the boot manager then tries the next Boot#### of
-// BootOrder, which on many machines is a shell, a setup screen or the
-// network, all waiting for a person.
-type FirmwareFallback interface {
-	// EnsureFirmwareFallback puts two load options of the bootloader at
-	// the front of BootOrder, so that a first start that fails its
-	// one-shot entry is followed by a second that boots the default.
-	EnsureFirmwareFallback(ctx context.Context) error
-}
 
 // ESPPartition is where the ESP lies on its disk, as a UEFI hard drive
 // device path names it.
@@ -31,12 +20,12 @@ type ESPPartition struct {
 }
 
 // WithESPPartition tells the backend where the ESP lies, for its firmware
-// load options (FirmwareFallback).
-func WithESPPartition(p ESPPartition) SystemdBootOption {
-	return func(s *SystemdBoot) { s.part = &p }
+// load options (boot.FirmwareFallback).
+func WithESPPartition(p ESPPartition) Option {
+	return func(s *Loader) { s.part = &p }
 }
 
-var _ FirmwareFallback = (*SystemdBoot)(nil)
+var _ boot.FirmwareFallback = (*Loader)(nil)
 
 // The load options stagehand keeps first in BootOrder: systemd-boot at its
 // own path, then at the removable-media path, both on the ESP.
@@ -45,13 +34,13 @@ const (
 	fallbackOptionName = "stagehand fallback"
 )
 
-// EnsureFirmwareFallback implements FirmwareFallback: "stagehand" starts
+// EnsureFirmwareFallback implements boot.FirmwareFallback: "stagehand" starts
 // EFI/systemd/systemd-bootx64.efi and "stagehand fallback" EFI/BOOT/BOOTX64.EFI
 // (the same systemd-boot), first in BootOrder; nothing is written when they
 // already are.
-func (s *SystemdBoot) EnsureFirmwareFallback(ctx context.Context) error {
+func (s *Loader) EnsureFirmwareFallback(ctx context.Context) error {
 	if s.vars == nil {
-		return ErrNoEFIVars
+		return boot.ErrNoEFIVars
 	}
 	if s.part == nil {
 		return fmt.Errorf("the firmware's boot options: the ESP's partition is not known")

@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 )
@@ -30,15 +31,15 @@ func BenchmarkInstallSlot(b *testing.B) {
 			f, _ := os.Create(p)
 			defer f.Close()
 			f.Truncate(size)
-			esp, err := fat.Format(fileDevice{f}, size, ESPLabel)
+			esp, err := fat.Format(fileDevice{f}, size, boot.ESPLabel)
 			if err != nil {
 				b.Fatal(err)
 			}
-			s := NewSystemdBoot(esp)
+			s := New(esp)
 			var secs []float64
 			for b.Loop() {
 				start := time.Now()
-				if err := s.InstallSlot(context.Background(), meta.SlotB, Image{Kernel: bytes.NewReader(kernel), Initramfs: bytes.NewReader(initrd), Version: "v"}); err != nil {
+				if err := s.InstallSlot(context.Background(), meta.SlotB, boot.Image{Kernel: bytes.NewReader(kernel), Initramfs: bytes.NewReader(initrd), Version: "v"}); err != nil {
 					b.Fatal(err)
 				}
 				secs = append(secs, time.Since(start).Seconds())

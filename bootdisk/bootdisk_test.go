@@ -1,4 +1,4 @@
-package boot
+package bootdisk
 
 import (
 	"bytes"
@@ -16,48 +16,29 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/fat/fattest"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 const mib = 1 << 20
-
-// fakeKernel is a file with a bzImage setup header naming release.
-func fakeKernel(t *testing.T, dir, release string, size int) string {
-	return boottest.FakeKernel(t, dir, release, size)
-}
-
-func TestKernelRelease(t *testing.T) {
-	dir := t.TempDir()
-	k := fakeKernel(t, dir, "6.1.0-56-cloud-amd64", 4096)
-	f, _ := os.Open(k)
-	defer f.Close()
-	if rel, err := KernelRelease(f); err != nil || rel != "6.1.0-56-cloud-amd64" {
-		t.Errorf("KernelRelease = %q, %v", rel, err)
-	}
-	if _, err := KernelRelease(strings.NewReader(strings.Repeat("x", 8192))); !errors.Is(err, ErrNotKernel) {
-		t.Errorf("KernelRelease of junk = %v, want ErrNotKernel", err)
-	}
-	if _, err := KernelRelease(strings.NewReader("short")); !errors.Is(err, ErrNotKernel) {
-		t.Errorf("KernelRelease of 5 bytes = %v, want ErrNotKernel", err)
-	}
-}
 
 type inputs struct{ kernel, initramfs string }
 
 func newInputs(t *testing.T) inputs {
 	dir := t.TempDir()
-	in := inputs{kernel: fakeKernel(t, dir, "6.1.0-test", 3*mib+17), initramfs: filepath.Join(dir, "initramfs")}
+	in := inputs{kernel: boottest.FakeKernel(t, dir, "6.1.0-test", 3*mib+17), initramfs: filepath.Join(dir, "initramfs")}
 	os.WriteFile(in.initramfs, bytes.Repeat([]byte("initramfs"), 100_000), 0o644)
 	return in
 }
 
-func (in inputs) config() DiskConfig {
-	return DiskConfig{Kernel: in.kernel, Initramfs: in.initramfs, Cmdline: "console=ttyS0 quiet", Version: "v1"}
+func (in inputs) config() Config {
+	return Config{Kernel: in.kernel, Initramfs: in.initramfs, Cmdline: "console=ttyS0 quiet", Version: "v1"}
 }
 
 // partition returns the region of img's partition labelled label.
@@ -95,17 +76,17 @@ func extract(t *testing.T, img string, p disk.Partition) string {
 	return out
 }
 
-func TestInitDisk(t *testing.T) {
+func TestInit(t *testing.T) {
 	in := newInputs(t)
 	img := filepath.Join(t.TempDir(), "disk.img")
 	cfg := in.config()
 	cfg.Layout = disk.Layout{Size: 1024 * mib, RootSize: 64 * mib}
-	info, err := InitDisk(context.Background(), img, cfg)
+	info, err := Init(context.Background(), img, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.Version != "v1" || info.Kernel != "6.1.0-test" || info.Size != 1024*mib {
-		t.Errorf("DiskInfo %+v", info)
+		t.Errorf("Info %+v", info)
 	}
 	var labels []string
 	var sizes []int64
@@ -151,7 +132,7 @@ func TestInitDisk(t *testing.T) {
 	if got := fattest.Mtools(t, "mtype", img, espPart.Offset, "::/loader/loader.conf"); got != "default stagehand-a[.+]*\ntimeout 0\n" {
 		t.Errorf("loader.conf: %q", got)
 	}
-	efi, _ := os.ReadFile(SystemdBootEFI)
+	efi, _ := os.ReadFile(systemdboot.EFIBinary)
 	if got := fattest.Mtools(t, "mtype", img, espPart.Offset, "::/EFI/BOOT/BOOTX64.EFI"); got != string(efi) {
 		t.Errorf("BOOTX64.EFI is %d bytes, not systemd-boot's %d", len(got), len(efi))
 	}
@@ -190,14 +171,14 @@ func TestInitDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	sb := NewSystemdBoot(esp)
+	sb := systemdboot.New(esp)
 	if def, err := sb.Default(ctx); err != nil || def != meta.SlotA {
 		t.Errorf("Default = %q, %v", def, err)
 	}
 	if err := sb.SetDefault(ctx, meta.SlotB); err == nil {
 		t.Error("SetDefault(b) without a slot b succeeded")
 	}
-	img2 := Image{Kernel: strings.NewReader("kernel 2"), Initramfs: strings.NewReader("initramfs 2"), Cmdline: "console=ttyS0 stagehand.slot=a", Version: "v2"}
+	img2 := boot.Image{Kernel: strings.NewReader("kernel 2"), Initramfs: strings.NewReader("initramfs 2"), Cmdline: "console=ttyS0 stagehand.slot=a", Version: "v2"}
 	if err := sb.InstallSlot(ctx, meta.SlotB, img2); err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +192,7 @@ func TestInitDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantSlots := []SlotEntry{
+	wantSlots := []boot.SlotEntry{
 		{Slot: meta.SlotA, Version: "v1", Cmdline: "stagehand.slot=a console=ttyS0 quiet", Kernel: "/stagehand/a/vmlinuz", Initrd: "/stagehand/a/initramfs", Description: "loader/entries/stagehand-a.conf", SortKey: "stagehand-999999999"},
 		{Slot: meta.SlotB, Version: "v2", Cmdline: "stagehand.slot=b console=ttyS0", Kernel: "/stagehand/b/vmlinuz", Initrd: "/stagehand/b/initramfs",
 			Counting: true, Left: 2, Done: 1, Description: "loader/entries/stagehand-b+2-1.conf", SortKey: "stagehand-999999998"},
@@ -310,9 +291,9 @@ func sum(t *testing.T, p string) [32]byte {
 	return [32]byte(h.Sum(nil))
 }
 
-// TestInitDiskRefuses: bad input is one error and the disk is unchanged
+// TestInitRefuses: bad input is one error and the disk is unchanged
 // (or still absent).
-func TestInitDiskRefuses(t *testing.T) {
+func TestInitRefuses(t *testing.T) {
 	in := newInputs(t)
 	dir := t.TempDir()
 	used := filepath.Join(dir, "used.img")
@@ -321,21 +302,21 @@ func TestInitDiskRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		path string
-		mod  func(*DiskConfig)
+		mod  func(*Config)
 		err  string
 	}{
-		{"no size", "new.img", func(c *DiskConfig) { c.Layout.Size = 0 }, "give its size"},
-		{"too small", "new.img", func(c *DiskConfig) { c.Layout.Size = 700 * mib }, "too small for the layout"},
-		{"not MiB", "new.img", func(c *DiskConfig) { c.Layout.Size = 1024*mib + 512 }, "not a multiple of 1 MiB"},
-		{"small ESP", "new.img", func(c *DiskConfig) { c.Layout.ESPSize = 128 * mib }, "below the minimum of 256 MiB"},
-		{"small STAGE", "new.img", func(c *DiskConfig) { c.Layout.StageSize = 4 * mib }, "less than twice the payload"},
-		{"no kernel", "new.img", func(c *DiskConfig) { c.Kernel = filepath.Join(dir, "nope") }, "no such file"},
-		{"not a kernel", "new.img", func(c *DiskConfig) { c.Kernel = in.initramfs }, "not a Linux kernel"},
-		{"no initramfs", "new.img", func(c *DiskConfig) { c.Initramfs = filepath.Join(dir, "nope") }, "no such file"},
-		{"no systemd-boot", "new.img", func(c *DiskConfig) { c.LoaderEFI = filepath.Join(dir, "nope.efi") }, "systemd-boot-efi"},
-		{"cmdline newline", "new.img", func(c *DiskConfig) { c.Cmdline = "a\nb" }, "spans lines"},
-		{"in use", "used.img", func(c *DiskConfig) {}, "pass --force"},
-		{"directory", ".", func(c *DiskConfig) {}, "neither a block device nor an image file"},
+		{"no size", "new.img", func(c *Config) { c.Layout.Size = 0 }, "give its size"},
+		{"too small", "new.img", func(c *Config) { c.Layout.Size = 700 * mib }, "too small for the layout"},
+		{"not MiB", "new.img", func(c *Config) { c.Layout.Size = 1024*mib + 512 }, "not a multiple of 1 MiB"},
+		{"small ESP", "new.img", func(c *Config) { c.Layout.ESPSize = 128 * mib }, "below the minimum of 256 MiB"},
+		{"small STAGE", "new.img", func(c *Config) { c.Layout.StageSize = 4 * mib }, "less than twice the payload"},
+		{"no kernel", "new.img", func(c *Config) { c.Kernel = filepath.Join(dir, "nope") }, "no such file"},
+		{"not a kernel", "new.img", func(c *Config) { c.Kernel = in.initramfs }, "not a Linux kernel"},
+		{"no initramfs", "new.img", func(c *Config) { c.Initramfs = filepath.Join(dir, "nope") }, "no such file"},
+		{"no systemd-boot", "new.img", func(c *Config) { c.LoaderEFI = filepath.Join(dir, "nope.efi") }, "systemd-boot-efi"},
+		{"cmdline newline", "new.img", func(c *Config) { c.Cmdline = "a\nb" }, "spans lines"},
+		{"in use", "used.img", func(c *Config) {}, "pass --force"},
+		{"directory", ".", func(c *Config) {}, "neither a block device nor an image file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(dir, tc.path)
@@ -347,9 +328,9 @@ func TestInitDiskRefuses(t *testing.T) {
 			cfg := in.config()
 			cfg.Layout.Size = 1024 * mib
 			tc.mod(&cfg)
-			_, err := InitDisk(context.Background(), p, cfg)
+			_, err := Init(context.Background(), p, cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Fatalf("InitDisk = %v, want %q", err, tc.err)
+				t.Fatalf("Init = %v, want %q", err, tc.err)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error spans lines: %q", err)
@@ -370,17 +351,17 @@ func TestInitDiskRefuses(t *testing.T) {
 	// With Force, the used file is overwritten.
 	cfg := in.config()
 	cfg.Force = true
-	if _, err := InitDisk(context.Background(), used, cfg); err != nil {
-		t.Fatalf("InitDisk --force: %v", err)
+	if _, err := Init(context.Background(), used, cfg); err != nil {
+		t.Fatalf("Init --force: %v", err)
 	}
 	if st, _ := os.Stat(used); st.Size() != 1024*mib {
 		t.Errorf("forced image is %d bytes, want its old size", st.Size())
 	}
 }
 
-// TestInitDiskLoop: a real block device, and a refusal while one of its
+// TestInitLoop: a real block device, and a refusal while one of its
 // partitions is mounted.
-func TestInitDiskLoop(t *testing.T) {
+func TestInitLoop(t *testing.T) {
 	in := newInputs(t)
 	img := filepath.Join(t.TempDir(), "disk.img")
 	os.WriteFile(img, nil, 0o644)
@@ -388,12 +369,12 @@ func TestInitDiskLoop(t *testing.T) {
 	dev := disktest.Loop(t, img)
 	cfg := in.config()
 	cfg.Layout.RootSize = 64 * mib
-	info, err := InitDisk(context.Background(), dev, cfg)
+	info, err := Init(context.Background(), dev, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.Size != 1024*mib || len(info.Partitions) != 4 {
-		t.Errorf("DiskInfo %+v", info)
+		t.Errorf("Info %+v", info)
 	}
 	// This host's kernel has no GPT parser (no CONFIG_EFI_PARTITION), so
 	// BLKRRPART finds no partitions here: add the root partition by hand
@@ -418,9 +399,9 @@ func TestInitDiskLoop(t *testing.T) {
 	}()
 	before := sum(t, img)
 	cfg.Force = true
-	_, err = InitDisk(context.Background(), dev, cfg)
+	_, err = Init(context.Background(), dev, cfg)
 	if err == nil || !strings.Contains(err.Error(), "is mounted on "+mnt) {
-		t.Fatalf("InitDisk with %s mounted = %v", root, err)
+		t.Fatalf("Init with %s mounted = %v", root, err)
 	}
 	if sum(t, img) != before {
 		t.Error("the disk changed")
@@ -429,15 +410,15 @@ func TestInitDiskLoop(t *testing.T) {
 		t.Fatalf("umount: %v: %s", err, out)
 	}
 	mounted = false
-	if _, err := InitDisk(context.Background(), dev, cfg); err != nil {
-		t.Fatalf("InitDisk after umount: %v", err)
+	if _, err := Init(context.Background(), dev, cfg); err != nil {
+		t.Fatalf("Init after umount: %v", err)
 	}
 	ep := info.Partitions[0]
 	if out, err := exec.Command("addpart", dev, "1", fmt.Sprint(ep.Offset/512), fmt.Sprint(ep.Size/512)).CombinedOutput(); err != nil {
 		t.Fatalf("addpart %s 1: %v: %s", dev, err, out)
 	}
 	defer exec.Command("delpart", dev, "1").Run()
-	if _, err := InitDisk(context.Background(), dev+"p1", cfg); err == nil || !strings.Contains(err.Error(), "is a partition") {
-		t.Errorf("InitDisk on a partition = %v", err)
+	if _, err := Init(context.Background(), dev+"p1", cfg); err == nil || !strings.Contains(err.Error(), "is a partition") {
+		t.Errorf("Init on a partition = %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"bytes"
@@ -11,12 +11,13 @@ import (
 	"path"
 	"strings"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
 // Where Debian's systemd-boot-efi puts the loader.
-const SystemdBootEFI = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+const EFIBinary = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 
 // The systemd-boot files on the ESP.
 const (
@@ -28,7 +29,7 @@ const (
 	slotsDir    = "stagehand"
 )
 
-// SystemdBoot is the systemd-boot backend: each slot is a Type #1 entry,
+// Loader is the systemd-boot backend: each slot is a Type #1 entry,
 // loader/entries/stagehand-a.conf (stagehand-a+3.conf while its tries are
 // counted), loading stagehand/a/vmlinuz and stagehand/a/initramfs, or a
 // Type #2 entry, the unified kernel image EFI/Linux/stagehand-a.efi
@@ -45,37 +46,37 @@ const (
 // ("stagehand-b") matches no entry in either. So the backend never writes
 // a file name but EntryPattern, "stagehand-b[.+]*", which matches slot b's
 // entry in every counter state under both rules, and nothing else of ours.
-type SystemdBoot struct {
-	esp    FS
+type Loader struct {
+	esp    boot.FS
 	loader string
 	vars   efivar.Store
-	part   *ESPPartition // for FirmwareFallback
+	part   *ESPPartition // for boot.FirmwareFallback
 }
 
 var (
-	_ Backend    = (*SystemdBoot)(nil)
-	_ BootOnce   = (*SystemdBoot)(nil)
-	_ Blesser    = (*SystemdBoot)(nil)
-	_ SlotReader = (*SystemdBoot)(nil)
+	_ boot.Backend    = (*Loader)(nil)
+	_ boot.BootOnce   = (*Loader)(nil)
+	_ boot.Blesser    = (*Loader)(nil)
+	_ boot.SlotReader = (*Loader)(nil)
 )
 
-// SystemdBootOption changes a SystemdBoot.
-type SystemdBootOption func(*SystemdBoot)
+// Option changes a Loader.
+type Option func(*Loader)
 
 // WithLoaderEFI installs the systemd-boot EFI binary at path instead of
-// SystemdBootEFI.
-func WithLoaderEFI(path string) SystemdBootOption { return func(s *SystemdBoot) { s.loader = path } }
+// EFIBinary.
+func WithLoaderEFI(path string) Option { return func(s *Loader) { s.loader = path } }
 
 // WithEFIVars gives the backend the firmware's variables, where boot once
 // (LoaderEntryOneShot) is set. Without them the BootOnce methods fail with
-// ErrNoEFIVars.
-func WithEFIVars(vars efivar.Store) SystemdBootOption {
-	return func(s *SystemdBoot) { s.vars = vars }
+// boot.ErrNoEFIVars.
+func WithEFIVars(vars efivar.Store) Option {
+	return func(s *Loader) { s.vars = vars }
 }
 
-// NewSystemdBoot returns the backend for the ESP esp.
-func NewSystemdBoot(esp FS, opts ...SystemdBootOption) *SystemdBoot {
-	s := &SystemdBoot{esp: esp, loader: SystemdBootEFI}
+// New returns the backend for the ESP esp.
+func New(esp boot.FS, opts ...Option) *Loader {
+	s := &Loader{esp: esp, loader: EFIBinary}
 	for _, o := range opts {
 		o(s)
 	}
@@ -90,7 +91,7 @@ func EntryID(slot meta.Slot) string { return "stagehand-" + string(slot) }
 // LoaderEntryOneShot hold to name slot's entry ("stagehand-a[.+]*"): it
 // matches systemd-boot's ID of the entry whether or not its tries are
 // counted, in systemd-boot 252 (ID "stagehand-a+2-1.conf") and later (ID
-// "stagehand-a.conf"). See SystemdBoot.
+// "stagehand-a.conf"). See Loader.
 func EntryPattern(slot meta.Slot) string { return EntryID(slot) + "[.+]*" }
 
 func checkSlot(slot meta.Slot) error {
@@ -100,11 +101,11 @@ func checkSlot(slot meta.Slot) error {
 	return nil
 }
 
-// InstallLoader implements Backend: it copies systemd-boot to the removable
-// media path EFI/BOOT/BOOTX64.EFI (what the firmware boots without a boot
-// entry) and to EFI/systemd/, and writes loader/loader.conf (timeout 0) if
-// there is none.
-func (s *SystemdBoot) InstallLoader(ctx context.Context) error {
+// InstallLoader implements boot.Backend: it copies systemd-boot to the
+// removable media path EFI/BOOT/BOOTX64.EFI (what the firmware boots
+// without a boot entry) and to EFI/systemd/, and writes loader/loader.conf
+// (timeout 0) if there is none.
+func (s *Loader) InstallLoader(ctx context.Context) error {
 	efi, err := os.ReadFile(s.loader)
 	if err != nil {
 		return fmt.Errorf("installing systemd-boot: %w (Debian package systemd-boot-efi)", err)
@@ -126,7 +127,7 @@ func (s *SystemdBoot) InstallLoader(ctx context.Context) error {
 
 // entryFiles returns slot's entry file names (with any counter), Type #1
 // entries first, each kind sorted.
-func (s *SystemdBoot) entryFiles(slot meta.Slot) ([]EntryName, error) {
+func (s *Loader) entryFiles(slot meta.Slot) ([]EntryName, error) {
 	var out []EntryName
 	for _, kind := range []struct {
 		dir   string
@@ -153,10 +154,10 @@ func (s *SystemdBoot) entryFiles(slot meta.Slot) ([]EntryName, error) {
 // systemd-boot caps its counters at INT_MAX.
 const maxTries = 1000
 
-// InstallSlot implements Backend. With img.Tries the entry is
+// InstallSlot implements boot.Backend. With img.Tries the entry is
 // stagehand-X+Tries.conf (stagehand-X+Tries.efi for a UKI); any other entry
 // file of the slot, of either kind, is removed first.
-func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image) error {
+func (s *Loader) InstallSlot(ctx context.Context, slot meta.Slot, img boot.Image) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
@@ -173,9 +174,9 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 		return fmt.Errorf("installing slot %s: kernel and initramfs are both needed", slot)
 	}
 	dir := path.Join(slotsDir, string(slot))
-	opts := SlotParam + "=" + string(slot)
+	opts := boot.SlotParam + "=" + string(slot)
 	for _, o := range strings.Fields(img.Cmdline) {
-		if !strings.HasPrefix(o, SlotParam+"=") { // the slot is this one's to say
+		if !strings.HasPrefix(o, boot.SlotParam+"=") { // the slot is this one's to say
 			opts += " " + o
 		}
 	}
@@ -184,7 +185,7 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 		title += " (" + img.Version + ")"
 	}
 	// The entry installed last is listed first (nextSortKey): what a
-	// trial armed without boot-once needs (CountedDefault).
+	// trial armed without boot-once needs (boot.CountedDefault).
 	other := ""
 	if o, _, err := s.slotEntry(slot.Other()); err == nil {
 		other = o.SortKey
@@ -236,7 +237,7 @@ func (s *SystemdBoot) InstallSlot(ctx context.Context, slot meta.Slot, img Image
 }
 
 // loaderConfig reads loader.conf; none is an empty one.
-func (s *SystemdBoot) loaderConfig() ([]Field, error) {
+func (s *Loader) loaderConfig() ([]Field, error) {
 	b, err := s.esp.ReadFile(loaderConf)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -249,7 +250,7 @@ func (s *SystemdBoot) loaderConfig() ([]Field, error) {
 
 // writeLoaderConf writes loader.conf with the given default entry (none
 // when nil), timeout 0, and the other keys of the current file kept.
-func (s *SystemdBoot) writeLoaderConf(def *string) error {
+func (s *Loader) writeLoaderConf(def *string) error {
 	cur, err := s.loaderConfig()
 	if err != nil {
 		return err
@@ -284,9 +285,9 @@ func (s *SystemdBoot) writeLoaderConf(def *string) error {
 	return s.esp.Sync()
 }
 
-// SetDefault implements Backend: loader.conf's default is EntryPattern,
+// SetDefault implements boot.Backend: loader.conf's default is EntryPattern,
 // which systemd-boot matches against slot's entry whatever its counter.
-func (s *SystemdBoot) SetDefault(ctx context.Context, slot meta.Slot) error {
+func (s *Loader) SetDefault(ctx context.Context, slot meta.Slot) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
@@ -318,10 +319,10 @@ func (s *SystemdBoot) SetDefault(ctx context.Context, slot meta.Slot) error {
 	return nil
 }
 
-// Default implements Backend: the slot whose entry the default matches, as
+// Default implements boot.Backend: the slot whose entry the default matches, as
 // systemd-boot matches it: LoaderEntryDefault's when that variable is set,
 // else loader.conf's.
-func (s *SystemdBoot) Default(ctx context.Context) (meta.Slot, error) {
+func (s *Loader) Default(ctx context.Context) (meta.Slot, error) {
 	if s.vars != nil {
 		v, err := efivar.GetString(s.vars, DefaultVar, efivar.LoaderVendor)
 		switch {
@@ -354,10 +355,10 @@ func (s *SystemdBoot) Default(ctx context.Context) (meta.Slot, error) {
 
 // matchSlot returns the slot whose entry the glob pattern names, as
 // systemd-boot matches it. systemd-boot 252 matches the entry's file name,
-// later versions the file name without the counter (see SystemdBoot): a
+// later versions the file name without the counter (see Loader): a
 // pattern that matches an entry under one rule only is an error, since what
 // boots would depend on the loader's version.
-func (s *SystemdBoot) matchSlot(pattern string) (meta.Slot, error) {
+func (s *Loader) matchSlot(pattern string) (meta.Slot, error) {
 	pattern = strings.ToLower(pattern)
 	if _, err := path.Match(pattern, ""); err != nil {
 		return "", fmt.Errorf("%q is not a glob pattern: %w", pattern, err)
@@ -398,13 +399,13 @@ func (s *SystemdBoot) matchSlot(pattern string) (meta.Slot, error) {
 // writes the slot again.
 var ErrBadEntry = errors.New("not a bootable loader entry")
 
-// Slots implements Backend. A slot whose entry systemd-boot would skip
+// Slots implements boot.Backend. A slot whose entry systemd-boot would skip
 // (ErrBadEntry) is left out.
-func (s *SystemdBoot) Slots(ctx context.Context) ([]SlotEntry, error) {
-	var out []SlotEntry
+func (s *Loader) Slots(ctx context.Context) ([]boot.SlotEntry, error) {
+	var out []boot.SlotEntry
 	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
 		se, _, err := s.slotEntry(slot)
-		if errors.Is(err, ErrSlotEmpty) || errors.Is(err, ErrBadEntry) {
+		if errors.Is(err, boot.ErrSlotEmpty) || errors.Is(err, ErrBadEntry) {
 			// systemd-boot skips an entry with no linux line as well: a
 			// slot half written by a cut that an earlier version's
 			// install left (the apply writes it again).
@@ -418,16 +419,16 @@ func (s *SystemdBoot) Slots(ctx context.Context) ([]SlotEntry, error) {
 	return out, nil
 }
 
-// entryName returns the name of slot's one entry file: ErrSlotEmpty when
+// entryName returns the name of slot's one entry file: boot.ErrSlotEmpty when
 // it has none, an error when it has several.
-func (s *SystemdBoot) entryName(slot meta.Slot) (EntryName, error) {
+func (s *Loader) entryName(slot meta.Slot) (EntryName, error) {
 	names, err := s.entryFiles(slot)
 	if err != nil {
 		return EntryName{}, err
 	}
 	switch len(names) {
 	case 0:
-		return EntryName{}, fmt.Errorf("slot %s: %w", slot, ErrSlotEmpty)
+		return EntryName{}, fmt.Errorf("slot %s: %w", slot, boot.ErrSlotEmpty)
 	case 1:
 		return names[0], nil
 	default:
@@ -436,28 +437,28 @@ func (s *SystemdBoot) entryName(slot meta.Slot) (EntryName, error) {
 }
 
 // slotEntry reads slot's entry; the *Entry is nil for a UKI.
-func (s *SystemdBoot) slotEntry(slot meta.Slot) (SlotEntry, *Entry, error) {
+func (s *Loader) slotEntry(slot meta.Slot) (boot.SlotEntry, *Entry, error) {
 	n, err := s.entryName(slot)
 	if err != nil {
-		return SlotEntry{}, nil, err
+		return boot.SlotEntry{}, nil, err
 	}
 	if n.UKI {
 		u, c, err := s.openUKI(n)
 		if err != nil {
-			return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %w", slot, err)
+			return boot.SlotEntry{}, nil, fmt.Errorf("reading slot %s: %w", slot, err)
 		}
 		c.Close()
 		return ukiEntry(slot, n, u), nil, nil
 	}
 	b, err := s.esp.ReadFile(path.Join(entriesDir, n.String()))
 	if err != nil {
-		return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %w", slot, err)
+		return boot.SlotEntry{}, nil, fmt.Errorf("reading slot %s: %w", slot, err)
 	}
 	e, err := ParseEntry(b)
 	if err != nil {
-		return SlotEntry{}, nil, fmt.Errorf("reading slot %s: %s: %w: %w", slot, n, ErrBadEntry, err)
+		return boot.SlotEntry{}, nil, fmt.Errorf("reading slot %s: %s: %w: %w", slot, n, ErrBadEntry, err)
 	}
-	se := SlotEntry{
+	se := boot.SlotEntry{
 		Slot: slot, Version: e.Version, Cmdline: e.Options, Kernel: e.Linux,
 		Counting: n.Counting, Left: n.Left, Done: n.Done,
 		Description: path.Join(entriesDir, n.String()), SortKey: e.sortKey(),
@@ -468,11 +469,11 @@ func (s *SystemdBoot) slotEntry(slot meta.Slot) (SlotEntry, *Entry, error) {
 	return se, e, nil
 }
 
-// Bless implements Blesser: it renames slot's counted entry
+// Bless implements boot.Blesser: it renames slot's counted entry
 // (stagehand-b+LEFT-DONE.conf, whatever the counter) to stagehand-b.conf.
 // An entry already blessed, by systemd-bless-boot for one, is left as it
 // is, also when it was renamed between the look and the rename.
-func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
+func (s *Loader) Bless(ctx context.Context, slot meta.Slot) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
@@ -496,9 +497,9 @@ func (s *SystemdBoot) Bless(ctx context.Context, slot meta.Slot) error {
 	return nil
 }
 
-// OpenSlot implements SlotReader: it opens the kernel and the initrds
+// OpenSlot implements boot.SlotReader: it opens the kernel and the initrds
 // named by the slot's entry.
-func (s *SystemdBoot) OpenSlot(ctx context.Context, slot meta.Slot) (*SlotFiles, error) {
+func (s *Loader) OpenSlot(ctx context.Context, slot meta.Slot) (*boot.SlotFiles, error) {
 	if err := checkSlot(slot); err != nil {
 		return nil, err
 	}
@@ -511,18 +512,18 @@ func (s *SystemdBoot) OpenSlot(ctx context.Context, slot meta.Slot) (*SlotFiles,
 		if err != nil {
 			return nil, fmt.Errorf("reading slot %s: %w", slot, err)
 		}
-		return &SlotFiles{Entry: ukiEntry(slot, n, u), Kernel: u.Kernel(), Initramfs: u.Initramfs(), UKI: u.Whole(), closers: []io.Closer{c}}, nil
+		return &boot.SlotFiles{Entry: ukiEntry(slot, n, u), Kernel: u.Kernel(), Initramfs: u.Initramfs(), UKI: u.Whole(), Closers: []io.Closer{c}}, nil
 	}
 	se, e, err := s.slotEntry(slot)
 	if err != nil {
 		return nil, err
 	}
-	f := &SlotFiles{Entry: se}
+	f := &boot.SlotFiles{Entry: se}
 	kernel, err := s.esp.Open(entryPath(e.Linux))
 	if err != nil {
 		return nil, fmt.Errorf("reading slot %s's kernel: %w", slot, err)
 	}
-	f.Kernel, f.closers = kernel, append(f.closers, kernel)
+	f.Kernel, f.Closers = kernel, append(f.Closers, kernel)
 	var initrds []io.Reader
 	for _, p := range e.Initrd {
 		if err := ctx.Err(); err != nil {
@@ -534,7 +535,7 @@ func (s *SystemdBoot) OpenSlot(ctx context.Context, slot meta.Slot) (*SlotFiles,
 			f.Close()
 			return nil, fmt.Errorf("reading slot %s's initramfs: %w", slot, err)
 		}
-		initrds, f.closers = append(initrds, r), append(f.closers, r)
+		initrds, f.Closers = append(initrds, r), append(f.Closers, r)
 	}
 	f.Initramfs = io.MultiReader(initrds...)
 	return f, nil
@@ -542,17 +543,17 @@ func (s *SystemdBoot) OpenSlot(ctx context.Context, slot meta.Slot) (*SlotFiles,
 
 // ReadSlot reads what OpenSlot opens into memory: for tests and small
 // slots.
-func (s *SystemdBoot) ReadSlot(ctx context.Context, slot meta.Slot) (kernel, initramfs []byte, entry SlotEntry, err error) {
+func (s *Loader) ReadSlot(ctx context.Context, slot meta.Slot) (kernel, initramfs []byte, entry boot.SlotEntry, err error) {
 	f, err := s.OpenSlot(ctx, slot)
 	if err != nil {
-		return nil, nil, SlotEntry{}, err
+		return nil, nil, boot.SlotEntry{}, err
 	}
 	defer f.Close()
 	if kernel, err = io.ReadAll(f.Kernel); err != nil {
-		return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's kernel: %w", slot, err)
+		return nil, nil, boot.SlotEntry{}, fmt.Errorf("reading slot %s's kernel: %w", slot, err)
 	}
 	if initramfs, err = io.ReadAll(f.Initramfs); err != nil {
-		return nil, nil, SlotEntry{}, fmt.Errorf("reading slot %s's initramfs: %w", slot, err)
+		return nil, nil, boot.SlotEntry{}, fmt.Errorf("reading slot %s's initramfs: %w", slot, err)
 	}
 	return kernel, initramfs, f.Entry, nil
 }
@@ -570,19 +571,16 @@ const (
 	oneShotAttrs = efivar.NonVolatile | efivar.BootServiceAccess | efivar.RuntimeAccess
 )
 
-// ErrNoEFIVars is returned by the BootOnce methods of a SystemdBoot made
-// without WithEFIVars.
-var ErrNoEFIVars = errors.New("systemd-boot backend has no EFI variables to set boot once in (WithEFIVars)")
-
-// SetBootOnce implements BootOnce: LoaderEntryOneShot = EntryPattern(slot).
-// systemd-boot reads and deletes the variable at the next firmware boot,
-// boots the entry it matches, and counts a try of it if it counts tries.
-func (s *SystemdBoot) SetBootOnce(ctx context.Context, slot meta.Slot) error {
+// SetBootOnce implements boot.BootOnce: LoaderEntryOneShot =
+// EntryPattern(slot). systemd-boot reads and deletes the variable at the
+// next firmware boot, boots the entry it matches, and counts a try of it if
+// it counts tries.
+func (s *Loader) SetBootOnce(ctx context.Context, slot meta.Slot) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
 	if s.vars == nil {
-		return ErrNoEFIVars
+		return boot.ErrNoEFIVars
 	}
 	if _, err := s.entryName(slot); err != nil {
 		return fmt.Errorf("booting slot %s once: %w", slot, err)
@@ -593,10 +591,10 @@ func (s *SystemdBoot) SetBootOnce(ctx context.Context, slot meta.Slot) error {
 	return nil
 }
 
-// ClearBootOnce implements BootOnce.
-func (s *SystemdBoot) ClearBootOnce(ctx context.Context) error {
+// ClearBootOnce implements boot.BootOnce.
+func (s *Loader) ClearBootOnce(ctx context.Context) error {
 	if s.vars == nil {
-		return ErrNoEFIVars
+		return boot.ErrNoEFIVars
 	}
 	if err := s.vars.Remove(OneShotVar, efivar.LoaderVendor); err != nil {
 		return fmt.Errorf("clearing boot once: %w", err)
@@ -604,12 +602,12 @@ func (s *SystemdBoot) ClearBootOnce(ctx context.Context) error {
 	return nil
 }
 
-// BootOnce implements BootOnce: the slot whose entry LoaderEntryOneShot
+// BootOnce implements boot.BootOnce: the slot whose entry LoaderEntryOneShot
 // matches. A value that matches no slot's entry (another OS's entry, or
 // one systemd-boot would not find) is an error naming it.
-func (s *SystemdBoot) BootOnce(ctx context.Context) (meta.Slot, bool, error) {
+func (s *Loader) BootOnce(ctx context.Context) (meta.Slot, bool, error) {
 	if s.vars == nil {
-		return "", false, ErrNoEFIVars
+		return "", false, boot.ErrNoEFIVars
 	}
 	v, err := efivar.GetString(s.vars, OneShotVar, efivar.LoaderVendor)
 	if errors.Is(err, fs.ErrNotExist) || err == nil && v == "" {

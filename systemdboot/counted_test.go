@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -31,8 +32,8 @@ func TestNextSortKey(t *testing.T) {
 // works in either direction.
 func TestCountedDefault(t *testing.T) {
 	ctx := context.Background()
-	esp := Dir(t.TempDir())
-	sb := NewSystemdBoot(esp)
+	esp := boot.Dir(t.TempDir())
+	sb := New(esp)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -91,22 +92,22 @@ func TestCountedDefault(t *testing.T) {
 }
 
 func TestMenuOrder(t *testing.T) {
-	a := SlotEntry{Slot: meta.SlotA}
-	b := SlotEntry{Slot: meta.SlotB}
-	with := func(e SlotEntry, f func(*SlotEntry)) SlotEntry { f(&e); return e }
+	a := boot.SlotEntry{Slot: meta.SlotA}
+	b := boot.SlotEntry{Slot: meta.SlotB}
+	with := func(e boot.SlotEntry, f func(*boot.SlotEntry)) boot.SlotEntry { f(&e); return e }
 	for _, tc := range []struct {
 		name string
-		x, y SlotEntry
+		x, y boot.SlotEntry
 		want meta.Slot
 		err  string
 	}{
 		{"no sort-keys: IDs in reverse", a, b, meta.SlotB, ""},
-		{"sort-key first", with(a, func(e *SlotEntry) { e.SortKey = "stagehand-1" }), b, meta.SlotA, ""},
-		{"sort-keys in order", with(a, func(e *SlotEntry) { e.SortKey = "stagehand-2" }), with(b, func(e *SlotEntry) { e.SortKey = "stagehand-3" }), meta.SlotA, ""},
-		{"no tries left last", with(a, func(e *SlotEntry) { e.SortKey, e.Counting = "stagehand-1", true }), b, meta.SlotB, ""},
-		{"tries left", with(a, func(e *SlotEntry) { e.SortKey, e.Counting, e.Left = "stagehand-1", true, 1 }), b, meta.SlotA, ""},
-		{"same sort-key", with(a, func(e *SlotEntry) { e.SortKey = "k" }), with(b, func(e *SlotEntry) { e.SortKey = "k" }), "", "same sort-key"},
-		{"UKI", with(a, func(e *SlotEntry) { e.UKI = true }), b, "", "unified kernel image"},
+		{"sort-key first", with(a, func(e *boot.SlotEntry) { e.SortKey = "stagehand-1" }), b, meta.SlotA, ""},
+		{"sort-keys in order", with(a, func(e *boot.SlotEntry) { e.SortKey = "stagehand-2" }), with(b, func(e *boot.SlotEntry) { e.SortKey = "stagehand-3" }), meta.SlotA, ""},
+		{"no tries left last", with(a, func(e *boot.SlotEntry) { e.SortKey, e.Counting = "stagehand-1", true }), b, meta.SlotB, ""},
+		{"tries left", with(a, func(e *boot.SlotEntry) { e.SortKey, e.Counting, e.Left = "stagehand-1", true, 1 }), b, meta.SlotA, ""},
+		{"same sort-key", with(a, func(e *boot.SlotEntry) { e.SortKey = "k" }), with(b, func(e *boot.SlotEntry) { e.SortKey = "k" }), "", "same sort-key"},
+		{"UKI", with(a, func(e *boot.SlotEntry) { e.UKI = true }), b, "", "unified kernel image"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, swap := range []bool{false, true} {

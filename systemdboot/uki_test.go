@@ -1,4 +1,4 @@
-package boot_test
+package systemdboot_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 func listing(t *testing.T, esp boot.FS, dirs ...string) []string {
@@ -66,7 +67,7 @@ func TestUKISlot(t *testing.T) {
 	for name, esp := range map[string]boot.FS{"dir": boot.Dir(t.TempDir()), "fat": fatESP(t)} {
 		t.Run(name, func(t *testing.T) {
 			vars := efivar.Dir(t.TempDir())
-			sb := boot.NewSystemdBoot(esp, boot.WithEFIVars(vars))
+			sb := systemdboot.New(esp, systemdboot.WithEFIVars(vars))
 			dirs := []string{"loader/entries", "EFI/Linux", "stagehand/a", "stagehand/b"}
 			type1 := boot.Image{Kernel: strings.NewReader("k1"), Initramfs: strings.NewReader("i1"), Cmdline: "console=ttyS0", Version: "v1"}
 			if err := sb.InstallSlot(ctx, meta.SlotA, type1); err != nil {
@@ -164,7 +165,7 @@ func TestUKISlot(t *testing.T) {
 func TestBootedSlot(t *testing.T) {
 	ctx := context.Background()
 	vars := efivar.Dir(t.TempDir())
-	sb := boot.NewSystemdBoot(boot.Dir(t.TempDir()), boot.WithEFIVars(vars))
+	sb := systemdboot.New(boot.Dir(t.TempDir()), systemdboot.WithEFIVars(vars))
 	for _, tc := range []struct {
 		selected string
 		want     meta.Slot
@@ -179,8 +180,8 @@ func TestBootedSlot(t *testing.T) {
 		{"auto-windows", ""},
 	} {
 		if tc.selected == "" {
-			vars.Remove(boot.SelectedVar, efivar.LoaderVendor)
-		} else if err := efivar.SetString(vars, boot.SelectedVar, efivar.LoaderVendor, efivar.BootServiceAccess|efivar.RuntimeAccess, tc.selected); err != nil {
+			vars.Remove(systemdboot.SelectedVar, efivar.LoaderVendor)
+		} else if err := efivar.SetString(vars, systemdboot.SelectedVar, efivar.LoaderVendor, efivar.BootServiceAccess|efivar.RuntimeAccess, tc.selected); err != nil {
 			t.Fatal(err)
 		}
 		slot, ok, err := sb.BootedSlot(ctx)
@@ -214,7 +215,7 @@ func TestUKISigned(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sb := boot.NewSystemdBoot(boot.Dir(t.TempDir()), boot.WithEFIVars(efivar.Dir(t.TempDir())))
+			sb := systemdboot.New(boot.Dir(t.TempDir()), systemdboot.WithEFIVars(efivar.Dir(t.TempDir())))
 			if err := sb.InstallSlot(ctx, meta.SlotB, boot.Image{UKI: bytes.NewReader(b), Tries: 2}); err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/cmdline"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/uki"
@@ -17,7 +18,7 @@ import (
 
 // removeEntries removes slot's entries of both kinds, and syncs: a slot
 // half written must not be bootable.
-func (s *SystemdBoot) removeEntries(ctx context.Context, slot meta.Slot) error {
+func (s *Loader) removeEntries(ctx context.Context, slot meta.Slot) error {
 	old, err := s.entryFiles(slot)
 	if err != nil {
 		return err
@@ -40,7 +41,7 @@ func (s *SystemdBoot) removeEntries(ctx context.Context, slot meta.Slot) error {
 // to its entry name: a cut leaves no half-written image among the entries.
 // The Type #1 files the slot may hold are removed, so that the ESP keeps
 // room for one image per slot.
-func (s *SystemdBoot) installUKI(ctx context.Context, slot meta.Slot, img Image) error {
+func (s *Loader) installUKI(ctx context.Context, slot meta.Slot, img boot.Image) error {
 	if err := s.removeEntries(ctx, slot); err != nil {
 		return err
 	}
@@ -61,7 +62,7 @@ func (s *SystemdBoot) installUKI(ctx context.Context, slot meta.Slot, img Image)
 	u, c, err := s.openUKI(EntryName{ID: EntryID(slot) + ".part"}, part)
 	if err == nil {
 		c.Close()
-		err = checkUKICmdline(u)
+		err = boot.CheckUKICmdline(u)
 	}
 	if err != nil {
 		s.esp.Remove(part)
@@ -73,26 +74,9 @@ func (s *SystemdBoot) installUKI(ctx context.Context, slot meta.Slot, img Image)
 	return s.esp.Sync()
 }
 
-// CheckUKI reads the UKI of size bytes in r as a slot's image: a UKI with a
-// kernel, whose command line names no slot.
-func CheckUKI(r io.ReaderAt, size int64) (*uki.Image, error) {
-	u, err := uki.Open(r, size)
-	if err != nil {
-		return nil, err
-	}
-	return u, checkUKICmdline(u)
-}
-
-func checkUKICmdline(u *uki.Image) error {
-	if v, ok := cmdline.Get(u.Cmdline, SlotParam); ok {
-		return fmt.Errorf("its command line says %s=%s: a UKI serves either slot, leave it out (the slot is known from the entry systemd-boot booted)", SlotParam, v)
-	}
-	return nil
-}
-
 // openUKI opens the UKI of entry n (or at the path given) without reading
 // its kernel and initramfs into memory.
-func (s *SystemdBoot) openUKI(n EntryName, at ...string) (*uki.Image, io.Closer, error) {
+func (s *Loader) openUKI(n EntryName, at ...string) (*uki.Image, io.Closer, error) {
 	p := n.Path()
 	if len(at) > 0 {
 		p = at[0]
@@ -139,14 +123,14 @@ func readerAt(r io.Reader) (io.ReaderAt, int64, error) {
 
 // ukiEntry describes slot's UKI entry n: its command line is the UKI's
 // with stagehand.slot= first, as a kexec into it passes it.
-func ukiEntry(slot meta.Slot, n EntryName, u *uki.Image) SlotEntry {
-	opts := SlotParam + "=" + string(slot)
+func ukiEntry(slot meta.Slot, n EntryName, u *uki.Image) boot.SlotEntry {
+	opts := boot.SlotParam + "=" + string(slot)
 	for _, p := range cmdline.Parse(u.Cmdline) {
-		if p.Key != SlotParam {
+		if p.Key != boot.SlotParam {
 			opts += " " + p.String()
 		}
 	}
-	return SlotEntry{
+	return boot.SlotEntry{
 		Slot: slot, Version: u.Version(), Cmdline: opts, Kernel: "/" + n.Path(), UKI: true, Signed: u.File.CertTableSize > 0,
 		Counting: n.Counting, Left: n.Left, Done: n.Done, Description: n.Path(),
 	}

@@ -1,4 +1,4 @@
-package boot
+package bootdisk
 
 import (
 	"context"
@@ -8,13 +8,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
-// DiskConfig is what InitDisk writes.
-type DiskConfig struct {
+// Config is what Init writes.
+type Config struct {
 	Layout    disk.Layout
 	Kernel    string // slot A's kernel (bzImage)
 	Initramfs string // slot A's initramfs
@@ -22,11 +24,11 @@ type DiskConfig struct {
 	Cmdline   string // kernel command line (stagehand.slot= is added)
 	Version   string // slot A's OS version; "" for the kernel's release
 	Force     bool   // overwrite a disk or image file that holds data
-	LoaderEFI string // systemd-boot EFI binary; "" for SystemdBootEFI
+	LoaderEFI string // systemd-boot EFI binary; "" for systemdboot.EFIBinary
 }
 
-// DiskInfo says what InitDisk made.
-type DiskInfo struct {
+// Info says what Init made.
+type Info struct {
 	Path       string
 	Size       int64
 	Partitions []disk.Partition
@@ -34,11 +36,11 @@ type DiskInfo struct {
 	Kernel     string // slot A's kernel release
 }
 
-// InitDisk makes path (an image file or a whole-disk block device) a
+// Init makes path (an image file or a whole-disk block device) a
 // bootable stagehand disk: the GPT layout, an ESP with systemd-boot and
 // slot A installed and default, and a META recording slot A as good and
 // active. Every input is checked before the disk is touched.
-func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, error) {
+func Init(ctx context.Context, path string, cfg Config) (*Info, error) {
 	l := cfg.Layout
 	if l.ESPSize == 0 {
 		l.ESPSize = disk.DefaultESPSize
@@ -59,7 +61,7 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	defer img.close()
 	loader := cfg.LoaderEFI
 	if loader == "" {
-		loader = SystemdBootEFI
+		loader = systemdboot.EFIBinary
 	}
 	lst, err := os.Stat(loader)
 	if err != nil {
@@ -96,11 +98,13 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	if err != nil {
 		return nil, err
 	}
-	esp, err := fat.Format(espR, espR.Size, ESPLabel)
+	esp, err := fat.Format(espR, espR.Size, boot.ESPLabel)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
-	sb := NewSystemdBoot(esp, WithLoaderEFI(loader))
+	// The bootloader is systemd-boot, the one backend Init installs so far:
+	// a choice of another (a Config.Bootloader) would be made here.
+	sb := systemdboot.New(esp, systemdboot.WithLoaderEFI(loader))
 	if err := sb.InstallLoader(ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
@@ -140,12 +144,12 @@ func InitDisk(ctx context.Context, path string, cfg DiskConfig) (*DiskInfo, erro
 	if err := d.RereadPartitions(); err != nil {
 		return nil, fmt.Errorf("the disk is written, but the kernel kept the old partition table: %w; run `partprobe %s`", err, path)
 	}
-	return &DiskInfo{Path: path, Size: d.Size(), Partitions: d.Partitions(), Version: version, Kernel: release}, nil
+	return &Info{Path: path, Size: d.Size(), Partitions: d.Partitions(), Version: version, Kernel: release}, nil
 }
 
 // diskImage is slot A's image with the files it reads from.
 type diskImage struct {
-	Image
+	boot.Image
 	files []*os.File
 }
 
@@ -157,7 +161,7 @@ func (d *diskImage) close() {
 
 // slotInputs opens slot A's files: a UKI, or a kernel and an initramfs.
 // It returns their size and the kernel's release.
-func slotInputs(cfg DiskConfig) (*diskImage, int64, string, error) {
+func slotInputs(cfg Config) (*diskImage, int64, string, error) {
 	d := &diskImage{}
 	open := func(what, p string) (*os.File, int64, error) {
 		f, err := os.Open(p)
@@ -183,22 +187,22 @@ func slotInputs(cfg DiskConfig) (*diskImage, int64, string, error) {
 		if err != nil {
 			return fail(err)
 		}
-		u, err := CheckUKI(f, size)
+		u, err := boot.CheckUKI(f, size)
 		if err != nil {
 			return fail(fmt.Errorf("UKI %s: %w", cfg.UKI, err))
 		}
-		release, err := KernelRelease(u.Kernel())
+		release, err := boot.KernelRelease(u.Kernel())
 		if err != nil {
 			return fail(fmt.Errorf("UKI %s: %w", cfg.UKI, err))
 		}
-		d.Image = Image{UKI: io.NewSectionReader(f, 0, size), Version: u.Version()}
+		d.Image = boot.Image{UKI: io.NewSectionReader(f, 0, size), Version: u.Version()}
 		return d, size, release, nil
 	}
 	kf, ksize, err := open("kernel", cfg.Kernel)
 	if err != nil {
 		return fail(err)
 	}
-	release, err := KernelRelease(kf)
+	release, err := boot.KernelRelease(kf)
 	if err != nil {
 		return fail(fmt.Errorf("kernel %s: %w", cfg.Kernel, err))
 	}
@@ -206,6 +210,6 @@ func slotInputs(cfg DiskConfig) (*diskImage, int64, string, error) {
 	if err != nil {
 		return fail(err)
 	}
-	d.Image = Image{Kernel: kf, Initramfs: inf, Cmdline: cfg.Cmdline}
+	d.Image = boot.Image{Kernel: kf, Initramfs: inf, Cmdline: cfg.Cmdline}
 	return d, ksize + isize, release, nil
 }

@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"strings"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
@@ -25,31 +26,18 @@ const (
 // it to loader.conf's default.
 const DefaultVar = "LoaderEntryDefault"
 
-// BootRecord is a backend that can tell, from what the bootloader recorded
-// about this boot alone, without reading the ESP, that the running slot
-// booted from its plain entry.
-type BootRecord interface {
-	// BootedPlain reports whether this boot came from slot's entry with no
-	// boot counter. False when the bootloader says nothing, or something
-	// else: the caller then looks at the ESP.
-	BootedPlain(ctx context.Context, slot meta.Slot) (bool, error)
-	// BootedSlot is the slot whose entry the bootloader booted, when it
-	// says; false when it names none of stagehand's entries.
-	BootedSlot(ctx context.Context) (meta.Slot, bool, error)
-}
+var _ boot.BootRecord = (*Loader)(nil)
 
-var _ BootRecord = (*SystemdBoot)(nil)
-
-// BootedPlain implements BootRecord: LoaderEntrySelected names slot's
+// BootedPlain implements boot.BootRecord: LoaderEntrySelected names slot's
 // entry file (.conf or .efi) without a counter, and LoaderBootCountPath is absent (a
 // counted entry sets it in every systemd-boot that counts, whatever ID it
 // reports).
-func (s *SystemdBoot) BootedPlain(ctx context.Context, slot meta.Slot) (bool, error) {
+func (s *Loader) BootedPlain(ctx context.Context, slot meta.Slot) (bool, error) {
 	if err := checkSlot(slot); err != nil {
 		return false, err
 	}
 	if s.vars == nil {
-		return false, ErrNoEFIVars
+		return false, boot.ErrNoEFIVars
 	}
 	sel, err := efivar.GetString(s.vars, SelectedVar, efivar.LoaderVendor)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -78,9 +66,9 @@ func (s *SystemdBoot) BootedPlain(ctx context.Context, slot meta.Slot) (bool, er
 // slot and carries no stagehand.slot=. A kernel started by kexec inherits
 // the variable of the firmware boot before it, so stagehand.slot= on the
 // command line (prestage passes it to every kexec) comes first.
-func (s *SystemdBoot) BootedSlot(ctx context.Context) (meta.Slot, bool, error) {
+func (s *Loader) BootedSlot(ctx context.Context) (meta.Slot, bool, error) {
 	if s.vars == nil {
-		return "", false, ErrNoEFIVars
+		return "", false, boot.ErrNoEFIVars
 	}
 	sel, err := efivar.GetString(s.vars, SelectedVar, efivar.LoaderVendor)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"context"
@@ -8,25 +8,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
-// CountedDefault is a backend that can arm a trial without boot-once, for
-// firmware that takes no variable writes at run time: the default follows
-// the trial's counted entry while it has tries left, and the other slot
-// once the bootloader has counted them all, so the bootloader gives the
-// trial up by itself.
-type CountedDefault interface {
-	// SetCountedDefault makes the default the slot the bootloader lists
-	// first among those with tries left, and checks that this is slot
-	// while its counted entry has tries left.
-	SetCountedDefault(ctx context.Context, slot meta.Slot) error
-	// CountedDefault tells whether the default is so set.
-	CountedDefault(ctx context.Context) (bool, error)
-}
-
-var _ CountedDefault = (*SystemdBoot)(nil)
+var _ boot.CountedDefault = (*Loader)(nil)
 
 // CountedDefaultPattern is loader.conf's default while a trial is armed
 // without boot-once: it matches both slots' entries, and systemd-boot
@@ -72,11 +59,11 @@ func (e *Entry) sortKey() string {
 // byte order; else IDs in reverse ("stagehand-b" before "stagehand-a"). A
 // UKI's sort-key comes from its os-release, which stagehand does not set,
 // and equal sort-keys are ordered by version: both are an error here.
-func menuOrder(x, y SlotEntry) (first SlotEntry, err error) {
+func menuOrder(x, y boot.SlotEntry) (first boot.SlotEntry, err error) {
 	if x.UKI || y.UKI {
-		return SlotEntry{}, fmt.Errorf("slot %s or %s is a unified kernel image, whose place in systemd-boot's menu its os-release decides", x.Slot, y.Slot)
+		return boot.SlotEntry{}, fmt.Errorf("slot %s or %s is a unified kernel image, whose place in systemd-boot's menu its os-release decides", x.Slot, y.Slot)
 	}
-	bad := func(e SlotEntry) bool { return e.Counting && e.Left == 0 }
+	bad := func(e boot.SlotEntry) bool { return e.Counting && e.Left == 0 }
 	switch {
 	case bad(x) != bad(y):
 		if bad(x) {
@@ -89,7 +76,7 @@ func menuOrder(x, y SlotEntry) (first SlotEntry, err error) {
 		}
 		return x, nil
 	case x.SortKey != "" && x.SortKey == y.SortKey:
-		return SlotEntry{}, fmt.Errorf("slots %s and %s have the same sort-key %q, so their versions order them", x.Slot, y.Slot, x.SortKey)
+		return boot.SlotEntry{}, fmt.Errorf("slots %s and %s have the same sort-key %q, so their versions order them", x.Slot, y.Slot, x.SortKey)
 	case x.SortKey != "":
 		if x.SortKey < y.SortKey {
 			return x, nil
@@ -102,10 +89,10 @@ func menuOrder(x, y SlotEntry) (first SlotEntry, err error) {
 	return y, nil
 }
 
-// SetCountedDefault implements CountedDefault: loader.conf's default
+// SetCountedDefault implements boot.CountedDefault: loader.conf's default
 // becomes CountedDefaultPattern, after checking that systemd-boot lists
 // slot's counted entry, tries left, before the other slot's.
-func (s *SystemdBoot) SetCountedDefault(ctx context.Context, slot meta.Slot) error {
+func (s *Loader) SetCountedDefault(ctx context.Context, slot meta.Slot) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
@@ -124,7 +111,7 @@ func (s *SystemdBoot) SetCountedDefault(ctx context.Context, slot meta.Slot) err
 		if first.Slot != slot {
 			return fmt.Errorf("making slot %s the counted default: systemd-boot lists slot %s's entry first", slot, first.Slot)
 		}
-	} else if !errors.Is(err, ErrSlotEmpty) {
+	} else if !errors.Is(err, boot.ErrSlotEmpty) {
 		return fmt.Errorf("making slot %s the counted default: %w", slot, err)
 	}
 	def := CountedDefaultPattern
@@ -148,14 +135,14 @@ func (s *SystemdBoot) SetCountedDefault(ctx context.Context, slot meta.Slot) err
 	return nil
 }
 
-// CountedDefault implements CountedDefault.
-func (s *SystemdBoot) CountedDefault(ctx context.Context) (bool, error) {
+// CountedDefault implements boot.CountedDefault.
+func (s *Loader) CountedDefault(ctx context.Context) (bool, error) {
 	def, err := s.confDefault()
 	return def == CountedDefaultPattern, err
 }
 
 // confDefault is loader.conf's default, "" when it names none.
-func (s *SystemdBoot) confDefault() (string, error) {
+func (s *Loader) confDefault() (string, error) {
 	conf, err := s.loaderConfig()
 	if err != nil {
 		return "", err
@@ -171,12 +158,12 @@ func (s *SystemdBoot) confDefault() (string, error) {
 
 // countedDefaultSlot is the slot systemd-boot boots by
 // CountedDefaultPattern.
-func (s *SystemdBoot) countedDefaultSlot() (meta.Slot, error) {
-	var found []SlotEntry
+func (s *Loader) countedDefaultSlot() (meta.Slot, error) {
+	var found []boot.SlotEntry
 	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
 		e, _, err := s.slotEntry(slot)
 		switch {
-		case errors.Is(err, ErrSlotEmpty):
+		case errors.Is(err, boot.ErrSlotEmpty):
 			continue
 		case err != nil:
 			return "", err

@@ -1,4 +1,4 @@
-package boot
+package systemdboot
 
 import (
 	"bytes"
@@ -12,11 +12,12 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
-func entries(t *testing.T, esp FS) []string {
+func entries(t *testing.T, esp boot.FS) []string {
 	t.Helper()
 	names, err := esp.ReadDir(entriesDir)
 	if err != nil {
@@ -25,15 +26,15 @@ func entries(t *testing.T, esp FS) []string {
 	return names
 }
 
-func image(kernel, initramfs string, tries int) Image {
-	return Image{Kernel: strings.NewReader(kernel), Initramfs: strings.NewReader(initramfs), Cmdline: "console=ttyS0", Version: kernel, Tries: tries}
+func image(kernel, initramfs string, tries int) boot.Image {
+	return boot.Image{Kernel: strings.NewReader(kernel), Initramfs: strings.NewReader(initramfs), Cmdline: "console=ttyS0", Version: kernel, Tries: tries}
 }
 
 // TestCounting: a counted install, the loader's renames, Bless.
 func TestCounting(t *testing.T) {
 	ctx := context.Background()
-	esp := Dir(t.TempDir())
-	sb := NewSystemdBoot(esp)
+	esp := boot.Dir(t.TempDir())
+	sb := New(esp)
 	if err := sb.InstallSlot(ctx, meta.SlotA, image("k1", "i1", 0)); err != nil {
 		t.Fatal(err)
 	}
@@ -122,8 +123,8 @@ func TestCounting(t *testing.T) {
 		t.Errorf("after blessing a bad entry (-want, +got):\n%s", d)
 	}
 
-	empty := NewSystemdBoot(Dir(t.TempDir()))
-	if err := empty.Bless(ctx, meta.SlotB); !errors.Is(err, ErrSlotEmpty) {
+	empty := New(boot.Dir(t.TempDir()))
+	if err := empty.Bless(ctx, meta.SlotB); !errors.Is(err, boot.ErrSlotEmpty) {
 		t.Errorf("Bless of an empty slot: %v, want ErrSlotEmpty", err)
 	}
 	if err := sb.Bless(ctx, "c"); err == nil {
@@ -141,8 +142,8 @@ func TestCounting(t *testing.T) {
 // name without the counter); a pattern on which they disagree is refused.
 func TestDefaultMatch(t *testing.T) {
 	ctx := context.Background()
-	esp := Dir(t.TempDir())
-	sb := NewSystemdBoot(esp)
+	esp := boot.Dir(t.TempDir())
+	sb := New(esp)
 	sb.InstallSlot(ctx, meta.SlotA, image("k1", "i1", 0))
 	sb.InstallSlot(ctx, meta.SlotB, image("k2", "i2", 1))
 	esp.Rename(path.Join(entriesDir, "stagehand-b+1.conf"), path.Join(entriesDir, "stagehand-b+0-1.conf"))
@@ -192,26 +193,26 @@ func TestDefaultMatch(t *testing.T) {
 
 func TestBootOnce(t *testing.T) {
 	ctx := context.Background()
-	esp := Dir(t.TempDir())
+	esp := boot.Dir(t.TempDir())
 	vars := efivar.Dir(t.TempDir())
 
-	bare := NewSystemdBoot(esp)
-	if err := bare.SetBootOnce(ctx, meta.SlotA); !errors.Is(err, ErrNoEFIVars) {
+	bare := New(esp)
+	if err := bare.SetBootOnce(ctx, meta.SlotA); !errors.Is(err, boot.ErrNoEFIVars) {
 		t.Errorf("SetBootOnce without variables: %v", err)
 	}
-	if err := bare.ClearBootOnce(ctx); !errors.Is(err, ErrNoEFIVars) {
+	if err := bare.ClearBootOnce(ctx); !errors.Is(err, boot.ErrNoEFIVars) {
 		t.Errorf("ClearBootOnce without variables: %v", err)
 	}
-	if _, _, err := bare.BootOnce(ctx); !errors.Is(err, ErrNoEFIVars) {
+	if _, _, err := bare.BootOnce(ctx); !errors.Is(err, boot.ErrNoEFIVars) {
 		t.Errorf("BootOnce without variables: %v", err)
 	}
 
-	sb := NewSystemdBoot(esp, WithEFIVars(vars))
+	sb := New(esp, WithEFIVars(vars))
 	sb.InstallSlot(ctx, meta.SlotA, image("k1", "i1", 0))
 	if slot, ok, err := sb.BootOnce(ctx); err != nil || ok {
 		t.Errorf("BootOnce on fresh variables = %q, %v, %v", slot, ok, err)
 	}
-	if err := sb.SetBootOnce(ctx, meta.SlotB); !errors.Is(err, ErrSlotEmpty) {
+	if err := sb.SetBootOnce(ctx, meta.SlotB); !errors.Is(err, boot.ErrSlotEmpty) {
 		t.Errorf("SetBootOnce of an empty slot: %v, want ErrSlotEmpty", err)
 	}
 	if err := sb.SetBootOnce(ctx, "c"); err == nil {
@@ -266,13 +267,13 @@ func TestBootOnce(t *testing.T) {
 
 func TestReadSlot(t *testing.T) {
 	ctx := context.Background()
-	esp := Dir(t.TempDir())
-	sb := NewSystemdBoot(esp)
-	if _, _, _, err := sb.ReadSlot(ctx, meta.SlotA); !errors.Is(err, ErrSlotEmpty) {
+	esp := boot.Dir(t.TempDir())
+	sb := New(esp)
+	if _, _, _, err := sb.ReadSlot(ctx, meta.SlotA); !errors.Is(err, boot.ErrSlotEmpty) {
 		t.Errorf("ReadSlot of an empty slot: %v", err)
 	}
 	kernel := bytes.Repeat([]byte("kernel"), 100_000)
-	img := Image{Kernel: bytes.NewReader(kernel), Initramfs: strings.NewReader("initramfs"), Cmdline: "console=ttyS0", Version: "v2", Tries: 2}
+	img := boot.Image{Kernel: bytes.NewReader(kernel), Initramfs: strings.NewReader("initramfs"), Cmdline: "console=ttyS0", Version: "v2", Tries: 2}
 	if err := sb.InstallSlot(ctx, meta.SlotB, img); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +284,7 @@ func TestReadSlot(t *testing.T) {
 	if !bytes.Equal(k, kernel) || string(i) != "initramfs" {
 		t.Errorf("ReadSlot: kernel %d bytes, initramfs %q", len(k), i)
 	}
-	want := SlotEntry{Slot: meta.SlotB, Version: "v2", Cmdline: "stagehand.slot=b console=ttyS0", Kernel: "/stagehand/b/vmlinuz",
+	want := boot.SlotEntry{Slot: meta.SlotB, Version: "v2", Cmdline: "stagehand.slot=b console=ttyS0", Kernel: "/stagehand/b/vmlinuz",
 		Initrd: "/stagehand/b/initramfs", Counting: true, Left: 2, Description: "loader/entries/stagehand-b+2.conf", SortKey: "stagehand-999999999"}
 	if d := cmp.Diff(want, e); d != "" {
 		t.Errorf("entry (-want, +got):\n%s", d)
@@ -305,7 +306,7 @@ func TestReadSlot(t *testing.T) {
 // the counted entry just before Bless does (InstallSlot's rename of the
 // entry it wrote is left alone).
 type racingFS struct {
-	FS
+	boot.FS
 	raced bool
 }
 
@@ -323,8 +324,8 @@ func (r *racingFS) Rename(from, to string) error {
 // and its rename; the slot is blessed, and Bless says so.
 func TestBlessRace(t *testing.T) {
 	ctx := context.Background()
-	esp := &racingFS{FS: Dir(t.TempDir())}
-	sb := NewSystemdBoot(esp)
+	esp := &racingFS{FS: boot.Dir(t.TempDir())}
+	sb := New(esp)
 	if err := sb.InstallSlot(ctx, meta.SlotB, image("k2", "i2", 2)); err != nil {
 		t.Fatal(err)
 	}

@@ -194,7 +194,7 @@ func benchApply(b *testing.B, size int) {
 // figure includes getting the bytes to the disk), the read-back (from
 // OpenSlot to SetBootOnce, which the flow calls once the check passed).
 type timedLoader struct {
-	Loader
+	boot.Loader
 	sync                                     func() error
 	writeStart, writeEnd, openSlot, bootOnce time.Time
 }

@@ -21,15 +21,6 @@ import (
 // into it, and one more through the firmware's boot-once after a reset.
 const DefaultTries = 2
 
-// Loader is the bootloader as the boot flow needs it: slots, boot once,
-// blessing of counted entries, and reading a slot back.
-type Loader interface {
-	boot.Backend
-	boot.BootOnce
-	boot.Blesser
-	boot.SlotReader
-}
-
 // Stage is the STAGE partition.
 type Stage interface {
 	io.ReaderAt
@@ -40,7 +31,7 @@ type Env struct {
 	Store     *meta.Store
 	Stage     Stage
 	StageSize int64
-	Loader    Loader
+	Loader    boot.Loader
 	Booted    meta.Slot // the slot the running kernel came from; "" when unknown
 	Tries     int       // boots a trial gets; 0 means DefaultTries
 	// SecureBoot: the firmware enforces Secure Boot, so it refuses to

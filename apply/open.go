@@ -6,6 +6,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootloader"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
@@ -54,18 +55,18 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 		}
 		return f, nil
 	}}
-	loaderOpts := []systemdboot.Option{systemdboot.WithEFIVars(vars)}
+	lo := bootloader.Options{Vars: vars}
 	if g, err := uuid.Parse(espPart.GUID); err == nil {
 		ss := uint64(d.SectorSize())
-		loaderOpts = append(loaderOpts, systemdboot.WithESPPartition(systemdboot.ESPPartition{
-			Index: uint32(espPart.Index), GUID: g, StartLBA: uint64(espPart.Offset) / ss, SizeLBA: uint64(espPart.Size) / ss}))
+		lo.ESP = &systemdboot.ESPPartition{
+			Index: uint32(espPart.Index), GUID: g, StartLBA: uint64(espPart.Offset) / ss, SizeLBA: uint64(espPart.Size) / ss}
 	}
 	return &Disk{
 		Env: Env{
 			Store:     store,
 			Stage:     stage,
 			StageSize: stage.Size,
-			Loader:    systemdboot.New(esp, loaderOpts...),
+			Loader:    bootloader.Find(esp, lo),
 			TPMSealed: d.TPM2Sealed,
 			Databases: func() (string, string, error) {
 				if vars == nil {

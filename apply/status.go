@@ -5,11 +5,11 @@ import (
 	"errors"
 
 	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootloader"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
-	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
 // LoaderStatus is what the bootloader holds, for stager status.
@@ -24,7 +24,8 @@ type LoaderStatus struct {
 }
 
 // ReadLoader reads the slots' entries, the default and the boot-once slot
-// from the disk at path, without writing; vars may be nil (no boot-once).
+// from the disk at path, without writing; vars may be nil (no EFI
+// variables: systemd-boot's boot-once is then not known).
 func ReadLoader(ctx context.Context, path string, vars efivar.Store) (*LoaderStatus, error) {
 	d, err := disk.Open(path, false)
 	if err != nil {
@@ -43,11 +44,7 @@ func ReadLoader(ctx context.Context, path string, vars efivar.Store) (*LoaderSta
 	} else if esp, err = fat.Open(espPart, espPart.Size); err != nil {
 		return nil, err
 	}
-	var opts []systemdboot.Option
-	if vars != nil {
-		opts = append(opts, systemdboot.WithEFIVars(vars))
-	}
-	l := systemdboot.New(esp, opts...)
+	l := bootloader.Find(esp, bootloader.Options{Vars: vars})
 	st := &LoaderStatus{}
 	if st.Entries, err = l.Slots(ctx); err != nil {
 		return nil, err
@@ -55,17 +52,17 @@ func ReadLoader(ctx context.Context, path string, vars efivar.Store) (*LoaderSta
 	if st.Default, err = l.Default(ctx); err != nil {
 		return nil, err
 	}
-	if vars != nil {
-		if s, ok, err := l.BootOnce(ctx); err == nil && ok {
-			st.BootOnce = s
-		} else if err != nil && !errors.Is(err, boot.ErrNoEFIVars) {
-			return nil, err
-		}
-		if s, ok, err := l.BootedSlot(ctx); err == nil && ok {
-			st.Selected = s
-		} else if err != nil && !errors.Is(err, boot.ErrNoEFIVars) {
-			return nil, err
-		}
+	// Boot-once and the boot record: systemd-boot's are in vars (none
+	// without them), GRUB's in grubenv and the command line.
+	if s, ok, err := l.BootOnce(ctx); err == nil && ok {
+		st.BootOnce = s
+	} else if err != nil && !errors.Is(err, boot.ErrNoEFIVars) {
+		return nil, err
+	}
+	if s, ok, err := l.(boot.BootRecord).BootedSlot(ctx); err == nil && ok {
+		st.Selected = s
+	} else if err != nil && !errors.Is(err, boot.ErrNoEFIVars) {
+		return nil, err
 	}
 	return st, nil
 }

@@ -72,6 +72,16 @@ type Backend interface {
 	Slots(ctx context.Context) ([]SlotEntry, error)
 }
 
+// Loader is a backend as the boot flow needs it: slots, boot once,
+// blessing of counted entries, and reading a slot back. Every backend is
+// one.
+type Loader interface {
+	Backend
+	BootOnce
+	Blesser
+	SlotReader
+}
+
 // BootOnce is a backend that can boot a slot once, at the next firmware
 // boot only (systemd-boot's LoaderEntryOneShot).
 type BootOnce interface {

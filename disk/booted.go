@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/stagehand-dev/stagehand/cmdline"
 	"github.com/stagehand-dev/stagehand/efivar"
 )
 
@@ -22,25 +23,36 @@ const EFIVarsDir = efivar.DefaultDir
 // booted.
 var ErrBootDiskUnknown = errors.New("cannot tell which disk booted")
 
-// BootedPartUUID returns the GUID of the partition the boot loader was loaded
-// from (LoaderDevicePartUUID), lower-case, reading the variables at efivars:
-// an efivarfs, or a directory of files in its format.
-func BootedPartUUID(efivars string) (string, error) {
-	return BootedPartUUIDFrom(efivar.Dir(efivars))
-}
+// PartUUIDParam is the kernel parameter by which a bootloader that sets no
+// LoaderDevicePartUUID names the partition it was loaded from: the
+// stagehand grub.cfg passes it (GRUB implements no Boot Loader Interface,
+// and a legacy BIOS has no variables at all), and a kexec passes it on.
+const PartUUIDParam = "stagehand.partuuid"
 
-// BootedPartUUIDFrom is BootedPartUUID reading the variable from vars.
-func BootedPartUUIDFrom(vars efivar.Store) (string, error) {
-	s, err := efivar.GetString(vars, "LoaderDevicePartUUID", efivar.LoaderVendor)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("%w: the firmware variable LoaderDevicePartUUID is not set (not booted by systemd-boot?); pass --disk", ErrBootDiskUnknown)
-	}
-	if err != nil {
-		return "", fmt.Errorf("%w: reading LoaderDevicePartUUID: %v; pass --disk", ErrBootDiskUnknown, err)
+// BootedPartUUID returns the GUID of the partition the boot loader was
+// loaded from, lower-case: PartUUIDParam in the kernel command line params
+// when it is there, else the variable LoaderDevicePartUUID (systemd-boot)
+// in vars; vars nil: a machine without UEFI.
+func BootedPartUUID(params string, vars efivar.Store) (string, error) {
+	what := PartUUIDParam + "="
+	s, ok := cmdline.Get(params, PartUUIDParam)
+	if !ok {
+		if vars == nil {
+			return "", fmt.Errorf("%w: not booted through UEFI, and no %s= on the kernel command line (booted by a loader other than stagehand's GRUB script?); pass --disk", ErrBootDiskUnknown, PartUUIDParam)
+		}
+		what = "LoaderDevicePartUUID"
+		var err error
+		s, err = efivar.GetString(vars, what, efivar.LoaderVendor)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("%w: neither %s= on the kernel command line nor the firmware variable LoaderDevicePartUUID (not booted by systemd-boot or stagehand's GRUB script?); pass --disk", ErrBootDiskUnknown, PartUUIDParam)
+		}
+		if err != nil {
+			return "", fmt.Errorf("%w: reading LoaderDevicePartUUID: %v; pass --disk", ErrBootDiskUnknown, err)
+		}
 	}
 	s = strings.ToLower(s)
 	if len(s) != 36 || strings.Count(s, "-") != 4 {
-		return "", fmt.Errorf("%w: LoaderDevicePartUUID %q is not a GUID; pass --disk", ErrBootDiskUnknown, s)
+		return "", fmt.Errorf("%w: %s %q is not a GUID; pass --disk", ErrBootDiskUnknown, what, s)
 	}
 	return s, nil
 }
@@ -76,9 +88,13 @@ func FindByPartUUID(sysBlock, devDir, uuid string) (string, error) {
 
 // Booted returns the whole-disk device that the running system booted from.
 func Booted() (string, error) {
-	vars, err := efivar.NewFS(EFIVarsDir)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v; pass --disk", ErrBootDiskUnknown, err)
+	var vars efivar.Store
+	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+		fsv, err := efivar.NewFS(EFIVarsDir)
+		if err != nil {
+			return "", fmt.Errorf("%w: %v; pass --disk", ErrBootDiskUnknown, err)
+		}
+		vars = fsv
 	}
 	return BootedUnder("/", vars)
 }
@@ -86,10 +102,13 @@ func Booted() (string, error) {
 // BootedUnder is Booted for the system whose /sys and /dev are under root
 // (a container's view of its host: the host's root mounted at /host, or
 // its /dev mounted over the container's), whose firmware variables are
-// vars: the partition LoaderDevicePartUUID names is looked for on the
-// disks of root/sys/block, through their nodes in root/dev.
+// vars (nil: none): the partition BootedPartUUID names, from the running
+// kernel's command line (/proc/cmdline, the host's in a container too) and
+// vars, is looked for on the disks of root/sys/block, through their nodes
+// in root/dev.
 func BootedUnder(root string, vars efivar.Store) (string, error) {
-	uuid, err := BootedPartUUIDFrom(vars)
+	params, _ := os.ReadFile("/proc/cmdline")
+	uuid, err := BootedPartUUID(string(params), vars)
 	if err != nil {
 		return "", err
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stagehand-dev/stagehand/disk/disktest"
+	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -212,24 +213,35 @@ func TestBootedPartUUID(t *testing.T) {
 		}
 		return append(b, 0, 0)
 	}
+	const grubUUID = "0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0"
 	for _, tc := range []struct {
-		name string
-		raw  []byte // the efivarfs file; nil for none
-		want string
-		ok   bool
+		name   string
+		params string
+		raw    []byte // the efivarfs file; nil for none
+		noVars bool   // no UEFI at all
+		want   string
+		ok     bool
 	}{
-		{"systemd-boot", enc("6A7F3B0E-91C2-4E1B-9C55-0D3F1A2B4C5D"), "6a7f3b0e-91c2-4e1b-9c55-0d3f1a2b4c5d", true},
-		{"no terminator", enc("6A7F3B0E-91C2-4E1B-9C55-0D3F1A2B4C5D")[:4+72], "6a7f3b0e-91c2-4e1b-9c55-0d3f1a2b4c5d", true},
-		{"empty", []byte{7, 0, 0, 0}, "", false},
-		{"odd", []byte{7, 0, 0, 0, 1}, "", false},
-		{"not a guid", enc("hello"), "", false},
-		{"unset", nil, "", false},
+		{"systemd-boot", "", enc("6A7F3B0E-91C2-4E1B-9C55-0D3F1A2B4C5D"), false, "6a7f3b0e-91c2-4e1b-9c55-0d3f1a2b4c5d", true},
+		{"no terminator", "", enc("6A7F3B0E-91C2-4E1B-9C55-0D3F1A2B4C5D")[:4+72], false, "6a7f3b0e-91c2-4e1b-9c55-0d3f1a2b4c5d", true},
+		{"empty", "", []byte{7, 0, 0, 0}, false, "", false},
+		{"odd", "", []byte{7, 0, 0, 0, 1}, false, "", false},
+		{"not a guid", "", enc("hello"), false, "", false},
+		{"unset", "", nil, false, "", false},
+		{"GRUB on UEFI: the parameter wins", "ro " + PartUUIDParam + "=" + grubUUID, enc("6A7F3B0E-91C2-4E1B-9C55-0D3F1A2B4C5D"), false, strings.ToLower(grubUUID), true},
+		{"GRUB on a BIOS", PartUUIDParam + "=" + grubUUID + " quiet", nil, true, strings.ToLower(grubUUID), true},
+		{"BIOS, no parameter", "quiet", nil, true, "", false},
+		{"parameter not a guid", PartUUIDParam + "=", nil, true, "", false},
 	} {
 		dir := t.TempDir()
 		if tc.raw != nil {
 			os.WriteFile(filepath.Join(dir, "LoaderDevicePartUUID-"+LoaderVendorGUID), tc.raw, 0o644)
 		}
-		got, err := BootedPartUUID(dir)
+		var vars efivar.Store = efivar.Dir(dir)
+		if tc.noVars {
+			vars = nil
+		}
+		got, err := BootedPartUUID(tc.params, vars)
 		if (err == nil) != tc.ok || got != tc.want {
 			t.Errorf("%s: got %q, %v", tc.name, got, err)
 		}

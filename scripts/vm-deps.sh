@@ -20,7 +20,7 @@ die() {
 	exit 1
 }
 
-need_pkgs=(qemu-system-x86 ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0 cryptsetup-bin)
+need_pkgs=(qemu-system-x86 seabios ovmf systemd-boot-efi dosfstools mtools cpio gdisk e2fsprogs mmdebstrap squashfs-tools sbsigntool openssl swtpm libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0 cryptsetup-bin)
 # GRUB 2.06's stock modules for BIOS and UEFI: the GRUB backend's images, and
 # package grub's test that its grub.cfg uses only commands they provide.
 need_pkgs+=(grub-pc-bin grub-efi-amd64-bin)

@@ -429,7 +429,7 @@ func FsckESP(img, dir string) ([]byte, error) {
 }
 
 // ReadSlot reads a slot's files into memory.
-func ReadSlot(ctx context.Context, l apply.Loader, slot meta.Slot) (kernel, initramfs []byte, e boot.SlotEntry, err error) {
+func ReadSlot(ctx context.Context, l boot.Loader, slot meta.Slot) (kernel, initramfs []byte, e boot.SlotEntry, err error) {
 	f, err := l.OpenSlot(ctx, slot)
 	if err != nil {
 		return nil, nil, boot.SlotEntry{}, err

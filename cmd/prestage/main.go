@@ -16,7 +16,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -135,17 +134,11 @@ func (p *prestage) setup() {
 func (p *prestage) run() apply.Decision {
 	p.loadModules()
 	p.stepf("modules loaded")
-	path, err := p.bootDisk()
+	path, vars, err := p.bootDisk()
 	if err != nil {
 		p.logf("%v; booting on", err)
 		return apply.Decision{Action: apply.Continue}
 	}
-	vars, err := p.efivars()
-	if err != nil {
-		p.logf("EFI variables: %v; booting on", err)
-		return apply.Decision{Action: apply.Continue}
-	}
-	p.stepf("EFI variables opened")
 	ctx := context.Background()
 	dk, err := apply.Open(ctx, path, vars)
 	if err != nil {
@@ -154,10 +147,12 @@ func (p *prestage) run() apply.Decision {
 	}
 	slot, _ := p.param("stagehand.slot")
 	dk.Booted = meta.Slot(slot)
-	if sb, err := efivar.SecureBoot(vars); err != nil {
-		p.logf("EFI variables: %v; taking Secure Boot as off", err)
-	} else {
-		dk.SecureBoot = sb
+	if vars != nil {
+		if sb, err := efivar.SecureBoot(vars); err != nil {
+			p.logf("EFI variables: %v; taking Secure Boot as off", err)
+		} else {
+			dk.SecureBoot = sb
+		}
 	}
 	p.stepf("opened boot disk %s: META generation %d, booted slot %q", path, dk.Store.Generation(), slot)
 	dk.Logf = p.logf
@@ -181,6 +176,13 @@ func (p *prestage) run() apply.Decision {
 		if kerr = p.loadKexec(ctx, dk, d.Slot); kerr != nil {
 			if s, ok, _ := dk.Loader.BootOnce(ctx); !ok || s != d.Slot {
 				how = "by default"
+			}
+		} else if kc, ok := dk.Loader.(boot.KexecCounter); ok {
+			// What the bootloader would have done had it started the
+			// slot (GRUB counts a trial's tries in grubenv); failing,
+			// the trial gets one firmware try more, still bounded.
+			if err := kc.CountKexec(ctx, d.Slot); err != nil {
+				p.logf("counting the kexec as a try of slot %s: %v", d.Slot, err)
 			}
 		}
 	}
@@ -219,28 +221,37 @@ func (p *prestage) loadModules() {
 	p.logf("loaded %d modules in %s", len(loaded), time.Since(start).Round(time.Millisecond))
 }
 
-// bootDisk waits (bounded) for the disk the firmware booted from.
-func (p *prestage) bootDisk() (string, error) {
-	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
-		return "", errors.New("not booted through UEFI: no boot disk to look at")
+// bootDisk waits (bounded) for the disk the firmware booted from, named
+// by the loader: stagehand.partuuid= (GRUB's script) or the variable
+// LoaderDevicePartUUID (systemd-boot). It returns the EFI variables too;
+// nil on a legacy BIOS, which has none.
+func (p *prestage) bootDisk() (string, efivar.Store, error) {
+	var vars efivar.Store
+	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+		// efivarfs is how systemd-boot says which disk booted and how
+		// trials are armed; it is the one more pseudo-filesystem mounted
+		// before the decision. stagehand.efivars=ro: firmware known to
+		// fail or worse on variable writes at run time; the apply then
+		// arms trials without boot-once.
+		flags := uintptr(unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_NODEV)
+		if v, _ := p.param("stagehand.efivars"); v == "ro" {
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount("efivarfs", disk.EFIVarsDir, "efivarfs", flags, ""); err == nil {
+			p.mounted = append(p.mounted, disk.EFIVarsDir)
+		} else if err != unix.EBUSY {
+			return "", nil, fmt.Errorf("mounting efivarfs: %v", err)
+		}
+		p.stepf("mounted efivarfs")
+		fsv, err := efivar.NewFS(disk.EFIVarsDir)
+		if err != nil {
+			return "", nil, fmt.Errorf("EFI variables: %w", err)
+		}
+		vars = fsv
 	}
-	// efivarfs is how the boot loader says which disk booted; it is the one
-	// more pseudo-filesystem mounted before the decision.
-	// stagehand.efivars=ro: firmware known to fail or worse on variable
-	// writes at run time; the apply then arms trials without boot-once.
-	flags := uintptr(unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_NODEV)
-	if v, _ := p.param("stagehand.efivars"); v == "ro" {
-		flags |= unix.MS_RDONLY
-	}
-	if err := unix.Mount("efivarfs", disk.EFIVarsDir, "efivarfs", flags, ""); err == nil {
-		p.mounted = append(p.mounted, disk.EFIVarsDir)
-	} else if err != unix.EBUSY {
-		return "", fmt.Errorf("mounting efivarfs: %v", err)
-	}
-	p.stepf("mounted efivarfs")
-	uuid, err := disk.BootedPartUUID(disk.EFIVarsDir)
+	uuid, err := disk.BootedPartUUID(p.params, vars)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	p.stepf("read the booted partition: %s", uuid)
 	end := time.Now().Add(diskWait)
@@ -248,16 +259,14 @@ func (p *prestage) bootDisk() (string, error) {
 		path, err := disk.FindByPartUUID("/sys/block", "/dev", uuid)
 		if err == nil {
 			p.stepf("found the boot disk")
-			return path, nil
+			return path, vars, nil
 		}
 		if time.Now().After(end) {
-			return "", fmt.Errorf("%w (waited %s)", err, diskWait)
+			return "", nil, fmt.Errorf("%w (waited %s)", err, diskWait)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-func (p *prestage) efivars() (efivar.Store, error) { return efivar.NewFS(disk.EFIVarsDir) }
 
 // loadKexec loads slot's kernel, initramfs and command line for Exec,
 // noting how long reading them into memory took (the kexec line says).

@@ -18,14 +18,16 @@ const StagerPath = "/usr/bin/stager"
 // stager runs the real stager with args, as a user of the running slot
 // would, and prints each line of its output as it comes (a stager that
 // reboots the machine has said what it did by then), then its exit
-// status. efivarfs is mounted first: stager finds the boot disk and sets
-// boot variables through it.
+// status. On UEFI, efivarfs is mounted first: stager finds the boot disk
+// and sets boot variables through it (a legacy BIOS has none).
 func stager(args ...string) error {
 	if err := waitDisks(10 * time.Second); err != nil {
 		return err
 	}
-	if _, err := efiVars(); err != nil {
-		return err
+	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+		if _, err := efiVars(); err != nil {
+			return err
+		}
 	}
 	cmd := exec.Command(StagerPath, args...)
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/"}

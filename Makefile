@@ -99,10 +99,13 @@ crash-campaign: deps
 # v2 from Debian's docker-registry on 127.0.0.1, boot the disk under QEMU,
 # watch v2 applied, kexec'd, health-checked and confirmed; then v3, whose
 # required health check fails, tried and rolled back. Logs in build/demo/.
+# BOOTLOADER=grub-bios tells the same story on a legacy BIOS (SeaBIOS) with
+# GRUB, grub-efi on UEFI with GRUB.
+BOOTLOADER ?= systemd-boot
 demo: deps build
 	@scripts/deps.sh demo
 	@scripts/vm-guests.sh
-	$(GO) run ./qemu-tests/demo -root . -out $(BUILD)/demo
+	$(GO) run ./qemu-tests/demo -root . -out $(BUILD)/demo -bootloader $(BOOTLOADER)
 
 # Measures stagehand against baselines run in the same invocation and
 # against its budgets: Go benchmarks on the host, boots under QEMU (OVMF,

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/grub"
+	"github.com/stagehand-dev/stagehand/grub/install"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/systemdboot"
 )
@@ -25,7 +28,27 @@ type Config struct {
 	Version   string // slot A's OS version; "" for the kernel's release
 	Force     bool   // overwrite a disk or image file that holds data
 	LoaderEFI string // systemd-boot EFI binary; "" for systemdboot.EFIBinary
+	// Bootloader is the one Init installs: SystemdBoot ("" too),
+	// GRUBBIOS or GRUBEFI.
+	Bootloader string
 }
+
+// The bootloaders Init installs. systemd-boot is the default and the one
+// for Secure Boot and unified kernel images. GRUB 2 (Debian's stock 2.06,
+// from grub-pc-bin or grub-efi-amd64-bin) is for machines that boot with
+// it: grub-bios puts its core image in a BIOS boot partition and its boot
+// code in the protective MBR, for a legacy BIOS; grub-efi puts a GRUB EFI
+// image at the ESP's removable path, EFI/BOOT/BOOTX64.EFI, for UEFI
+// without Secure Boot. Both keep grub.cfg, grubenv and the slots on the
+// ESP's FAT, which GRUB reads and writes on either firmware.
+const (
+	SystemdBoot = "systemd-boot"
+	GRUBBIOS    = "grub-bios"
+	GRUBEFI     = "grub-efi"
+)
+
+// Bootloaders lists them, the default first.
+var Bootloaders = []string{SystemdBoot, GRUBBIOS, GRUBEFI}
 
 // Info says what Init made.
 type Info struct {
@@ -37,11 +60,26 @@ type Info struct {
 }
 
 // Init makes path (an image file or a whole-disk block device) a
-// bootable stagehand disk: the GPT layout, an ESP with systemd-boot and
-// slot A installed and default, and a META recording slot A as good and
-// active. Every input is checked before the disk is touched.
+// bootable stagehand disk: the GPT layout, an ESP with the bootloader
+// (cfg.Bootloader) and slot A installed and default, and a META recording
+// slot A as good and active. Every input is checked, and GRUB's image
+// built, before the disk is touched.
 func Init(ctx context.Context, path string, cfg Config) (*Info, error) {
 	l := cfg.Layout
+	if cfg.Bootloader == "" {
+		cfg.Bootloader = SystemdBoot
+	}
+	if !slices.Contains(Bootloaders, cfg.Bootloader) {
+		return nil, fmt.Errorf("bootloader %q: want one of %s", cfg.Bootloader, strings.Join(Bootloaders, ", "))
+	}
+	grubOn := cfg.Bootloader != SystemdBoot
+	if grubOn && cfg.UKI != "" {
+		return nil, fmt.Errorf("%s: a unified kernel image needs systemd-boot (GRUB boots a kernel and an initramfs): use the default bootloader, or --kernel and --initramfs", cfg.Bootloader)
+	}
+	if grubOn && cfg.LoaderEFI != "" {
+		return nil, fmt.Errorf("%s: a systemd-boot binary was given", cfg.Bootloader)
+	}
+	l.BIOSBoot = l.BIOSBoot || cfg.Bootloader == GRUBBIOS
 	if l.ESPSize == 0 {
 		l.ESPSize = disk.DefaultESPSize
 	}
@@ -59,17 +97,36 @@ func Init(ctx context.Context, path string, cfg Config) (*Info, error) {
 		return nil, err
 	}
 	defer img.close()
+	var loaderSize int64
 	loader := cfg.LoaderEFI
-	if loader == "" {
-		loader = systemdboot.EFIBinary
-	}
-	lst, err := os.Stat(loader)
-	if err != nil {
-		return nil, fmt.Errorf("systemd-boot: %w (Debian package systemd-boot-efi)", err)
+	var grubImage, grubBoot []byte // GRUB's image (core or EFI) and, on a BIOS, boot.img
+	switch cfg.Bootloader {
+	case SystemdBoot:
+		if loader == "" {
+			loader = systemdboot.EFIBinary
+		}
+		lst, err := os.Stat(loader)
+		if err != nil {
+			return nil, fmt.Errorf("systemd-boot: %w (Debian package systemd-boot-efi)", err)
+		}
+		loaderSize = lst.Size()
+	case GRUBBIOS:
+		spec := install.ImageSpec{Platform: install.PlatformBIOS}
+		if grubImage, err = install.BuildImage(ctx, spec); err != nil {
+			return nil, err
+		}
+		if grubBoot, err = install.ReadBootImage(""); err != nil {
+			return nil, err
+		}
+	case GRUBEFI:
+		if grubImage, err = install.BuildImage(ctx, install.ImageSpec{Platform: install.PlatformEFI}); err != nil {
+			return nil, err
+		}
+		loaderSize = int64(len(grubImage))
 	}
 	// Both slots and two copies of the loader must fit on the ESP, with
 	// room for FAT's own structures.
-	if need := 2*payload + 2*lst.Size() + 8<<20; need > l.ESPSize {
+	if need := 2*payload + 2*loaderSize + 8<<20; need > l.ESPSize {
 		return nil, fmt.Errorf("kernel and initramfs (%d MiB) are too large for a %d MiB ESP holding two slots: give a larger ESP",
 			payload>>20, l.ESPSize>>20)
 	}
@@ -102,18 +159,41 @@ func Init(ctx context.Context, path string, cfg Config) (*Info, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
-	// The bootloader is systemd-boot, the one backend Init installs so far:
-	// a choice of another (a Config.Bootloader) would be made here.
-	sb := systemdboot.New(esp, systemdboot.WithLoaderEFI(loader))
-	if err := sb.InstallLoader(ctx); err != nil {
+	var bl boot.Loader
+	if grubOn {
+		// No running command line to pass on: this disk has not booted.
+		bl = grub.New(esp, grub.WithCmdline(""))
+		if cfg.Bootloader == GRUBEFI {
+			if err := install.EFI(ctx, esp, install.ImageSpec{Platform: install.PlatformEFI}); err != nil {
+				return nil, fmt.Errorf("%s: %w", espR.Name(), err)
+			}
+		}
+	} else {
+		bl = systemdboot.New(esp, systemdboot.WithLoaderEFI(loader))
+	}
+	if err := bl.InstallLoader(ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
 	img.Image.Version = version
-	if err := sb.InstallSlot(ctx, meta.SlotA, img.Image); err != nil {
+	if err := bl.InstallSlot(ctx, meta.SlotA, img.Image); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
-	if err := sb.SetDefault(ctx, meta.SlotA); err != nil {
+	if err := bl.SetDefault(ctx, meta.SlotA); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
+	}
+	if cfg.Bootloader == GRUBBIOS {
+		// The boot code last: the MBR is what makes the disk boot GRUB,
+		// once everything GRUB reads is on the ESP.
+		if err := esp.Sync(); err != nil {
+			return nil, fmt.Errorf("%s: %w", espR.Name(), err)
+		}
+		biosR, err := d.Find(disk.LabelBIOS)
+		if err != nil {
+			return nil, err
+		}
+		if err := install.BIOS(d.Whole(), biosR.Partition, grubImage, grubBoot); err != nil {
+			return nil, err
+		}
 	}
 	// META last: it says slot A is good once slot A is written.
 	metaR, err := d.META()

@@ -28,7 +28,7 @@ func (r *Region) Name() string {
 
 // Whole returns the whole disk as a region (Index 0, no label): for what
 // lies outside every partition, such as the boot code of the protective
-// MBR (grub.InstallBIOS).
+// MBR (grub/install.BIOS).
 func (d *Disk) Whole() *Region {
 	return &Region{Partition: Partition{Size: d.size}, d: d}
 }

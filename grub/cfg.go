@@ -1,10 +1,9 @@
 package grub
 
 import (
-	"bytes"
 	"fmt"
+	"strconv"
 	"strings"
-	"text/template"
 )
 
 // The grubenv variables the script reads (all three) and writes (VarTries
@@ -21,11 +20,16 @@ const (
 const MaxTries = 9
 
 // Kernel parameters the script puts on the command line of the slot it
-// boots. SlotParam is the same as boot.SlotParam.
+// boots, after the slot's own (from its slot.cfg). SlotParam is the same as
+// boot.SlotParam, PartUUIDParam as disk.PartUUIDParam.
 const (
 	SlotParam = "stagehand.slot"
 	// ChoiceParam is MODE:WANT:RAN (see the package documentation).
 	ChoiceParam = "stagehand.grub"
+	// PartUUIDParam is the GPT partition GUID of the partition the script
+	// runs from, GRUB's $root, lower-case; absent when GRUB's probe
+	// cannot tell it.
+	PartUUIDParam = "stagehand.partuuid"
 )
 
 // Modes of ChoiceParam: why the script wanted the slot it wanted.
@@ -36,18 +40,19 @@ const (
 	ModeNoSlot = "noslot" // stagehand_slot missing or invalid: slot a
 )
 
-// Slot is what the script boots for one slot.
+// Slot is what the script boots for one slot: paths on the boot file
+// system (the device GRUB's $root names when the script runs), from its
+// root.
 type Slot struct {
-	// Kernel and Initramfs are paths on the boot file system (the device
-	// GRUB's $root names when the script runs), from its root:
-	// "/stagehand/a/vmlinuz".
+	// Kernel and Initramfs: "/stagehand/a/vmlinuz".
 	Kernel, Initramfs string
-	// Cmdline is the kernel command line without SlotParam and
-	// ChoiceParam, which the script adds.
-	Cmdline string
+	// Cfg is the slot's slot.cfg, which its entry sources for the
+	// command line (see Loader): "/stagehand/a/slot.cfg".
+	Cfg string
 }
 
-// Config is what the script is rendered from.
+// Config is what the script is rendered from. It holds no command line:
+// the script is the same whatever the slots hold, and is written once.
 type Config struct {
 	// Env is the path of the grubenv file on the boot file system, from
 	// its root, next to grub.cfg: "/grub/grubenv".
@@ -55,55 +60,37 @@ type Config struct {
 	A, B Slot
 }
 
-// Render returns the grub.cfg for c. It refuses paths and command lines
-// that GRUB would not pass on byte for byte: quotes, backslashes, control
-// and non-ASCII characters, and command lines that set SlotParam or
-// ChoiceParam themselves.
+// Render returns the grub.cfg for c. It refuses paths that GRUB would not
+// pass on byte for byte: relative ones, and those with blanks, quotes,
+// backslashes, control or non-ASCII characters.
 func Render(c Config) ([]byte, error) {
 	if err := checkPath("grubenv", c.Env); err != nil {
 		return nil, err
 	}
-	data := struct {
-		Env, Choice string
-		Slots       []slotData
-	}{
-		Env:    quote(c.Env),
-		Choice: ChoiceParam + "=${stagehand_mode}:${stagehand_want}:${stagehand_ran}",
-	}
+	var slots []slotPaths
 	for i, s := range []Slot{c.A, c.B} {
 		name := string(rune('a' + i))
-		if err := checkPath("slot "+name+" kernel", s.Kernel); err != nil {
-			return nil, err
+		for _, p := range [][2]string{{"kernel", s.Kernel}, {"initramfs", s.Initramfs}, {"slot.cfg", s.Cfg}} {
+			if err := checkPath("slot "+name+" "+p[0], p[1]); err != nil {
+				return nil, err
+			}
 		}
-		if err := checkPath("slot "+name+" initramfs", s.Initramfs); err != nil {
-			return nil, err
-		}
-		words, err := cmdlineWords(name, s.Cmdline)
-		if err != nil {
-			return nil, err
-		}
-		words = append(words, quote(SlotParam+"="+name))
-		data.Slots = append(data.Slots, slotData{
-			Name:      name,
-			Kernel:    quote(s.Kernel),
-			Initramfs: quote(s.Initramfs),
-			Cmdline:   strings.Join(words, " "),
+		slots = append(slots, slotPaths{
+			name:      name,
+			kernel:    quote(s.Kernel),
+			initramfs: quote(s.Initramfs),
+			cfg:       quote(s.Cfg),
 		})
 	}
-	var b bytes.Buffer
-	if err := cfgTemplate.Execute(&b, data); err != nil {
-		return nil, fmt.Errorf("rendering grub.cfg: %w", err)
-	}
-	return b.Bytes(), nil
+	return script(quote(c.Env), slots), nil
 }
 
-type slotData struct {
-	Name              string
-	Kernel, Initramfs string // quoted for GRUB
-	Cmdline           string // GRUB words, each quoted
+// slotPaths are a slot's letter and its paths, quoted for GRUB.
+type slotPaths struct {
+	name, kernel, initramfs, cfg string
 }
 
-// quote makes s one literal GRUB word. checkPath and cmdlineWords have
+// quote makes s one literal GRUB word. checkPath and slotCfg.check have
 // made sure it holds no single quote.
 func quote(s string) string { return "'" + s + "'" }
 
@@ -132,48 +119,24 @@ func checkPath(what, p string) error {
 	return nil
 }
 
-// cmdlineWords splits a slot's command line into quoted GRUB words.
-func cmdlineWords(slot, cmdline string) ([]string, error) {
-	var words []string
-	for _, w := range strings.Fields(cmdline) {
-		if err := safe(w); err != nil {
-			return nil, fmt.Errorf("grub.cfg: slot %s command line word %q: %w", slot, w, err)
-		}
-		k, _, _ := strings.Cut(w, "=")
-		if k == SlotParam || k == ChoiceParam {
-			return nil, fmt.Errorf("grub.cfg: slot %s command line sets %s, which the script sets", slot, k)
-		}
-		words = append(words, quote(w))
-	}
-	return words, nil
-}
-
 // Modules are the GRUB modules the script loads with insmod. Each is in
 // Debian's stock grub-pc-bin and grub-efi-amd64-bin 2.06; normal, which runs
 // the script, is loaded already, and set, unset and insmod are GRUB's
-// kernel's own.
-var Modules = []string{"part_gpt", "fat", "ext2", "loadenv", "test", "echo", "serial", "terminal", "linux"}
+// kernel's own. configfile has source, probe probe.
+var Modules = []string{"part_gpt", "fat", "ext2", "loadenv", "test", "echo", "serial", "terminal", "linux", "configfile", "probe"}
 
-var cfgTemplate = template.Must(template.New("grub.cfg").Funcs(template.FuncMap{
-	"countdown": func() []int {
-		n := make([]int, MaxTries)
-		for i := range n {
-			n[i] = i + 1
-		}
-		return n
-	},
-	"sub1":    func(i int) int { return i - 1 },
-	"modules": func() []string { return Modules },
-}).Parse(cfgText))
-
-// cfgText is the script. Comments in it are for a person reading the ESP;
-// the package documentation says what it does and why.
-const cfgText = `# stagehand grub.cfg: written by stagehand, which owns it; do not edit.
+// script writes the script. Comments in it are for a person reading the
+// ESP; the package documentation says what it does and why. env is the
+// quoted path of grubenv.
+func script(env string, slots []slotPaths) []byte {
+	var b strings.Builder
+	b.WriteString(`# stagehand grub.cfg: written by stagehand, which owns it; do not edit.
 # It boots slot a or b from grubenv: see github.com/stagehand-dev/stagehand/grub.
-{{- range modules}}
-insmod {{.}}
-{{- end}}
-
+`)
+	for _, m := range Modules {
+		b.WriteString("insmod " + m + "\n")
+	}
+	b.WriteString(`
 if serial --unit=0 --speed=115200; then
 	terminal_input console serial
 	terminal_output console serial
@@ -196,7 +159,7 @@ function stagehand_choose {
 		echo "stagehand: GRUB has no working test command: not reading grubenv"
 		return
 	fi
-	load_env -f {{.Env}} stagehand_slot stagehand_trial stagehand_tries
+	load_env -f ` + env + ` stagehand_slot stagehand_trial stagehand_tries
 	if [ "x$stagehand_slot" = xa ]; then
 		set stagehand_mode=good
 		set stagehand_want=a
@@ -211,17 +174,22 @@ function stagehand_choose {
 		return
 	fi
 	set stagehand_next=
-{{- range $i, $n := countdown}}
-	{{if $i}}elif{{else}}if{{end}} [ "x$stagehand_tries" = x{{$n}} ]; then
-		set stagehand_next={{sub1 $n}}
-{{- end}}
-	else
+`)
+	for n := 1; n <= MaxTries; n++ {
+		kw := "elif"
+		if n == 1 {
+			kw = "if"
+		}
+		b.WriteString("\t" + kw + ` [ "x$stagehand_tries" = x` + strconv.Itoa(n) + " ]; then\n")
+		b.WriteString("\t\tset stagehand_next=" + strconv.Itoa(n-1) + "\n")
+	}
+	b.WriteString(`	else
 		return
 	fi
 	set stagehand_tries="$stagehand_next"
-	if save_env -f {{.Env}} stagehand_tries; then
+	if save_env -f ` + env + ` stagehand_tries; then
 		set stagehand_tries=
-		load_env -f {{.Env}} stagehand_tries
+		load_env -f ` + env + ` stagehand_tries
 		if [ "x$stagehand_tries" = "x$stagehand_next" ]; then
 			set stagehand_mode=trial
 			set stagehand_want="$stagehand_trial"
@@ -229,9 +197,21 @@ function stagehand_choose {
 		fi
 	fi
 	set stagehand_mode=nosave
-	echo "stagehand: cannot save stagehand_tries=$stagehand_next in" {{.Env}} "so the trial of slot $stagehand_trial does not boot"
+	echo "stagehand: cannot save stagehand_tries=$stagehand_next in" ` + env + ` "so the trial of slot $stagehand_trial does not boot"
 }
 stagehand_choose
+
+# The partition this script runs from, $root, for the kernel to find its
+# disk by: its GPT partition GUID, passed only if probe tells one (it says
+# none for a device that is no partition).
+set stagehand_partuuid=
+set stagehand_partuuid_arg=
+if probe --set stagehand_partuuid --part-uuid "$root"; then
+	if [ "x$stagehand_partuuid" != x -a "x$stagehand_partuuid" != xnone ]; then
+		set stagehand_partuuid_arg="` + PartUUIDParam + `=$stagehand_partuuid"
+	fi
+fi
+echo "stagehand: partition GUID of $root: $stagehand_partuuid"
 
 # Entry 0 is slot a, entry 1 slot b; a slot GRUB cannot load falls back to
 # the other.
@@ -244,16 +224,35 @@ else
 fi
 echo "stagehand: slot $stagehand_want ($stagehand_mode): stagehand_slot=$stagehand_slot stagehand_trial=$stagehand_trial stagehand_tries=$stagehand_tries"
 set stagehand_ran=
-{{range .Slots}}
-menuentry 'stagehand slot {{.Name}}' --id stagehand-{{.Name}} {
-	set stagehand_ran="${stagehand_ran}{{.Name}}"
-	if [ -s {{.Kernel}} -a -s {{.Initramfs}} ]; then
-		if linux {{.Kernel}} {{.Cmdline}} "{{$.Choice}}"; then
-			initrd {{.Initramfs}}
+
+# Each entry reads its slot's command line from the slot's slot.cfg, which
+# stagehand writes last when it installs the slot, and boots the slot only
+# if the file's last line sets ` + cfgReady + ` to the slot's letter: not one
+# cut short.
+`)
+	choice := `"` + ChoiceParam + `=${stagehand_mode}:${stagehand_want}:${stagehand_ran}"`
+	for _, s := range slots {
+		b.WriteString(`
+menuentry 'stagehand slot ` + s.name + `' --id stagehand-` + s.name + ` {
+	set stagehand_ran="${stagehand_ran}` + s.name + `"
+`)
+		for _, v := range cfgVars {
+			b.WriteString("\tunset " + v + "\n")
+		}
+		b.WriteString(`	if [ -s ` + s.cfg + ` ]; then
+		source ` + s.cfg + `
+	fi
+	if [ "x$` + cfgReady + `" != x` + s.name + ` ]; then
+		echo "stagehand: slot ` + s.name + `:" ` + s.cfg + ` "is missing or incomplete"
+	elif [ -s ` + s.kernel + ` -a -s ` + s.initramfs + ` ]; then
+		if linux ` + s.kernel + ` $` + cfgCmdline + ` '` + SlotParam + `=` + s.name + `' ` + choice + ` $stagehand_partuuid_arg; then
+			initrd ` + s.initramfs + `
 		fi
 	else
-		echo "stagehand: slot {{.Name}}:" {{.Kernel}} or {{.Initramfs}} "is missing or empty"
+		echo "stagehand: slot ` + s.name + `:" ` + s.kernel + ` or ` + s.initramfs + ` "is missing or empty"
 	fi
 }
-{{end -}}
-`
+`)
+	}
+	return []byte(b.String())
+}

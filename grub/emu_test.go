@@ -22,6 +22,8 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/grub/grubenv"
+	"github.com/stagehand-dev/stagehand/grub/grubtest"
+	"github.com/stagehand-dev/stagehand/meta"
 )
 
 // TestEmu runs the rendered grub.cfg under Debian's grub-emu (package
@@ -34,36 +36,61 @@ import (
 // stagehand.grub=MODE:WANT:RAN it would pass, is the first linux called.
 func TestEmu(t *testing.T) {
 	e := newEmu(t)
-	cfg := slots("console=ttyS0", "console=ttyS0 quiet")
+	cfg := config()
 	script, err := Render(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The slots' slot.cfg, whose command lines the entries pass: words
+	// GRUB's script would expand or split on, were they not in quotes,
+	// then in a variable. Not a word a glob would match: grub-emu has
+	// every module built in, regexp among them, which expands wildcards in
+	// the words of a command ("/stagehand/*" would be /stagehand/a and
+	// /stagehand/b here); the stock GRUB the script runs on loads no
+	// regexp (TestStockModules, and install.ImageModules), and passes such
+	// a word as it is.
+	slotCfgs := map[meta.Slot]slotCfg{
+		"a": {Version: "v1", Tries: 1, Cmdline: "console=ttyS0"},
+		"b": {Version: "v2 ünïcode", Tries: 3, Cmdline: "console=ttyS0,115200n8 quiet $notavariable ${x} {braces};semicolon a|b&c x=*.efi [y] #z"},
+	}
 	// args are what the entry of the last slot in choice's RAN passes to
-	// linux.
-	args := func(choice string) []string {
+	// linux; partuuid is the ESP's partition GUID, "" for none.
+	args := func(choice, partuuid string) []string {
+		slot := meta.Slot(choice[len(choice)-1:])
 		s := cfg.A
-		slot := choice[len(choice)-1:]
 		if slot == "b" {
 			s = cfg.B
 		}
-		a := append([]string{s.Kernel}, strings.Fields(s.Cmdline)...)
-		return append(a, SlotParam+"="+slot, ChoiceParam+"="+choice)
+		a := append([]string{s.Kernel}, strings.Fields(slotCfgs[slot].Cmdline)...)
+		a = append(a, SlotParam+"="+string(slot), ChoiceParam+"="+choice)
+		if partuuid != "" {
+			a = append(a, PartUUIDParam+"="+partuuid)
+		}
+		return a
 	}
 	type run struct {
 		choice string // MODE:WANT:RAN, the stagehand.grub the script passes
 		tries  string // stagehand_tries in grubenv afterwards, if not ""
 		say    string // a line the script prints, if not ""
 	}
+	torn := func(slot meta.Slot, cut func(b []byte) []byte) func(map[string][]byte) {
+		return func(files map[string][]byte) {
+			name := "/" + slotFile(slot, cfgFile)
+			files[name] = cut(files[name])
+		}
+	}
 	for _, tc := range []struct {
 		name string
 		env  map[string]string // nil: no grubenv
 		// nosave: grubenv lies on a FAT that GRUB reads through
-		// loopback, which it cannot write.
+		// loopback, which it cannot write; the script runs from a device
+		// that is no partition, and passes no partition GUID.
 		nosave bool
 		// hidden: keep the script's timeout_style=hidden (see emuHarness).
 		hidden bool
-		runs   []run // one grub-emu run each, on the same disk
+		// edit changes the files put on the ESP, by path.
+		edit func(files map[string][]byte)
+		runs []run // one grub-emu run each, on the same disk
 	}{
 		{name: "good b", env: map[string]string{VarSlot: "b"}, runs: []run{
 			{choice: "good:b:b"},
@@ -90,24 +117,83 @@ func TestEmu(t *testing.T) {
 		{name: "unwritable grubenv", env: map[string]string{VarSlot: "a", VarTrial: "b", VarTries: "2"}, nosave: true, runs: []run{
 			{choice: "nosave:a:a", say: "stagehand: cannot save stagehand_tries=1 in /grub/grubenv so the trial of slot"},
 		}},
+		// A slot.cfg cut short while it was written (its slot neither the
+		// default nor on trial then, but the default here): the entry
+		// fails, and GRUB falls back to the other slot.
+		{name: "slot.cfg without its last line", env: map[string]string{VarSlot: "b"},
+			edit: torn("b", func(b []byte) []byte {
+				return b[:bytes.LastIndex(b[:len(b)-1], []byte("\n"))+1]
+			}),
+			runs: []run{{choice: "good:b:ba", say: "stagehand: slot b: /stagehand/b/slot.cfg is missing or incomplete"}}},
+		{name: "slot.cfg cut in a quote", env: map[string]string{VarSlot: "b"},
+			edit: torn("b", func(b []byte) []byte { return b[:bytes.Index(b, []byte("quiet"))] }),
+			runs: []run{{choice: "good:b:ba", say: "is missing or incomplete"}}},
+		{name: "slot.cfg empty", env: map[string]string{VarSlot: "a"},
+			edit: torn("a", func([]byte) []byte { return nil }),
+			runs: []run{{choice: "good:a:ab", say: "stagehand: slot a: /stagehand/a/slot.cfg is missing or incomplete"}}},
+		{name: "no slot.cfg", env: map[string]string{VarSlot: "a"},
+			edit: func(files map[string][]byte) { delete(files, "/"+slotFile("a", cfgFile)) },
+			runs: []run{{choice: "good:a:ab", say: "is missing or incomplete"}}},
+		{name: "the other slot's slot.cfg", env: map[string]string{VarSlot: "a"},
+			edit: func(files map[string][]byte) { files["/"+slotFile("a", cfgFile)] = files["/"+slotFile("b", cfgFile)] },
+			runs: []run{{choice: "good:a:ab", say: "is missing or incomplete"}}},
+		// Slot a's variables are not slot b's: a fallback from a whole
+		// slot.cfg to a torn one does not boot.
+		{name: "fallback to a torn slot.cfg", env: map[string]string{VarSlot: "a"},
+			edit: func(files map[string][]byte) {
+				delete(files, "/"+slotFile("a", kernelFile))
+				torn("b", func(b []byte) []byte { return b[:len(b)-4] })(files)
+			},
+			runs: []run{{choice: "", say: "stagehand: slot b: /stagehand/b/slot.cfg is missing or incomplete"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			vars := maps.Clone(tc.env)
 			env := emuEnv(t, vars)
-			img := newEmuDisk(t, script, cfg, env, tc.nosave)
+			files := map[string][]byte{CfgPath: script}
+			for _, slot := range []meta.Slot{"a", "b"} {
+				b, err := slotCfgs[slot].marshal(slot)
+				if err != nil {
+					t.Fatal(err)
+				}
+				files["/"+slotFile(slot, cfgFile)] = b
+				files["/"+slotFile(slot, kernelFile)] = []byte("kernel " + string(slot))
+				files["/"+slotFile(slot, initrdFile)] = []byte("initramfs " + string(slot))
+			}
+			if tc.edit != nil {
+				tc.edit(files)
+			}
+			img, espGUID := newEmuDisk(t, files, env, tc.nosave)
+			partuuid := strings.ToLower(espGUID)
+			if tc.nosave {
+				partuuid = ""
+			}
+			// What the script says of the device it runs from.
+			probed := "stagehand: partition GUID of hd0,gpt1: " + partuuid + "\n"
+			if tc.nosave {
+				probed = "stagehand: partition GUID of emuloop: none\n"
+			}
 			for i, r := range tc.runs {
 				got := e.run(t, img, tc.nosave, tc.hidden)
+				if !strings.Contains(got.out, probed) {
+					t.Errorf("run %d: grub-emu did not print %q:\n%s", i+1, probed, got.out)
+				}
+				if !strings.Contains(got.out, r.say) {
+					t.Errorf("run %d: grub-emu did not print %q:\n%s", i+1, r.say, got.out)
+				}
+				if r.choice == "" {
+					if got.args != nil {
+						t.Fatalf("run %d: linux ran with %q, want no entry booted; grub-emu printed:\n%s", i+1, got.args, got.out)
+					}
+					continue
+				}
 				mode, rest, _ := strings.Cut(r.choice, ":")
 				want, _, _ := strings.Cut(rest, ":")
 				if got.want != want || got.mode != mode {
 					t.Fatalf("run %d: the script chose slot %s (%s), want %s (%s); grub-emu printed:\n%s", i+1, got.want, got.mode, want, mode, got.out)
 				}
-				if diff := cmp.Diff(args(r.choice), got.args); diff != "" {
+				if diff := cmp.Diff(args(r.choice, partuuid), got.args); diff != "" {
 					t.Fatalf("run %d: linux's arguments differ (-want, +got):\n%s\ngrub-emu printed:\n%s", i+1, diff, got.out)
-				}
-				if !strings.Contains(got.out, r.say) {
-					t.Errorf("run %d: grub-emu did not print %q:\n%s", i+1, r.say, got.out)
 				}
 				// GRUB changes nothing but the count, in place.
 				if r.tries != "" {
@@ -163,10 +249,10 @@ const emuTimeout = 30 * time.Second
 func newEmu(t *testing.T) *emu {
 	t.Helper()
 	e := &emu{
-		script:  lookTool(t, "script", "bsdutils"),
-		grubEmu: lookTool(t, "grub-emu", "grub-emu"),
+		script:  grubtest.LookTool(t, "script", "bsdutils"),
+		grubEmu: grubtest.LookTool(t, "grub-emu", "grub-emu"),
 	}
-	if _, err := os.Stat(filepath.Join(grubLib, emuPlatform, "normal.mod")); err != nil {
+	if _, err := os.Stat(filepath.Join(grubtest.Lib, emuPlatform, "normal.mod")); err != nil {
 		t.Fatalf("%v: grub-emu's modules are missing (Debian package grub-emu): run make deps", err)
 	}
 	return e
@@ -175,7 +261,8 @@ func newEmu(t *testing.T) *emu {
 // emuHarness is the grub.cfg grub-emu runs: it stands in for the commands
 // grub-emu lacks, sets $root as the core image's prefix would (the ESP, or
 // for nosave a FAT read through loopback, which GRUB cannot write), and
-// sources the stagehand grub.cfg. Normal mode then boots its default entry.
+// sources the stagehand grub.cfg. Normal mode then boots its default entry,
+// or its fallback, or last the harness's own entry, which halts.
 //
 // Unless hidden, it then sets timeout_style=menu: with hidden, grub-emu
 // polls its console for 3 s before it boots (the choice is the same; the
@@ -201,6 +288,14 @@ function linux {
 		b.WriteString("set root=(hd0,gpt1)\n")
 	}
 	b.WriteString("source /grub/grub.cfg\n")
+	// The last fallback, after the script's: an entry that says no other
+	// booted.
+	b.WriteString(`menuentry 'emu: none booted' {
+	echo "emu: none booted"
+	halt
+}
+set fallback="$fallback 2"
+`)
 	if !hidden {
 		b.WriteString("set timeout_style=menu\n")
 	}
@@ -211,17 +306,16 @@ function linux {
 // nosave.
 const emuNoSave = "nosave.img"
 
-// emuPlatform is grub-emu's directory in grubLib.
+// emuPlatform is grub-emu's directory in grubtest.Lib.
 const emuPlatform = "x86_64-emu"
 
 type emuRun struct {
 	want, mode string   // from the script's echo "stagehand: slot WANT (MODE): ..."
-	args       []string // the arguments of the first linux command
+	args       []string // the arguments of the first linux command; nil if none ran
 	out        string   // what grub-emu printed, without escape sequences
 }
 
 var (
-	emuEscape  = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
 	emuChoice  = regexp.MustCompile(`stagehand: slot ([^ ]*) \(([^)]*)\)`)
 	emuArgLine = regexp.MustCompile(`^emu: arg (.*)$`)
 )
@@ -237,7 +331,7 @@ func (e *emu) run(t *testing.T, img string, nosave, hidden bool) emuRun {
 	}
 	// dir is grub-emu's $prefix: it reads $prefix/grub.cfg, and insmod
 	// looks in $prefix/x86_64-emu (grub-emu has its modules built in).
-	if err := os.Symlink(filepath.Join(grubLib, emuPlatform), filepath.Join(dir, emuPlatform)); err != nil {
+	if err := os.Symlink(filepath.Join(grubtest.Lib, emuPlatform), filepath.Join(dir, emuPlatform)); err != nil {
 		t.Fatal(err)
 	}
 	devmap := filepath.Join(dir, "device.map")
@@ -264,7 +358,7 @@ func (e *emu) run(t *testing.T, img string, nosave, hidden bool) emuRun {
 	cmd.WaitDelay = 2 * time.Second
 	start := time.Now()
 	raw, err := cmd.Output()
-	out := strings.ReplaceAll(emuEscape.ReplaceAllString(string(raw), ""), "\r", "")
+	out := grubtest.Console(string(raw))
 	if ctx.Err() != nil {
 		t.Fatalf("grub-emu did not halt within %v; it printed:\n%s", emuTimeout, out)
 	}
@@ -281,7 +375,11 @@ func (e *emu) run(t *testing.T, img string, nosave, hidden bool) emuRun {
 	}
 	lines := strings.Split(out, "\n")
 	for i, l := range lines {
-		if l != "emu: linux" {
+		if l == "emu: none booted" {
+			return got // args nil
+		}
+		// After what GRUB printed as it read slot.cfg, on the same line.
+		if !strings.HasSuffix(l, "emu: linux") {
 			continue
 		}
 		for _, l := range lines[i+1:] {
@@ -302,12 +400,13 @@ func (e *emu) run(t *testing.T, img string, nosave, hidden bool) emuRun {
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // newEmuDisk writes a disk image with the project's layout (disk.Create)
-// and an ESP (fat.Format) holding grub.cfg, both slots' kernel and
-// initramfs, and grubenv unless env is nil. For nosave, all of them are in
-// a FAT image file on the ESP instead, where the harness sets $root.
-func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool) string {
+// and an ESP (fat.Format) holding files (by path from its root) and
+// grubenv unless env is nil, and returns it with the ESP's partition GUID.
+// For nosave, the files and grubenv are in a FAT image file on the ESP
+// instead, where the harness sets $root.
+func newEmuDisk(t *testing.T, files map[string][]byte, env []byte, nosave bool) (img, espGUID string) {
 	t.Helper()
-	img := filepath.Join(t.TempDir(), "disk.img")
+	img = filepath.Join(t.TempDir(), "disk.img")
 	l := disk.Layout{ESPSize: disk.MinESPSize, StageSize: 1 << 20}
 	l.Size = l.MinSize()
 	d, err := disk.Create(context.Background(), img, l)
@@ -323,19 +422,15 @@ func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The script, the slots and grubenv, on a FAT.
 	fill := func(vol *fat.Volume, env []byte) {
 		t.Helper()
-		files := map[string][]byte{"/grub/grub.cfg": script}
-		for _, s := range []Slot{cfg.A, cfg.B} {
-			files[s.Kernel] = []byte("kernel " + s.Kernel)
-			files[s.Initramfs] = []byte("initramfs " + s.Initramfs)
-		}
-		if env != nil {
-			files[cfg.Env] = env
-		}
 		for name, b := range files {
 			if err := vol.WriteFile(strings.TrimPrefix(name, "/"), bytes.NewReader(b)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if env != nil {
+			if err := vol.WriteFile(EnvPath, bytes.NewReader(env)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -345,7 +440,7 @@ func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool
 	} else {
 		fill(esp, nil)
 		inner := filepath.Join(t.TempDir(), emuNoSave)
-		vol := formatFAT(t, inner, emuNoSaveSize)
+		vol := grubtest.FormatFAT(t, inner, grubtest.FATSize)
 		fill(vol, env)
 		if err := vol.Sync(); err != nil {
 			t.Fatal(err)
@@ -365,52 +460,17 @@ func newEmuDisk(t *testing.T, script []byte, cfg Config, env []byte, nosave bool
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	return img
-}
-
-// emuNoSaveSize is the FAT32 in nosave.img: past FAT32's least cluster
-// count with 512-byte clusters, and not 64 MiB (see fat.Format).
-const emuNoSaveSize = 40 << 20
-
-func formatFAT(t *testing.T, path string, size int64) *fat.Volume {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	vol, err := fat.Format(f, size, boot.ESPLabel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return vol
+	return img, r.GUID
 }
 
 // readEmuEnv reads grubenv back from img's ESP (for nosave, from the FAT
 // image on it) with the project's FAT code, opening the image afresh.
 func readEmuEnv(t *testing.T, img, name string, nosave bool) ([]byte, error) {
 	t.Helper()
-	d, err := disk.Open(img, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	r, err := d.Find(disk.LabelESP)
-	if err != nil {
-		t.Fatal(err)
-	}
-	esp, err := fat.Open(r, r.Size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name = strings.TrimPrefix(name, "/")
 	if !nosave {
-		return esp.ReadFile(name)
+		return grubtest.ReadESP(t, img, name)
 	}
-	b, err := esp.ReadFile(emuNoSave)
+	b, err := grubtest.ReadESP(t, img, emuNoSave)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +487,7 @@ func readEmuEnv(t *testing.T, img, name string, nosave bool) ([]byte, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return vol.ReadFile(name)
+	return vol.ReadFile(strings.TrimPrefix(name, "/"))
 }
 
 // readOnly is a file as a fat.Device that refuses writes.

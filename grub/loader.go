@@ -24,14 +24,14 @@ import (
 const (
 	CfgPath  = "grub/grub.cfg" // the script Render writes
 	EnvPath  = "grub/grubenv"  // grubenv, beside it (Config.Env is "/" + EnvPath)
-	slotsDir = "stagehand"     // stagehand/a/{vmlinuz,initrd,slot.conf}
+	slotsDir = "stagehand"     // stagehand/a/{vmlinuz,initrd,slot.cfg}
 )
 
 // The files of a slot, in its directory stagehand/a or stagehand/b.
 const (
 	kernelFile = "vmlinuz"
 	initrdFile = "initrd"
-	confFile   = "slot.conf"
+	cfgFile    = "slot.cfg"
 )
 
 // TrialNone is stagehand_trial when no slot is on trial: one character,
@@ -49,19 +49,28 @@ const VarArmed = "stagehand_armed"
 // booted by the stagehand grub.cfg (Render), which picks the slot from
 // grubenv and counts a trial's tries there itself. On the boot file system:
 //
-//	grub/grub.cfg          Render's script, with both slots' command lines
+//	grub/grub.cfg          Render's script, the same whatever the slots hold
 //	grub/grubenv           GRUB's environment block, 1024 bytes
 //	stagehand/a/vmlinuz    slot a's kernel
 //	stagehand/a/initrd     slot a's initramfs
-//	stagehand/a/slot.conf  what GRUB does not need: version, command line, tries
+//	stagehand/a/slot.cfg   its command line, version and tries (slotCfg),
+//	                       which slot a's menu entry sources
 //	stagehand/b/...        the same for slot b
+//
+// grub.cfg is written by InstallLoader alone, and only when it changes,
+// which is when stagehand itself is installed or upgraded; installing a
+// slot writes the slot's files only. GRUB reads the FAT before anything
+// can repair it, so what it needs to start the other slot is never
+// rewritten while a slot is installed: a cut then leaves at worst the slot
+// being installed unbootable, which is not on trial (InstallSlot ends a
+// trial of it first) and, as the apply installs slots, not the default.
 //
 // How the boot.Backend interfaces map onto grubenv (package grubenv keeps
 // the three variables GRUB reads in its first sector):
 //
 //   - the default (SetDefault, Default) is stagehand_slot;
 //   - boot once (SetBootOnce) arms a trial: stagehand_trial is the slot,
-//     stagehand_tries the tries its slot.conf records (Image.Tries). GRUB
+//     stagehand_tries the tries its slot.cfg records (Image.Tries). GRUB
 //     boots it at each start while tries are left, counting each down
 //     before it boots it, then the default again: "once" is "until its
 //     tries are used", as with systemd-boot's counted default
@@ -73,7 +82,9 @@ const VarArmed = "stagehand_armed"
 //   - the trial slot's entry counts tries (SlotEntry.Counting): Left is
 //     stagehand_tries, Done is VarArmed − stagehand_tries;
 //   - the boot record (boot.BootRecord) is the stagehand.grub= parameter the
-//     script puts on the command line (ChoiceParam).
+//     script puts on the command line (ChoiceParam); the script also puts
+//     stagehand.partuuid= there (PartUUIDParam), by which prestage finds
+//     the disk it booted from.
 //
 // grubenv is created once, by InstallLoader; every later write goes over it
 // in place (boot.Overwriter), as GRUB's save_env writes through the blocks
@@ -140,17 +151,14 @@ func slotFile(slot meta.Slot, file string) string {
 	return path.Join(slotsDir, string(slot), file)
 }
 
-// config is what grub.cfg is rendered from: the fixed paths, and each
-// slot's command line from confs ("" for a slot without a valid
-// slot.conf: its entry still names the paths, which the script's [ -s ]
-// finds missing or, for a slot cut short while written, which it may boot
-// only as the fallback of a default that failed to load).
-func config(confs map[meta.Slot]*slotConf) Config {
+// config is what grub.cfg is rendered from: the fixed paths.
+func config() Config {
 	c := Config{Env: "/" + EnvPath}
 	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
-		s := Slot{Kernel: "/" + slotFile(slot, kernelFile), Initramfs: "/" + slotFile(slot, initrdFile)}
-		if conf := confs[slot]; conf != nil {
-			s.Cmdline = conf.Cmdline
+		s := Slot{
+			Kernel:    "/" + slotFile(slot, kernelFile),
+			Initramfs: "/" + slotFile(slot, initrdFile),
+			Cfg:       "/" + slotFile(slot, cfgFile),
 		}
 		if slot == meta.SlotA {
 			c.A = s
@@ -161,10 +169,10 @@ func config(confs map[meta.Slot]*slotConf) Config {
 	return c
 }
 
-// readConf reads slot's slot.conf: an error wrapping boot.ErrSlotEmpty when
-// it is absent, ErrBadSlotConf when it does not parse.
-func (l *Loader) readConf(slot meta.Slot) (*slotConf, error) {
-	name := slotFile(slot, confFile)
+// readCfg reads slot's slot.cfg: an error wrapping boot.ErrSlotEmpty when
+// it is absent, ErrBadSlotCfg when it does not parse.
+func (l *Loader) readCfg(slot meta.Slot) (*slotCfg, error) {
+	name := slotFile(slot, cfgFile)
 	b, err := l.fsys.ReadFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("slot %s: %w (no %s)", slot, boot.ErrSlotEmpty, name)
@@ -172,22 +180,22 @@ func (l *Loader) readConf(slot meta.Slot) (*slotConf, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading slot %s: %w", slot, err)
 	}
-	c, err := parseSlotConf(slot, b)
+	c, err := parseSlotCfg(slot, b)
 	if err != nil {
 		return nil, fmt.Errorf("slot %s: %s: %w", slot, name, err)
 	}
 	return &c, nil
 }
 
-// confs reads both slots' slot.conf; a slot without one, or with one that
+// cfgs reads both slots' slot.cfg; a slot without one, or with one that
 // does not parse, is left out. Other errors (of the file system) are
 // returned.
-func (l *Loader) confs() (map[meta.Slot]*slotConf, error) {
-	out := map[meta.Slot]*slotConf{}
+func (l *Loader) cfgs() (map[meta.Slot]*slotCfg, error) {
+	out := map[meta.Slot]*slotCfg{}
 	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
-		c, err := l.readConf(slot)
+		c, err := l.readCfg(slot)
 		switch {
-		case errors.Is(err, boot.ErrSlotEmpty) || errors.Is(err, ErrBadSlotConf):
+		case errors.Is(err, boot.ErrSlotEmpty) || errors.Is(err, ErrBadSlotCfg):
 			continue
 		case err != nil:
 			return nil, err
@@ -197,14 +205,31 @@ func (l *Loader) confs() (map[meta.Slot]*slotConf, error) {
 	return out, nil
 }
 
-// writeCfg renders grub.cfg from confs and writes it, unless it holds
-// that already. The caller syncs.
+// writeCfg writes grub.cfg unless it holds cfg already: created if
+// absent; else written beside it, synced and renamed over it, so that a
+// cut leaves the old script or the new one, whole. The caller syncs.
 func (l *Loader) writeCfg(cfg []byte) error {
-	if cur, err := l.fsys.ReadFile(CfgPath); err == nil && bytes.Equal(cur, cfg) {
+	cur, err := l.fsys.ReadFile(CfgPath)
+	switch {
+	case err == nil && bytes.Equal(cur, cfg):
 		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		if err := l.fsys.WriteFile(CfgPath, bytes.NewReader(cfg)); err != nil {
+			return fmt.Errorf("writing %s: %w", CfgPath, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("reading %s: %w", CfgPath, err)
 	}
-	if err := l.fsys.WriteFile(CfgPath, bytes.NewReader(cfg)); err != nil {
-		return fmt.Errorf("writing %s: %w", CfgPath, err)
+	tmp := CfgPath + ".new"
+	if err := l.fsys.WriteFile(tmp, bytes.NewReader(cfg)); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	if err := l.fsys.Sync(); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	if err := l.fsys.Rename(tmp, CfgPath); err != nil {
+		return fmt.Errorf("replacing %s: %w", CfgPath, err)
 	}
 	return nil
 }
@@ -345,8 +370,9 @@ func newEnv() ([]byte, error) {
 // first-sector variables it lacks (a grubenv of another tool: adopting it
 // reshapes the block, which only InstallLoader does, before any trial). A
 // grubenv that is not a valid block is refused, and nothing is written.
-// grub.cfg is rendered from the slots installed (paths for both, command
-// lines from their slot.conf) and written when it differs.
+// grub.cfg, Render's script, is written when it differs from what is
+// there (see writeCfg): it holds nothing of the slots, and only a new
+// stagehand changes it.
 func (l *Loader) InstallLoader(ctx context.Context) error {
 	if _, err := l.overwriter(); err != nil {
 		return err
@@ -359,11 +385,7 @@ func (l *Loader) InstallLoader(ctx context.Context) error {
 	case err != nil && !create:
 		return fmt.Errorf("installing the GRUB configuration: %w", err)
 	}
-	confs, err := l.confs()
-	if err != nil {
-		return err
-	}
-	cfg, err := Render(config(confs))
+	cfg, err := Render(config())
 	if err != nil {
 		return fmt.Errorf("installing the GRUB configuration: %w", err)
 	}
@@ -394,7 +416,7 @@ func (l *Loader) InstallLoader(ctx context.Context) error {
 		}
 	}
 	if err := l.writeCfg(cfg); err != nil {
-		return err
+		return fmt.Errorf("installing the GRUB configuration: %w", err)
 	}
 	if err := l.fsys.Sync(); err != nil {
 		return fmt.Errorf("installing the GRUB configuration: %w", err)
@@ -403,13 +425,15 @@ func (l *Loader) InstallLoader(ctx context.Context) error {
 }
 
 // slotCmdline is img's command line without the parameters the script
-// sets: the slot's to say (SlotParam), and the boot record (ChoiceParam),
-// which Slots' command lines carry over from this boot and the apply may
-// pass back.
+// sets: the slot's to say (SlotParam), the boot record (ChoiceParam) and
+// the boot partition (PartUUIDParam), which Slots' command lines carry
+// over from this boot and the apply may pass back.
 func slotCmdline(s string) string {
 	var keep []string
 	for _, w := range strings.Fields(s) {
-		if k, _, _ := strings.Cut(w, "="); k != SlotParam && k != ChoiceParam {
+		switch k, _, _ := strings.Cut(w, "="); k {
+		case SlotParam, ChoiceParam, PartUUIDParam:
+		default:
 			keep = append(keep, w)
 		}
 	}
@@ -417,14 +441,15 @@ func slotCmdline(s string) string {
 }
 
 // InstallSlot implements boot.Backend: it writes img's kernel and
-// initramfs to stagehand/X/vmlinuz and stagehand/X/initrd, then slot.conf
+// initramfs to stagehand/X/vmlinuz and stagehand/X/initrd, then slot.cfg
 // (version, command line, img.Tries: 0 is 1, more than MaxTries is
-// MaxTries), then grub.cfg with the new command line. Everything is checked
-// before anything is written. The slot's slot.conf is removed first, and a
-// trial of the slot ended, so that while it is written Slots does not list
-// it and GRUB does not try it; slot.conf, written after the kernel and
-// initramfs are durable, completes it. A UKI is refused: UKIs need
-// systemd-boot.
+// MaxTries). grub.cfg is not written: the slot's entry sources slot.cfg.
+// Everything is checked before anything is written. A trial of the slot
+// is ended and its slot.cfg removed first, so that while it is written
+// Slots does not list it and GRUB does not boot it (its entry boots the
+// slot only when slot.cfg is there and whole, to its last line); slot.cfg,
+// written after the kernel and initramfs are durable, completes it. A UKI
+// is refused: UKIs need systemd-boot.
 func (l *Loader) InstallSlot(ctx context.Context, slot meta.Slot, img boot.Image) error {
 	if err := checkSlot(slot); err != nil {
 		return err
@@ -439,8 +464,8 @@ func (l *Loader) InstallSlot(ctx context.Context, slot meta.Slot, img boot.Image
 	if img.Tries < 0 {
 		return fail(fmt.Errorf("%d tries", img.Tries))
 	}
-	conf := slotConf{Version: img.Version, Cmdline: slotCmdline(img.Cmdline), Tries: min(max(img.Tries, 1), MaxTries)}
-	confBytes, err := conf.marshal(slot)
+	cfg := slotCfg{Version: img.Version, Cmdline: slotCmdline(img.Cmdline), Tries: min(max(img.Tries, 1), MaxTries)}
+	cfgBytes, err := cfg.marshal(slot)
 	if err != nil {
 		return fail(err)
 	}
@@ -453,22 +478,13 @@ func (l *Loader) InstallSlot(ctx context.Context, slot meta.Slot, img boot.Image
 	if err != nil && haveEnv {
 		return fail(err)
 	}
-	confs, err := l.confs()
-	if err != nil {
-		return err
-	}
-	confs[slot] = &conf
-	cfg, err := Render(config(confs))
-	if err != nil {
-		return fail(err)
-	}
 
 	if haveEnv && st.trial == slot {
 		if err := l.updateEnv(noTrial); err != nil {
 			return fail(err)
 		}
 	}
-	if err := l.fsys.Remove(slotFile(slot, confFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := l.fsys.Remove(slotFile(slot, cfgFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fail(err)
 	}
 	if err := l.fsys.Sync(); err != nil {
@@ -486,10 +502,7 @@ func (l *Loader) InstallSlot(ctx context.Context, slot meta.Slot, img boot.Image
 	if err := l.fsys.Sync(); err != nil {
 		return fail(err)
 	}
-	if err := l.fsys.WriteFile(slotFile(slot, confFile), bytes.NewReader(confBytes)); err != nil {
-		return fail(err)
-	}
-	if err := l.writeCfg(cfg); err != nil {
+	if err := l.fsys.WriteFile(slotFile(slot, cfgFile), bytes.NewReader(cfgBytes)); err != nil {
 		return fail(err)
 	}
 	if err := l.fsys.Sync(); err != nil {
@@ -504,7 +517,7 @@ func (l *Loader) SetDefault(ctx context.Context, slot meta.Slot) error {
 	if err := checkSlot(slot); err != nil {
 		return err
 	}
-	if _, err := l.readConf(slot); err != nil {
+	if _, err := l.readCfg(slot); err != nil {
 		return fmt.Errorf("making slot %s the default: %w", slot, err)
 	}
 	if err := l.updateEnv(setFirst(VarSlot, string(slot))); err != nil {
@@ -531,7 +544,7 @@ func (l *Loader) Default(ctx context.Context) (meta.Slot, error) {
 }
 
 // SetBootOnce implements boot.BootOnce: it arms slot's trial, GRUB to boot
-// it at its next start with the tries slot.conf records (stagehand_trial =
+// it at its next start with the tries slot.cfg records (stagehand_trial =
 // slot, stagehand_tries = tries), each counted by GRUB before it boots it.
 // A trial of slot armed already is left as it is while it has tries left,
 // and given its tries again, its count kept, once it has none: as
@@ -550,7 +563,7 @@ func (l *Loader) SetBootOnce(ctx context.Context, slot meta.Slot) error {
 		return err
 	}
 	fail := func(err error) error { return fmt.Errorf("booting slot %s once: %w", slot, err) }
-	conf, err := l.readConf(slot)
+	conf, err := l.readCfg(slot)
 	if err != nil {
 		return fail(err)
 	}
@@ -636,12 +649,12 @@ func (l *Loader) CountKexec(ctx context.Context, slot meta.Slot) error {
 	return nil
 }
 
-// Slots implements boot.Backend: the slots with a valid slot.conf, a
+// Slots implements boot.Backend: the slots with a valid slot.cfg, a
 // before b. The tries of the trial slot are counted (see Loader). A
 // missing or invalid grubenv, which GRUB reads as no variables, is no
 // trial.
 func (l *Loader) Slots(ctx context.Context) ([]boot.SlotEntry, error) {
-	confs, err := l.confs()
+	cfgs, err := l.cfgs()
 	if err != nil {
 		return nil, err
 	}
@@ -651,28 +664,33 @@ func (l *Loader) Slots(ctx context.Context) ([]boot.SlotEntry, error) {
 	}
 	var out []boot.SlotEntry
 	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
-		if c := confs[slot]; c != nil {
+		if c := cfgs[slot]; c != nil {
 			out = append(out, l.entry(slot, c, st))
 		}
 	}
 	return out, nil
 }
 
-// entry is slot's SlotEntry. Its command line is what the script passes
-// but for the boot record: a kexec into it (which passes it) then carries
-// this boot's stagehand.grub= on, so that the kexec'd kernel knows the
-// firmware boot it came from, as it knows systemd-boot's by
-// LoaderEntrySelected.
-func (l *Loader) entry(slot meta.Slot, c *slotConf, st envState) boot.SlotEntry {
+// entry is slot's SlotEntry. Its command line is what the script passes,
+// in the same order, but for the boot record and the boot partition: a
+// kexec into it (which passes it) then carries this boot's stagehand.grub=
+// and stagehand.partuuid= on, when they are well formed, so that the
+// kexec'd kernel knows the firmware boot it came from, as it knows
+// systemd-boot's by LoaderEntrySelected, and the disk it came from.
+func (l *Loader) entry(slot meta.Slot, c *slotCfg, st envState) boot.SlotEntry {
 	words := []string{}
 	if c.Cmdline != "" {
 		words = append(words, c.Cmdline)
 	}
 	words = append(words, SlotParam+"="+string(slot))
-	if v, ok := cmdline.Get(l.runningCmdline(), ChoiceParam); ok {
+	running := l.runningCmdline()
+	if v, ok := cmdline.Get(running, ChoiceParam); ok {
 		if _, err := ParseChoice(v); err == nil {
 			words = append(words, ChoiceParam+"="+v)
 		}
+	}
+	if v, ok := cmdline.Get(running, PartUUIDParam); ok && isGUID(v) {
+		words = append(words, PartUUIDParam+"="+v)
 	}
 	e := boot.SlotEntry{
 		Slot:        slot,
@@ -689,13 +707,13 @@ func (l *Loader) entry(slot meta.Slot, c *slotConf, st envState) boot.SlotEntry 
 }
 
 // OpenSlot implements boot.SlotReader: the kernel and initramfs of an
-// installed slot (boot.ErrSlotEmpty without slot.conf), opened for
+// installed slot (boot.ErrSlotEmpty without slot.cfg), opened for
 // streaming.
 func (l *Loader) OpenSlot(ctx context.Context, slot meta.Slot) (*boot.SlotFiles, error) {
 	if err := checkSlot(slot); err != nil {
 		return nil, err
 	}
-	c, err := l.readConf(slot)
+	c, err := l.readCfg(slot)
 	if err != nil {
 		return nil, err
 	}
@@ -724,4 +742,24 @@ func (l *Loader) OpenSlot(ctx context.Context, slot meta.Slot) (*boot.SlotFiles,
 		return nil, err
 	}
 	return f, nil
+}
+
+// isGUID tells whether v is a GUID, as GRUB's probe --part-uuid writes a
+// GPT partition's: 8-4-4-4-12 hexadecimal digits (lower-case from GRUB).
+func isGUID(v string) bool {
+	if len(v) != 36 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F':
+		default:
+			return false
+		}
+	}
+	return true
 }

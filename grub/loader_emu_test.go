@@ -38,6 +38,7 @@ func TestLoaderEmu(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	partuuid := strings.ToLower(r.GUID)
 	l := New(esp, WithCmdline(""))
 	if err := l.InstallLoader(ctx); err != nil {
 		t.Fatal(err)
@@ -140,8 +141,10 @@ func TestLoaderEmu(t *testing.T) {
 			if d := cmp.Diff(append([]string{entry.Kernel}, strings.Fields(entry.Cmdline)...), got.args); d != "" {
 				t.Errorf("boot %d: linux's arguments differ from Slots' entry (-Slots, +GRUB):\n%s", i+1, d)
 			}
-			if !strings.HasSuffix(entry.Cmdline, " "+ChoiceParam+"="+run.choice) {
-				t.Errorf("boot %d: command line %q", i+1, entry.Cmdline)
+			// The boot record, then the partition GRUB ran from: the
+			// ESP.
+			if tail := " " + ChoiceParam + "=" + run.choice + " " + PartUUIDParam + "=" + partuuid; !strings.HasSuffix(entry.Cmdline, tail) {
+				t.Errorf("boot %d: command line %q, want it to end in %q", i+1, entry.Cmdline, tail)
 			}
 			if s := summary(t, l); s != run.slots {
 				t.Errorf("boot %d: Slots %q, want %q", i+1, s, run.slots)

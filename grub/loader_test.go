@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/fat/fattest"
 	"github.com/stagehand-dev/stagehand/grub/grubenv"
+	"github.com/stagehand-dev/stagehand/grub/grubtest"
 	"github.com/stagehand-dev/stagehand/meta"
 )
 
@@ -42,7 +44,7 @@ var fsKinds = []struct {
 }{
 	{"fat", func(t *testing.T) testFS {
 		img := filepath.Join(t.TempDir(), "esp.img")
-		vol := formatFAT(t, img, emuNoSaveSize)
+		vol := grubtest.FormatFAT(t, img, grubtest.FATSize)
 		read := func() []byte {
 			b, err := os.ReadFile(img)
 			if err != nil {
@@ -217,20 +219,35 @@ func grubCounts(t *testing.T, fsys boot.FS) {
 	}
 }
 
-// scriptCheck runs grub-script-check on the grub.cfg fsys holds.
+// scriptCheck runs grub-script-check on the grub.cfg fsys holds, and on
+// the slot.cfg of each slot installed.
 func scriptCheck(t *testing.T, fsys boot.FS) {
 	t.Helper()
-	bin := lookTool(t, "grub-script-check", "grub-common")
-	b, err := fsys.ReadFile(CfgPath)
-	if err != nil {
-		t.Fatal(err)
+	names := []string{CfgPath}
+	for _, slot := range []meta.Slot{"a", "b"} {
+		if _, err := fsys.ReadFile(slotFile(slot, cfgFile)); err == nil {
+			names = append(names, slotFile(slot, cfgFile))
+		}
 	}
-	file := filepath.Join(t.TempDir(), "grub.cfg")
+	for _, name := range names {
+		b, err := fsys.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		grubScriptCheck(t, name, b)
+	}
+}
+
+// grubScriptCheck runs grub-script-check on b, the script name.
+func grubScriptCheck(t *testing.T, name string, b []byte) {
+	t.Helper()
+	bin := grubtest.LookTool(t, "grub-script-check", "grub-common")
+	file := filepath.Join(t.TempDir(), "script.cfg")
 	if err := os.WriteFile(file, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(bin, file).CombinedOutput(); err != nil {
-		t.Fatalf("grub-script-check: %v\n%s", err, out)
+		t.Fatalf("grub-script-check %s: %v\n%s", name, err, out)
 	}
 }
 
@@ -257,12 +274,12 @@ func TestLoader(t *testing.T) {
 			if d := cmp.Diff(map[string]string{VarSlot: "a", VarTrial: TrialNone, VarTries: "0"}, envVars(t, rec)); d != "" {
 				t.Errorf("grubenv after InstallLoader (-want, +got):\n%s", d)
 			}
-			want, err := Render(config(nil))
+			want, err := Render(config())
 			if err != nil {
 				t.Fatal(err)
 			}
 			if got, err := rec.ReadFile(CfgPath); err != nil || !bytes.Equal(got, want) {
-				t.Errorf("grub.cfg after InstallLoader is not Render's with no slots (%v)", err)
+				t.Errorf("grub.cfg after InstallLoader is not Render's (%v)", err)
 			}
 			scriptCheck(t, rec)
 			if s := summary(t, l); s != "" {
@@ -272,13 +289,18 @@ func TestLoader(t *testing.T) {
 				slot  meta.Slot
 				image boot.Image
 			}{{"a", img("k1", "i1", "a", 0)}, {"b", img("k2", "i2", "b", 2)}} {
+				rec.ops = nil
 				if err := l.InstallSlot(ctx, in.slot, in.image); err != nil {
 					t.Fatal(err)
 				}
+				for _, op := range rec.ops {
+					if strings.HasPrefix(op, "WriteFile grub/") || strings.HasPrefix(op, "Rename grub/") {
+						t.Errorf("InstallSlot: %s", op)
+					}
+				}
 				scriptCheck(t, rec)
 			}
-			// The loader's install, again, keeps grubenv and gives the
-			// same grub.cfg.
+			// The loader's install, again, keeps grubenv and grub.cfg.
 			cfg, _ := rec.ReadFile(CfgPath)
 			env, _ := rec.ReadFile(EnvPath)
 			if err := l.InstallLoader(ctx); err != nil {
@@ -290,11 +312,7 @@ func TestLoader(t *testing.T) {
 			if got, _ := rec.ReadFile(EnvPath); !bytes.Equal(got, env) {
 				t.Error("InstallLoader again changed grubenv")
 			}
-			rendered, err := Render(slots("console=ttyS0 root=PARTLABEL=ROOT-A", "console=ttyS0 root=PARTLABEL=ROOT-B"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := cmp.Diff(strings.ReplaceAll(string(rendered), "/initramfs", "/initrd"), string(cfg)); d != "" {
+			if d := cmp.Diff(string(want), string(cfg)); d != "" {
 				t.Errorf("grub.cfg (-want, +got):\n%s", d)
 			}
 			if len(rec.env) > 0 {
@@ -404,18 +422,20 @@ func TestInstallSlot(t *testing.T) {
 			}{{0, 1}, {1, 1}, {3, 3}, {MaxTries, MaxTries}, {MaxTries + 1, MaxTries}, {1000, MaxTries}} {
 				i := img("kernel-b", "initramfs-b", "2.0", tc.tries)
 				// The apply passes the running slot's command line,
-				// stagehand.slot= and stagehand.grub= included.
-				i.Cmdline = "console=ttyS0  quiet stagehand.slot=a stagehand.grub=good:a:a"
+				// stagehand.slot=, stagehand.grub= and
+				// stagehand.partuuid= included.
+				i.Cmdline = "console=ttyS0  quiet stagehand.slot=a stagehand.grub=good:a:a stagehand.partuuid=0fc63daf-8483-4772-8e79-3d69d8477de4"
 				if err := l.InstallSlot(ctx, "b", i); err != nil {
 					t.Fatal(err)
 				}
-				b, err := tfs.fsys.ReadFile("stagehand/b/slot.conf")
+				b, err := tfs.fsys.ReadFile("stagehand/b/slot.cfg")
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := fmt.Sprintf("# stagehand slot b: written and read by stagehand, not by GRUB (see grub/grub.cfg); do not edit.\nversion=2.0\ntries=%d\ncmdline=console=ttyS0 quiet\n", tc.want)
+				want := fmt.Sprintf("# stagehand slot b: written by stagehand, read by grub/grub.cfg; do not edit.\n"+
+					"stagehand_version='2.0'\nstagehand_trial_tries='%d'\nstagehand_cmdline='console=ttyS0 quiet'\nstagehand_ready='b'\n", tc.want)
 				if string(b) != want {
-					t.Errorf("tries %d: slot.conf is\n%s\nwant\n%s", tc.tries, b, want)
+					t.Errorf("tries %d: slot.cfg is\n%s\nwant\n%s", tc.tries, b, want)
 				}
 				if err := l.SetBootOnce(ctx, "b"); err != nil {
 					t.Fatal(err)
@@ -431,7 +451,7 @@ func TestInstallSlot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// A slot.conf cut short leaves its slot out.
+			// Slot a, refused, is not there.
 			want := []boot.SlotEntry{{
 				Slot: "b", Version: "2.0", Cmdline: "console=ttyS0 quiet stagehand.slot=b",
 				Kernel: "/stagehand/b/vmlinuz", Initrd: "/stagehand/b/initrd",
@@ -462,13 +482,13 @@ func TestInstallSlot(t *testing.T) {
 			if _, err := l.OpenSlot(ctx, "b"); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "kernel") {
 				t.Errorf("OpenSlot without the kernel: %v", err)
 			}
-			// slot.conf cut short: Slots leaves the slot out, OpenSlot
+			// slot.cfg cut short: Slots leaves the slot out, OpenSlot
 			// and SetDefault say why.
-			if err := tfs.fsys.WriteFile("stagehand/b/slot.conf", strings.NewReader("version=2.0\ntries=")); err != nil {
+			if err := tfs.fsys.WriteFile("stagehand/b/slot.cfg", strings.NewReader("# x\nstagehand_version='2.0'\nstagehand_trial_tries='3'\n")); err != nil {
 				t.Fatal(err)
 			}
 			if s := summary(t, l); s != "" {
-				t.Errorf("Slots with a bad slot.conf: %q", s)
+				t.Errorf("Slots with a bad slot.cfg: %q", s)
 			}
 			for what, err := range map[string]error{
 				"OpenSlot":    func() error { _, err := l.OpenSlot(ctx, "b"); return err }(),
@@ -479,8 +499,8 @@ func TestInstallSlot(t *testing.T) {
 					t.Errorf("%s succeeded", what)
 				}
 			}
-			if err := l.SetDefault(ctx, "b"); !errors.Is(err, ErrBadSlotConf) {
-				t.Errorf("SetDefault with a bad slot.conf: %v", err)
+			if err := l.SetDefault(ctx, "b"); !errors.Is(err, ErrBadSlotCfg) {
+				t.Errorf("SetDefault with a bad slot.cfg: %v", err)
 			}
 			if err := l.SetBootOnce(ctx, "a"); !errors.Is(err, boot.ErrSlotEmpty) {
 				t.Errorf("SetBootOnce of an empty slot: %v", err)
@@ -491,9 +511,9 @@ func TestInstallSlot(t *testing.T) {
 }
 
 // TestInstallSlotOrder: what InstallSlot writes, in order: the trial of
-// the slot ended and its slot.conf removed, so that neither GRUB nor Slots
+// the slot ended and its slot.cfg removed, so that neither GRUB nor Slots
 // takes it while it is written; kernel and initramfs, durable before the
-// slot.conf that completes the slot; grub.cfg with its command line.
+// slot.cfg that completes the slot. Not grub.cfg.
 func TestInstallSlotOrder(t *testing.T) {
 	ctx := context.Background()
 	rec := &recordFS{FS: boot.Dir(t.TempDir())}
@@ -513,9 +533,9 @@ func TestInstallSlotOrder(t *testing.T) {
 	}
 	want := []string{
 		"OverwriteFile grub/grubenv",
-		"Remove stagehand/b/slot.conf", "Sync",
+		"Remove stagehand/b/slot.cfg", "Sync",
 		"WriteFile stagehand/b/vmlinuz", "WriteFile stagehand/b/initrd", "Sync",
-		"WriteFile stagehand/b/slot.conf", "WriteFile grub/grub.cfg", "Sync",
+		"WriteFile stagehand/b/slot.cfg", "Sync",
 	}
 	if d := cmp.Diff(want, rec.ops); d != "" {
 		t.Errorf("InstallSlot's writes (-want, +got):\n%s", d)
@@ -523,15 +543,25 @@ func TestInstallSlotOrder(t *testing.T) {
 }
 
 // TestInherited: Slots' command lines carry this boot's stagehand.grub=
-// on to a kexec'd kernel, when it is well formed.
+// and stagehand.partuuid= on to a kexec'd kernel, each when it is well
+// formed, in the order the script passes them.
 func TestInherited(t *testing.T) {
 	ctx := context.Background()
+	const guid = "6a2f8d1e-0c7b-4e3a-9f51-2b8c4d7e9a10"
 	for _, tc := range []struct {
 		running string
 		want    string // slot b's command line
 	}{
 		{"BOOT_IMAGE=/x console=ttyS0 stagehand.slot=a stagehand.grub=good:a:a", "console=ttyS0 stagehand.slot=b stagehand.grub=good:a:a"},
 		{"console=ttyS0 stagehand.slot=b stagehand.grub=trial:b:b\n", "console=ttyS0 stagehand.slot=b stagehand.grub=trial:b:b"},
+		{"console=ttyS0 stagehand.slot=a stagehand.grub=good:a:a stagehand.partuuid=" + guid, "console=ttyS0 stagehand.slot=b stagehand.grub=good:a:a stagehand.partuuid=" + guid},
+		{"stagehand.partuuid=" + guid + " stagehand.grub=good:a:a", "console=ttyS0 stagehand.slot=b stagehand.grub=good:a:a stagehand.partuuid=" + guid},
+		{"stagehand.partuuid=" + strings.ToUpper(guid) + "\n", "console=ttyS0 stagehand.slot=b stagehand.partuuid=" + strings.ToUpper(guid)},
+		{"stagehand.partuuid=none stagehand.grub=good:b:b", "console=ttyS0 stagehand.slot=b stagehand.grub=good:b:b"},
+		{"stagehand.partuuid=0a1b2c3d-01", "console=ttyS0 stagehand.slot=b"},
+		{"stagehand.partuuid=" + guid + "0", "console=ttyS0 stagehand.slot=b"},
+		{"stagehand.partuuid=6a2f8d1e+0c7b-4e3a-9f51-2b8c4d7e9a10", "console=ttyS0 stagehand.slot=b"},
+		{"stagehand.partuuid=", "console=ttyS0 stagehand.slot=b"},
 		{"console=ttyS0 stagehand.slot=a", "console=ttyS0 stagehand.slot=b"},
 		{"", "console=ttyS0 stagehand.slot=b"},
 		{"stagehand.grub=good:a:x", "console=ttyS0 stagehand.slot=b"},
@@ -749,58 +779,165 @@ func TestAdopt(t *testing.T) {
 	}
 }
 
-func TestSlotConf(t *testing.T) {
-	good := "# comment\nversion=1.2\ntries=3\ncmdline=console=ttyS0 ro\n"
-	c, err := parseSlotConf("a", []byte(good))
-	if err != nil || c != (slotConf{Version: "1.2", Cmdline: "console=ttyS0 ro", Tries: 3}) {
-		t.Fatalf("parseSlotConf = %+v, %v", c, err)
+// TestInstallLoaderCfg: grub.cfg is created when absent, left alone when
+// it holds the script, and otherwise (a stagehand of another version
+// wrote it) replaced whole: written beside it, synced, renamed over it.
+func TestInstallLoaderCfg(t *testing.T) {
+	ctx := context.Background()
+	for _, kind := range fsKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			tfs := kind.make(t)
+			rec := &recordFS{FS: tfs.fsys}
+			l := New(rec, WithCmdline(""))
+			want, err := Render(config())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, step := range []struct {
+				name string
+				cfg  []byte // grub.cfg before; nil: none
+				ops  []string
+			}{
+				{"absent", nil, []string{
+					"WriteFile grub/grubenv.new", "Sync", "Rename grub/grubenv.new", "Rename to grub/grubenv",
+					"WriteFile grub/grub.cfg", "Sync",
+				}},
+				{"the same", want, []string{"Sync"}},
+				{"another", []byte("# an older stagehand's grub.cfg, longer than the script" + strings.Repeat(".", len(want))), []string{
+					"WriteFile grub/grub.cfg.new", "Sync", "Rename grub/grub.cfg.new", "Rename to grub/grub.cfg", "Sync",
+				}},
+				{"shorter", []byte("# short\n"), []string{
+					"WriteFile grub/grub.cfg.new", "Sync", "Rename grub/grub.cfg.new", "Rename to grub/grub.cfg", "Sync",
+				}},
+			} {
+				if step.cfg != nil {
+					if err := tfs.fsys.WriteFile(CfgPath, bytes.NewReader(step.cfg)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				rec.ops = nil
+				if err := l.InstallLoader(ctx); err != nil {
+					t.Fatalf("%s: %v", step.name, err)
+				}
+				if d := cmp.Diff(step.ops, rec.ops); d != "" {
+					t.Errorf("%s: InstallLoader's writes (-want, +got):\n%s", step.name, d)
+				}
+				if got, err := tfs.fsys.ReadFile(CfgPath); err != nil || !bytes.Equal(got, want) {
+					t.Errorf("%s: grub.cfg after InstallLoader is not Render's (%v)", step.name, err)
+				}
+				if names, err := tfs.fsys.ReadDir("grub"); err != nil || !slices.Equal(names, []string{"grub.cfg", "grubenv"}) {
+					t.Errorf("%s: grub/ holds %q (%v)", step.name, names, err)
+				}
+			}
+			tfs.check()
+		})
 	}
-	for _, ok := range []string{
-		"cmdline=\ntries=9\nversion=\n",
-		"version=a=b é\ntries=1\ncmdline=x=y\n",
+}
+
+func TestSlotCfg(t *testing.T) {
+	good := "# comment\nstagehand_version='1.2'\nstagehand_trial_tries='3'\n# another\nstagehand_cmdline='console=ttyS0 ro'\nstagehand_ready='a'\n"
+	c, err := parseSlotCfg("a", []byte(good))
+	if err != nil || c != (slotCfg{Version: "1.2", Cmdline: "console=ttyS0 ro", Tries: 3}) {
+		t.Fatalf("parseSlotCfg = %+v, %v", c, err)
+	}
+	for _, ok := range []slotCfg{
+		{Version: "", Tries: 9, Cmdline: ""},
+		{Version: "a=b é $x ${y} {z};", Tries: 1, Cmdline: "x=y $z {braces};semicolon a|b&c *?[]#"},
+		{Version: "6.1.0-28-cloud-amd64 (2024-12-01)", Tries: 2, Cmdline: "rdinit=/prestage console=ttyS0,115200n8 root=PARTLABEL=ROOT-B ro"},
 	} {
-		c, err := parseSlotConf("a", []byte(ok))
-		if err != nil {
-			t.Errorf("parseSlotConf(%q): %v", ok, err)
-			continue
-		}
-		b, err := c.marshal("a")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if again, err := parseSlotConf("a", b); err != nil || again != c {
-			t.Errorf("%q does not read back: %+v, %v", b, again, err)
+		for _, slot := range []meta.Slot{"a", "b"} {
+			b, err := ok.marshal(slot)
+			if err != nil {
+				t.Errorf("marshal %+v: %v", ok, err)
+				continue
+			}
+			if again, err := parseSlotCfg(slot, b); err != nil || again != ok {
+				t.Errorf("%q does not read back: %+v, %v", b, again, err)
+			}
+			if _, err := parseSlotCfg(map[meta.Slot]meta.Slot{"a": "b", "b": "a"}[slot], b); !errors.Is(err, ErrBadSlotCfg) || !strings.Contains(err.Error(), "not this slot's letter") {
+				t.Errorf("slot %s's slot.cfg read as the other slot's: %v", slot, err)
+			}
+			grubScriptCheck(t, "slot.cfg", b)
 		}
 	}
+	for _, tc := range []struct {
+		name string
+		c    slotCfg
+		want string
+	}{
+		{"double quote in cmdline", slotCfg{Tries: 1, Cmdline: `dyndbg="file x.c +p"`}, "escaped"},
+		{"single quote in cmdline", slotCfg{Tries: 1, Cmdline: `x='y'`}, "escaped"},
+		{"backslash in cmdline", slotCfg{Tries: 1, Cmdline: `x=a\b`}, "escaped"},
+		{"control character", slotCfg{Tries: 1, Cmdline: "x=\x01"}, "control"},
+		{"non-ASCII", slotCfg{Tries: 1, Cmdline: "x=é"}, "non-ASCII"},
+		{"two spaces", slotCfg{Tries: 1, Cmdline: "a  b"}, "one space"},
+		{"slot param", slotCfg{Tries: 1, Cmdline: "console=ttyS0 stagehand.slot=b"}, "stagehand.slot"},
+		{"choice param", slotCfg{Tries: 1, Cmdline: "stagehand.grub=trial:b:b"}, "stagehand.grub"},
+		{"partuuid param", slotCfg{Tries: 1, Cmdline: "stagehand.partuuid=6a2f8d1e-0c7b-4e3a-9f51-2b8c4d7e9a10"}, "stagehand.partuuid"},
+		{"quote in version", slotCfg{Tries: 1, Version: "it's"}, "cannot hold"},
+		{"double quote in version", slotCfg{Tries: 1, Version: `"1"`}, "cannot hold"},
+		{"backslash in version", slotCfg{Tries: 1, Version: `1\2`}, "cannot hold"},
+		{"line break in version", slotCfg{Tries: 1, Version: "1\n2"}, "control"},
+		{"tries 0", slotCfg{Tries: 0}, "0 tries"},
+		{"tries 10", slotCfg{Tries: 10}, "10 tries"},
+	} {
+		t.Run("marshal "+tc.name, func(t *testing.T) {
+			b, err := tc.c.marshal("a")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("marshal = %q, %v; want an error with %q", b, err, tc.want)
+			}
+		})
+	}
+	if _, err := (slotCfg{Tries: 1}).marshal("c"); err == nil {
+		t.Error("marshal for slot c succeeded")
+	}
+	const (
+		lv = "stagehand_version='1'\n"
+		ln = "stagehand_trial_tries='3'\n"
+		lc = "stagehand_cmdline='x'\n"
+		lr = "stagehand_ready='a'\n"
+	)
 	for _, tc := range []struct{ name, in, want string }{
 		{"empty", "", "empty"},
-		{"cut short", "version=1.2\ntries=3\ncmdline=console", "newline"},
-		{"blank line", "version=1.2\n\ntries=3\ncmdline=x\n", "line 2: blank"},
-		{"no version", "tries=3\ncmdline=x\n", "no version"},
-		{"no tries", "version=1\ncmdline=x\n", "no tries"},
-		{"no cmdline", "version=1\ntries=3\n", "no cmdline"},
-		{"twice", "version=1\nversion=2\ntries=3\ncmdline=x\n", "line 2: version set twice"},
-		{"unknown key", "version=1\ntries=3\ncmdline=x\ninitrd=/x\n", `unknown key "initrd"`},
-		{"no =", "version=1\ntries=3\ncmdline=x\nhello\n", "neither a comment"},
-		{"tries 0", "version=1\ntries=0\ncmdline=x\n", "one digit"},
-		{"tries 10", "version=1\ntries=10\ncmdline=x\n", "one digit"},
-		{"tries 01", "version=1\ntries=01\ncmdline=x\n", "one digit"},
-		{"tries x", "version=1\ntries=x\ncmdline=x\n", "one digit"},
-		{"tries blank", "version=1\ntries= 3\ncmdline=x\n", "one digit"},
-		{"CRLF", "version=1\r\ntries=3\ncmdline=x\n", "control character"},
-		{"tab", "version=1\ntries=3\ncmdline=a\tb\n", "control character"},
-		{"NUL", "version=1\x00\ntries=3\ncmdline=x\n", "control character"},
-		{"not UTF-8", "version=\xff\ntries=3\ncmdline=x\n", "UTF-8"},
-		{"two spaces", "version=1\ntries=3\ncmdline=a  b\n", "one space"},
-		{"leading space", "version=1\ntries=3\ncmdline= a\n", "one space"},
-		{"slot param", "version=1\ntries=3\ncmdline=a stagehand.slot=b\n", "stagehand.slot"},
-		{"choice param", "version=1\ntries=3\ncmdline=stagehand.grub=good:a:a\n", "stagehand.grub"},
-		{"quote", "version=1\ntries=3\ncmdline=a=\"b\"\n", "escaped"},
+		{"cut short", lv + ln + "stagehand_cmdline='con", "newline"},
+		{"cut in a quote", lv + ln + "stagehand_cmdline='con\n", "not one word in single quotes"},
+		{"no ready", lv + ln + lc, "no stagehand_ready"},
+		{"ready cut", lv + ln + lc + "stagehand_ready='a\n", "single quotes"},
+		{"ready of b", lv + ln + lc + "stagehand_ready='b'\n", "not this slot's letter a"},
+		{"ready empty", lv + ln + lc + "stagehand_ready=''\n", "not this slot's letter"},
+		{"blank line", lv + "\n" + ln + lc + lr, "line 2: blank"},
+		{"no version", ln + lc + lr, "line 1: \"stagehand_trial_tries\" where stagehand_version is due"},
+		{"out of order", lv + lc + ln + lr, "line 2: \"stagehand_cmdline\" where stagehand_trial_tries is due"},
+		{"twice", lv + lv + ln + lc + lr, "line 2: \"stagehand_version\" where stagehand_trial_tries is due"},
+		{"after ready", lv + ln + lc + lr + "stagehand_cmdline='y'\n", "after stagehand_ready"},
+		{"unknown", lv + ln + lc + "initrd='/x'\n" + lr, `"initrd" where stagehand_ready is due`},
+		{"the old slot.conf", "version=1\ntries=3\ncmdline=x\n", "where stagehand_version is due"},
+		{"no =", lv + ln + lc + lr + "hello\n", "after stagehand_ready"},
+		{"no = before", "hello\n" + lv + ln + lc + lr, "neither a comment nor"},
+		{"unquoted", "stagehand_version=1\n" + ln + lc + lr, "single quotes"},
+		{"double quoted", `stagehand_version="1"` + "\n" + ln + lc + lr, "single quotes"},
+		{"two words", "stagehand_version='1' '2'\n" + ln + lc + lr, "single quotes"},
+		{"blank before =", "stagehand_version ='1'\n" + ln + lc + lr, "where stagehand_version is due"},
+		{"tries 0", lv + "stagehand_trial_tries='0'\n" + lc + lr, "one digit"},
+		{"tries 10", lv + "stagehand_trial_tries='10'\n" + lc + lr, "one digit"},
+		{"tries 01", lv + "stagehand_trial_tries='01'\n" + lc + lr, "one digit"},
+		{"tries x", lv + "stagehand_trial_tries='x'\n" + lc + lr, "one digit"},
+		{"tries blank", lv + "stagehand_trial_tries=' 3'\n" + lc + lr, "one digit"},
+		{"CRLF", "stagehand_version='1'\r\n" + ln + lc + lr, "control character"},
+		{"tab", lv + ln + "stagehand_cmdline='a\tb'\n" + lr, "control character"},
+		{"NUL", lv + ln + lc + lr + "\x00\n", "control character"},
+		{"not UTF-8", "stagehand_version='\xff'\n" + ln + lc + lr, "UTF-8"},
+		{"two spaces", lv + ln + "stagehand_cmdline='a  b'\n" + lr, "one space"},
+		{"leading space", lv + ln + "stagehand_cmdline=' a'\n" + lr, "one space"},
+		{"slot param", lv + ln + "stagehand_cmdline='a stagehand.slot=b'\n" + lr, "stagehand.slot"},
+		{"choice param", lv + ln + "stagehand_cmdline='stagehand.grub=good:a:a'\n" + lr, "stagehand.grub"},
+		{"partuuid param", lv + ln + "stagehand_cmdline='stagehand.partuuid=x'\n" + lr, "stagehand.partuuid"},
+		{"quote", lv + ln + "stagehand_cmdline='a=\"b\"'\n" + lr, "escaped"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseSlotConf("a", []byte(tc.in))
-			if !errors.Is(err, ErrBadSlotConf) || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("parseSlotConf = %v, want ErrBadSlotConf with %q", err, tc.want)
+			_, err := parseSlotCfg("a", []byte(tc.in))
+			if !errors.Is(err, ErrBadSlotCfg) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("parseSlotCfg = %v, want ErrBadSlotCfg with %q", err, tc.want)
 			}
 		})
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -33,11 +34,22 @@ func newDiskInitCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "init --disk FILE|DEV (--install REF | --kernel F --initramfs F | --uki F) [--size S]",
-		Short: "Write the stagehand layout, systemd-boot and slot A to a disk or image file",
+		Short: "Write the stagehand layout, a bootloader and slot A to a disk or image file",
 		Long: `Write a GPT with the stagehand layout (EFI system partition, META of
-exactly 1 MiB, STAGE, and optionally a root partition), install systemd-boot
-on the ESP with slot A as the default entry, and record slot A as good and
-active in META. Slot A is the given kernel, initramfs and command line, a
+exactly 1 MiB, STAGE, and optionally a root partition), install the bootloader
+on the ESP with slot A as the default, and record slot A as good and active in
+META.
+
+--bootloader picks it:
+  systemd-boot  UEFI (the default); the one for Secure Boot and for unified
+                kernel images
+  grub-bios     GRUB 2 for a legacy BIOS: its core image goes in a 1 MiB BIOS
+                boot partition (the last), its boot code in the protective MBR
+  grub-efi      GRUB 2 for UEFI without Secure Boot, at the ESP's removable
+                path EFI/BOOT/BOOTX64.EFI
+GRUB is Debian's stock 2.06 (packages grub-pc-bin or grub-efi-amd64-bin, and
+grub-common for grub-mkimage); it keeps grub.cfg, grubenv and both slots on the
+ESP's FAT and counts a trial's boots in grubenv (see docs/grub.md). Slot A is the given kernel, initramfs and command line, a
 unified kernel image (--uki, a Type #2 entry), or those of an installer image (--install REF, pulled and checked as stager
 --image does; --cmdline and --version override the image's).
 
@@ -46,6 +58,7 @@ block device keeps its own size. A disk with a mounted partition is refused,
 and so is a disk or file that holds data, unless --force is given.`,
 		Example: `  stager disk init --disk disk.img --size 2G --kernel vmlinuz --initramfs initramfs.img --cmdline console=ttyS0 --version v1
   stager disk init --disk disk.img --size 2G --install 127.0.0.1:5000/stagehand/os:v1
+  stager disk init --disk disk.img --size 2G --bootloader grub-bios --kernel vmlinuz --initramfs initramfs.img
   stager disk init --disk /dev/vdb --kernel vmlinuz --initramfs initramfs.img --force`,
 		Args: cli.ExactArgs(0, "no arguments"),
 	}
@@ -63,6 +76,7 @@ and so is a disk or file that holds data, unless --force is given.`,
 	f.StringVar(&stageSize, "stage-size", "512M", "size of STAGE (at least twice the largest payload)")
 	f.StringVar(&rootSize, "root-size", "0", "size of a ROOT partition after STAGE (0: none)")
 	f.BoolVar(&cfg.Force, "force", false, "overwrite a disk or image file that holds data")
+	f.StringVar(&cfg.Bootloader, "bootloader", bootdisk.SystemdBoot, "the bootloader: "+strings.Join(bootdisk.Bootloaders, ", "))
 	trust := cli.AddTrustFlags(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if path == "" {
@@ -71,6 +85,12 @@ and so is a disk or file that holds data, unless --force is given.`,
 		files := cfg.Kernel != "" || cfg.Initramfs != ""
 		if n := btoi(install.Image != "") + btoi(files) + btoi(cfg.UKI != ""); n != 1 || files && (cfg.Kernel == "" || cfg.Initramfs == "") {
 			return cli.Usage("give one of --install REF, --uki FILE, or both --kernel and --initramfs (see --help)")
+		}
+		if !slices.Contains(bootdisk.Bootloaders, cfg.Bootloader) {
+			return cli.Usage("--bootloader %q: want one of %s", cfg.Bootloader, strings.Join(bootdisk.Bootloaders, ", "))
+		}
+		if cfg.UKI != "" && cfg.Bootloader != bootdisk.SystemdBoot {
+			return cli.Usage("--uki needs --bootloader systemd-boot: GRUB boots a kernel and an initramfs")
 		}
 		if install.Image != "" {
 			if _, err := stage.ParseSource(install.Image, install.Insecure); err != nil {
@@ -127,8 +147,8 @@ and so is a disk or file that holds data, unless --force is given.`,
 		for _, p := range info.Partitions {
 			parts = append(parts, fmt.Sprintf("%s %s", p.Label, sizeString(p.Size)))
 		}
-		fmt.Fprintf(cmd.OutOrStdout(), "initialized %s (%s: %s) with systemd-boot and slot a (version %s, kernel %s) as default\n",
-			info.Path, sizeString(info.Size), strings.Join(parts, ", "), info.Version, info.Kernel)
+		fmt.Fprintf(cmd.OutOrStdout(), "initialized %s (%s: %s) with %s and slot a (version %s, kernel %s) as default\n",
+			info.Path, sizeString(info.Size), strings.Join(parts, ", "), cfg.Bootloader, info.Version, info.Kernel)
 		return nil
 	}
 	return cmd

@@ -2,7 +2,8 @@
 // builds three versions of the real systemd OS (Debian bookworm, package
 // realos), makes a disk with v1, starts Debian's docker-registry on
 // 127.0.0.1, pushes v2 and v3 there, stages v2 with stager, and boots the
-// disk under QEMU with OVMF and systemd-boot: v1's pre-stage init applies
+// disk under QEMU with OVMF and systemd-boot (-bootloader grub-bios:
+// SeaBIOS and GRUB; grub-efi: OVMF and GRUB): v1's pre-stage init applies
 // v2 and kexecs into it, v2's health checks pass and its confirm unit
 // confirms it after boot-complete.target. Then v3, whose required health
 // check fails: it is applied and tried, never confirmed, and after its
@@ -33,7 +34,22 @@ var (
 	root    = flag.String("root", ".", "the repository")
 	out     = flag.String("out", "build/demo", "where the demo writes its files and logs")
 	timeout = flag.Duration("boot-timeout", 3*time.Minute, "longest wait for any one step of a boot")
+	loader  = flag.String("bootloader", "systemd-boot", "the disk's bootloader, as stager disk init --bootloader takes it: systemd-boot, grub-bios (booted by SeaBIOS) or grub-efi")
 )
+
+// firmware is the machine's firmware for the bootloader, and how the
+// story names the two.
+func firmware() (vm.Firmware, string, error) {
+	switch *loader {
+	case "systemd-boot":
+		return vm.OVMF, "OVMF → systemd-boot", nil
+	case "grub-bios":
+		return vm.SeaBIOS, "SeaBIOS → GRUB", nil
+	case "grub-efi":
+		return vm.OVMF, "OVMF → GRUB", nil
+	}
+	return vm.Firmware{}, "", fmt.Errorf("-bootloader %q: want systemd-boot, grub-bios or grub-efi", *loader)
+}
 
 func main() {
 	flag.Parse()
@@ -103,7 +119,11 @@ func (d *demo) run() error {
 	if err := os.MkdirAll(d.dir, 0o755); err != nil {
 		return err
 	}
-	if err := vm.CheckHost(vm.OVMF); err != nil {
+	fw, _, err := firmware()
+	if err != nil {
+		return err
+	}
+	if err := vm.CheckHost(fw); err != nil {
 		return err
 	}
 	bin, _ := filepath.Abs(filepath.Join(*root, "build"))
@@ -159,8 +179,8 @@ func (d *demo) run() error {
 		}
 	}
 
-	say("A disk with the stagehand layout and v1 in slot a")
-	if err := d.sh(d.stager, "disk", "init", "--disk", "disk.img", "--size", "1G", "--kernel", v1k.vmlinuz,
+	say("A disk with the stagehand layout, %s and v1 in slot a", *loader)
+	if err := d.sh(d.stager, "disk", "init", "--disk", "disk.img", "--size", "1G", "--bootloader", *loader, "--kernel", v1k.vmlinuz,
 		"--initramfs", "v1.initramfs", "--version", "v1", "--cmdline", cmdline("status,poweroff")); err != nil {
 		return err
 	}
@@ -275,11 +295,15 @@ func expect(r *vm.Run, what string, re string) ([]string, time.Duration, error) 
 }
 
 func (d *demo) boot(ref3 string) error {
-	m, err := vm.New(vm.Config{Dir: filepath.Join(d.dir, "vm"), Disk: filepath.Join(d.dir, "disk.img"), CPUs: 2, Slots: 2})
+	fw, chain, err := firmware()
 	if err != nil {
 		return err
 	}
-	say("Power on: OVMF → systemd-boot → v1's kernel → prestage → kexec → v2's systemd (console lines as they come)")
+	m, err := vm.New(vm.Config{Dir: filepath.Join(d.dir, "vm"), Disk: filepath.Join(d.dir, "disk.img"), Firmware: fw, CPUs: 2, Slots: 2})
+	if err != nil {
+		return err
+	}
+	say("Power on: %s → v1's kernel → prestage → kexec → v2's systemd (console lines as they come)", chain)
 	r, err := m.Start()
 	if err != nil {
 		return err
@@ -308,7 +332,7 @@ func (d *demo) boot(ref3 string) error {
 	if err := r.Wait(*timeout); err != nil {
 		return fmt.Errorf("v2 did not power off: %w", err)
 	}
-	d.phase("power on to prestage (firmware, systemd-boot, v1 kernel)", at["the pre-stage init"])
+	d.phase("power on to prestage (firmware, "+*loader+", v1 kernel)", at["the pre-stage init"])
 	d.phase("prestage: verify and write slot b, arm the trial", at["the trial to be armed"]-at["the pre-stage init"])
 	d.phase("kexec into v2 up to systemd (its init)", at["v2's init"]-at["kexec"])
 	d.phase("systemd to the confirm (health checks, boot-complete.target)", at["the confirm unit"]-at["v2's init"])

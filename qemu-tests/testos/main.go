@@ -81,6 +81,9 @@ func main() {
 		version = strings.TrimSpace(string(b))
 	}
 	say("version=%s uname=%s slot=%s", version, release, params["stagehand.slot"])
+	if v, ok := params["stagehand.grub"]; ok {
+		say("stagehand.grub=%s", v) // what GRUB chose, or the boot before a kexec
+	}
 	for _, step := range strings.Split(params["stagehand.testos.steps"], ",") {
 		if step == "" {
 			continue

@@ -1,4 +1,4 @@
-package grub
+package install
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 )
 
-// BIOSDevice is the whole disk InstallBIOS writes: an image file or block
+// BIOSDevice is the whole disk BIOS writes: an image file or block
 // device (*os.File), or (*disk.Disk).Whole().
 type BIOSDevice interface {
 	io.ReaderAt
@@ -33,7 +33,7 @@ const (
 )
 
 // checkBootImage checks that b is GRUB 2's boot.img, whose fixed offsets
-// InstallBIOS patches: one sector ending in 0x55AA that jumps over its
+// BIOS patches: one sector ending in 0x55AA that jumps over its
 // BIOS parameter block to after_BPB, with the drive check's jmp at
 // GRUB_BOOT_MACHINE_DRIVE_CHECK.
 func checkBootImage(b []byte) error {
@@ -52,7 +52,7 @@ func checkBootImage(b []byte) error {
 // 21686148-6449-6E6F-744E-656564454649, as the GPT stores it.
 var biosBootType = []byte("Hah!IdontNeedEFI")
 
-// InstallBIOS makes dev, a GPT disk with 512-byte sectors, boot GRUB from a
+// BIOS makes dev, a GPT disk with 512-byte sectors, boot GRUB from a
 // PC BIOS, as grub-bios-setup (util/setup.c of GRUB 2.06) does for a GPT
 // disk with a BIOS boot partition, without Reed-Solomon codes
 // (grub-install --no-rs-codes):
@@ -74,7 +74,7 @@ var biosBootType = []byte("Hah!IdontNeedEFI")
 // and no second copy to fall back to.) Everything is checked before the
 // first write, so an error leaves the disk unchanged unless a write or
 // sync fails. What is on the disk already is not written again.
-func InstallBIOS(dev BIOSDevice, part disk.Partition, core, bootImg []byte) error {
+func BIOS(dev BIOSDevice, part disk.Partition, core, bootImg []byte) error {
 	if err := checkBootImage(bootImg); err != nil {
 		return fmt.Errorf("installing GRUB for BIOS: %w", err)
 	}

@@ -1,4 +1,4 @@
-package grub
+package install
 
 import (
 	"bytes"
@@ -13,13 +13,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/stagehand-dev/stagehand/grub"
 )
 
 // The GRUB platforms stagehand builds images for, as grub-mkimage -O and
 // the module directories name them.
 const (
-	PlatformBIOS = "i386-pc"    // a PC BIOS: the core image InstallBIOS writes
-	PlatformEFI  = "x86_64-efi" // UEFI: the application InstallEFI writes
+	PlatformBIOS = "i386-pc"    // a PC BIOS: the core image BIOS writes
+	PlatformEFI  = "x86_64-efi" // UEFI: the application EFI writes
 )
 
 // The prefixes the images are built with: where GRUB looks for grub.cfg
@@ -61,16 +63,16 @@ func platformPackage(platform string) string {
 // ImageModules returns the modules an image for platform holds: what
 // reaches grub.cfg (the BIOS disk driver; GRUB EFI's is in its kernel), the
 // partition map and file system of the ESP, normal, which runs grub.cfg,
-// configfile, and every module grub.cfg loads (Modules). All are built in:
-// insmod of a built-in module succeeds at once, and the boot file system
-// needs no module directory.
+// configfile, and every module grub.cfg loads (grub.Modules). All are
+// built in: insmod of a built-in module succeeds at once, and the boot
+// file system needs no module directory.
 func ImageModules(platform string) []string {
 	var m []string
 	if platform == PlatformBIOS {
 		m = append(m, "biosdisk")
 	}
 	m = append(m, "part_gpt", "fat", "normal", "configfile")
-	for _, x := range Modules {
+	for _, x := range grub.Modules {
 		if !slices.Contains(m, x) {
 			m = append(m, x)
 		}
@@ -225,7 +227,7 @@ func checkEFIImage(img []byte) error {
 // the second sector; include/grub/offsets.h).
 const (
 	blocklistSize  = 12                               // GRUB_BOOT_MACHINE_LIST_SIZE
-	blocklistStart = grubSectorSize - 2*blocklistSize // the second entry: the terminator InstallBIOS writes
+	blocklistStart = grubSectorSize - 2*blocklistSize // the second entry: the terminator BIOS writes
 	firstBlocklist = grubSectorSize - blocklistSize   // diskboot.S: firstlist, .org 0x200 - GRUB_BOOT_MACHINE_LIST_SIZE
 	kernelSegment  = 0x800 + grubSectorSize>>4        // GRUB_BOOT_I386_PC_KERNEL_SEG + 0x20: where the second sector goes
 	noRSLengthOff  = grubSectorSize + 0x14            // GRUB_KERNEL_I386_PC_NO_REED_SOLOMON_LENGTH
@@ -262,7 +264,7 @@ func checkCoreImage(core []byte) error {
 	return nil
 }
 
-// ReadBootImage reads GRUB's i386-pc boot.img (the MBR code InstallBIOS
+// ReadBootImage reads GRUB's i386-pc boot.img (the MBR code BIOS
 // writes) from dir ("": /usr/lib/grub/i386-pc) and checks it.
 func ReadBootImage(dir string) ([]byte, error) {
 	if dir == "" {

@@ -1,4 +1,4 @@
-package grub
+package install
 
 import (
 	"bytes"
@@ -10,22 +10,22 @@ import (
 	"github.com/stagehand-dev/stagehand/boot"
 )
 
-// EFIRemovablePath is where InstallEFI puts GRUB on the ESP: the removable
+// EFIRemovablePath is where EFI puts GRUB on the ESP: the removable
 // media path, which the firmware boots without a boot entry.
 const EFIRemovablePath = "EFI/BOOT/BOOTX64.EFI"
 
-// efiTempPath is where InstallEFI writes the image before renaming it to
+// efiTempPath is where EFI writes the image before renaming it to
 // EFIRemovablePath: a cut while it is written leaves the old loader whole.
 const efiTempPath = "EFI/BOOT/BOOTX64.TMP"
 
-// InstallEFI builds GRUB for UEFI (BuildImage for PlatformEFI; spec's
+// EFI builds GRUB for UEFI (BuildImage for PlatformEFI; spec's
 // Platform may be left empty, its Prefix defaults to EFIPrefix, so that
 // GRUB reads /grub/grub.cfg on the partition it was loaded from) and puts
 // it on the ESP at EFIRemovablePath: written beside it, synced, renamed
 // over it, synced. The image is built and checked before the ESP is
 // touched: an error before the first write leaves the ESP unchanged. An
 // identical image there already is not written again.
-func InstallEFI(ctx context.Context, esp boot.FS, spec ImageSpec) error {
+func EFI(ctx context.Context, esp boot.FS, spec ImageSpec) error {
 	if spec.Platform == "" {
 		spec.Platform = PlatformEFI
 	}

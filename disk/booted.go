@@ -89,7 +89,7 @@ func FindByPartUUID(sysBlock, devDir, uuid string) (string, error) {
 // Booted returns the whole-disk device that the running system booted from.
 func Booted() (string, error) {
 	var vars efivar.Store
-	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+	if efivar.UEFIUnder("/") {
 		fsv, err := efivar.NewFS(EFIVarsDir)
 		if err != nil {
 			return "", fmt.Errorf("%w: %v; pass --disk", ErrBootDiskUnknown, err)

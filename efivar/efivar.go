@@ -43,6 +43,14 @@ const (
 // DefaultDir is where efivarfs is mounted.
 const DefaultDir = "/sys/firmware/efi/efivars"
 
+// UEFIUnder tells whether the system whose root is root (the running
+// one's: "/") was booted through UEFI: the kernel shows /sys/firmware/efi
+// only then. A legacy BIOS has no variables at all.
+func UEFIUnder(root string) bool {
+	_, err := os.Stat(filepath.Join(root, "sys/firmware/efi"))
+	return err == nil
+}
+
 // fileName is the name efivarfs gives a variable: NAME-vendor, the vendor
 // GUID in lower case.
 func fileName(name, vendor string) (string, uuid.UUID, error) {

@@ -31,8 +31,13 @@ func newGRUBUpgrade(t *testing.T, bl string, fw vm.Firmware, v1Params, v1Steps, 
 	dir := t.TempDir()
 	u.img = filepath.Join(dir, "disk.img")
 	cmdline := strings.Join(strings.Fields(slotCmdline+" "+v1Params+" stagehand.testos.steps="+v1Steps), " ")
+	layout := testLayout()
+	if bl == bootdisk.GRUBBIOS {
+		layout.BIOSBoot = true
+		layout.Size = layout.MinSize()
+	}
 	_, err := bootdisk.Init(context.Background(), u.img, bootdisk.Config{
-		Layout:     testLayout(),
+		Layout:     layout,
 		Kernel:     u.k1.Vmlinuz,
 		Initramfs:  slotInitramfs(t, "cloud", "v1"),
 		Cmdline:    cmdline,

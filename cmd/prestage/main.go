@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -207,6 +208,11 @@ func (p *prestage) loadModules() {
 	if v, ok := p.param("stagehand.modules"); ok && v != "" {
 		names = append(names, strings.Split(v, ",")...)
 	}
+	if !efivar.UEFIUnder("/") {
+		// A legacy BIOS: efivarfs has nothing to show (it fails with
+		// ENODEV), and the boot disk is named on the command line.
+		names = slices.DeleteFunc(names, func(n string) bool { return n == "efivarfs" })
+	}
 	if len(names) == 0 {
 		return
 	}
@@ -227,7 +233,7 @@ func (p *prestage) loadModules() {
 // nil on a legacy BIOS, which has none.
 func (p *prestage) bootDisk() (string, efivar.Store, error) {
 	var vars efivar.Store
-	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+	if efivar.UEFIUnder("/") {
 		// efivarfs is how systemd-boot says which disk booted and how
 		// trials are armed; it is the one more pseudo-filesystem mounted
 		// before the decision. stagehand.efivars=ro: firmware known to

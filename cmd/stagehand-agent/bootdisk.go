@@ -42,6 +42,9 @@ func why(err error) string {
 }
 
 func bootedUnder(root string) (string, error) {
+	if !efivar.UEFIUnder(root) {
+		return disk.BootedUnder(root, nil) // a legacy BIOS: GRUB's stagehand.partuuid=
+	}
 	vars, err := efiVars(filepath.Join(root, disk.EFIVarsDir))
 	if err != nil {
 		return "", fmt.Errorf("%w: %v; pass --disk", disk.ErrBootDiskUnknown, err)

@@ -49,12 +49,13 @@ func (f *flowFlags) open(ctx context.Context) (*apply.Disk, error) {
 }
 
 // openFlow opens the disk for the boot flow with the running kernel's slot
-// and this machine's EFI variables (--efivars for tests and images).
+// and this machine's EFI variables (--efivars for tests and images; none on
+// a legacy BIOS).
 func openFlow(ctx context.Context, path, efivars string) (*apply.Disk, error) {
 	var vars efivar.Store
 	if efivars != "" {
 		vars = efivar.Dir(efivars)
-	} else {
+	} else if efivar.UEFIUnder("/") {
 		fs, err := efivar.NewFS(disk.EFIVarsDir)
 		if err != nil {
 			return nil, fmt.Errorf("EFI variables: %w", err)

@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"github.com/stagehand-dev/stagehand/meta"
 )
@@ -70,7 +71,7 @@ func main() {
 	var uts unix.Utsname
 	unix.Uname(&uts)
 	release := unix.ByteSliceToString(uts.Release[:])
-	if n, err := loadModules(release); err != nil {
+	if n, err := loadModules(release); err != nil && !(strings.Contains(err.Error(), "efivarfs") && !efivar.UEFIUnder("/")) {
 		say("error: loading modules: %v", err)
 	} else {
 		say("loaded %d modules", n)

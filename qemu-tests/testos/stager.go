@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stagehand-dev/stagehand/efivar"
 )
 
 // StagerPath is where the test initramfs carries the stager binary.
@@ -24,7 +26,7 @@ func stager(args ...string) error {
 	if err := waitDisks(10 * time.Second); err != nil {
 		return err
 	}
-	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+	if efivar.UEFIUnder("/") {
 		if _, err := efiVars(); err != nil {
 			return err
 		}

@@ -18,11 +18,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootdisk"
+	"github.com/stagehand-dev/stagehand/bootloader"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/fat"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
-	"github.com/stagehand-dev/stagehand/systemdboot"
+	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
 
 // The power-cut campaign: QEMU is killed (SIGKILL, by its pid) at a moment
@@ -60,6 +63,7 @@ var (
 	ioLine        = regexp.MustCompile(`stagehand-testos: io: vda writes=\d+ flushes=\d+\r?\n`)
 	powerDownLine = regexp.MustCompile(`reboot: Power down`)
 	firmwareBoot  = regexp.MustCompile(`BdsDxe: starting`)
+	grubStart     = regexp.MustCompile(`stagehand: partition GUID of `) // the stagehand grub.cfg, at every start
 	kexecBoot     = regexp.MustCompile(`kexec_core: Starting new kernel`)
 )
 
@@ -124,17 +128,35 @@ type cutResult struct {
 
 // The campaign is two top-level tests, the apply's cuts and the confirm's,
 // so that make qemu-test can run them in two lanes at once; each keeps its
-// own matrix.
-func TestPowerCutsApply(t *testing.T)   { powerCuts(t, "apply") }
-func TestPowerCutsConfirm(t *testing.T) { powerCuts(t, "confirm") }
+// own matrix. TestPowerCutsGRUB runs grubCutPoints on a grub-bios disk under
+// SeaBIOS.
+func TestPowerCutsApply(t *testing.T)   { powerCuts(t, "apply", "", cutPoints) }
+func TestPowerCutsConfirm(t *testing.T) { powerCuts(t, "confirm", "", cutPoints) }
+func TestPowerCutsGRUB(t *testing.T)    { powerCuts(t, "", bootdisk.GRUBBIOS, grubCutPoints) }
 
-// powerCuts runs the cut points of one part of the upgrade (during) and
-// keeps their matrix.
-func powerCuts(t *testing.T, during string) {
+// grubCutPoints are the cuts around what GRUB adds, on a grub-bios disk:
+// the slot write (kernel, initramfs, then slot.cfg), the trial armed in
+// grubenv and counted down by prestage before the kexec, the confirm's
+// grubenv writes (the default, the trial cleared), and a trial started by
+// GRUB itself (stagehand.kexec=0), cut once confirm's META commit is
+// durable and before grubenv's new default.
+var grubCutPoints = []cutPoint{
+	{"applying +0.35s", "apply", []*regexp.Regexp{toApplying}, 350 * time.Millisecond, "", 0},
+	{"trial +0", "apply", []*regexp.Regexp{toTrial}, 0, "", 0},
+	{"kexec +0", "apply", []*regexp.Regexp{kexecInto}, 0, "", 0},
+	{"confirm I/O 1", "confirm", afterIO(1), 0, "", 0},
+	{"confirmed +0", "confirm", []*regexp.Regexp{confirmedLine}, 0, "", 0},
+	{"confirm META via GRUB", "confirm", []*regexp.Regexp{confirmStart}, 0, "stagehand.kexec=0", 2},
+}
+
+// powerCuts runs the cut points of points of one part of the upgrade
+// (during; "" for all) on a disk with bootloader bl ("": systemd-boot),
+// and keeps their matrix.
+func powerCuts(t *testing.T, during, bl string, points []cutPoint) {
 	checkHost(t)
 	var rows []cutResult
-	for _, c := range cutPoints {
-		if c.during != during {
+	for _, c := range points {
+		if during != "" && c.during != during {
 			continue
 		}
 		t.Run(c.name, func(t *testing.T) {
@@ -145,7 +167,7 @@ func powerCuts(t *testing.T, during string) {
 				}
 				rows = append(rows, *res)
 			}()
-			powerCut(t, res)
+			powerCut(t, res, bl)
 		})
 	}
 	if len(rows) == 0 {
@@ -164,7 +186,11 @@ func powerCuts(t *testing.T, during string) {
 	if dir == "" {
 		dir = filepath.Join(repoRoot(), "build", "qemu-tests")
 	}
-	out := filepath.Join(dir, "powercut-"+during+".txt")
+	name := during
+	if bl != "" {
+		name = bl
+	}
+	out := filepath.Join(dir, "powercut-"+name+".txt")
 	err := os.MkdirAll(dir, 0o755)
 	if err == nil {
 		err = os.WriteFile(out, []byte(b.String()), 0o644)
@@ -176,10 +202,17 @@ func powerCuts(t *testing.T, during string) {
 
 // powerCut runs one cut: boot until the marker, wait the delay, kill QEMU;
 // then power on until the machine settles, and check where it ended.
-func powerCut(t *testing.T, res *cutResult) {
+func powerCut(t *testing.T, res *cutResult, bl string) {
 	begin := time.Now()
 	c := res.cut
-	u := newUpgrade(t, c.v1Params, "", "iowatch,confirm")
+	var u *upgrade
+	started := firmwareBoot
+	if bl == "" {
+		u = newUpgrade(t, c.v1Params, "", "iowatch,confirm")
+	} else {
+		u = newGRUBUpgrade(t, bl, vm.SeaBIOS, c.v1Params, "", "iowatch,confirm")
+		started = grubStart
+	}
 	payloadArts := status(t, u.img).Staged.Artifacts
 	r := start(t, u.m)
 	for _, m := range c.markers {
@@ -213,7 +246,7 @@ func powerCut(t *testing.T, res *cutResult) {
 			t.Fatalf("%s: QEMU after power off: %v", what, err)
 		}
 		con := ansi.ReplaceAllString(r.Console(), "")
-		firmware += len(firmwareBoot.FindAllString(con, -1))
+		firmware += len(started.FindAllString(con, -1))
 		kexecs += len(kexecBoot.FindAllString(con, -1))
 		for _, l := range stagerTrouble.FindAllString(con, -1) {
 			t.Errorf("%s: %s", what, l)
@@ -261,12 +294,12 @@ func powerCut(t *testing.T, res *cutResult) {
 	if d := damaged(u.img); d != "" {
 		t.Errorf("META: %s", d)
 	}
-	want := "stagehand-" + string(running) + ".conf"
-	if got := entries(t, u.img); !contains(got, want) {
-		t.Errorf("entries %v: no uncounted %s for the active slot", got, want)
+	def, ents := loaderOf(t, u.img)
+	if def != running {
+		t.Errorf("the bootloader's default is slot %s, the machine settled on %s", def, running)
 	}
-	if def := defaultSlot(t, u.img); def != running {
-		t.Errorf("loader.conf's default is slot %s, the machine settled on %s", def, running)
+	if e, ok := ents[running]; !ok || e.Counting {
+		t.Errorf("the active slot %s: entry %+v (present %v), want one that counts no tries", running, e, ok)
 	}
 	fsckESP(t, u.img)
 	// META refers to no payload now; a cut while confirm zeroed it may
@@ -359,13 +392,14 @@ func diskState(img string) string {
 	if err == nil {
 		var esp *fat.Volume
 		if esp, err = fat.Open(r, r.Size); err == nil {
-			var names []string
-			if names, err = esp.ReadDir("loader/entries"); err == nil {
-				parts = append(parts, strings.Join(trimEntries(names), ","))
+			l := bootloader.Find(esp, bootloader.Options{Cmdline: new(string)})
+			var ents []boot.SlotEntry
+			if ents, err = l.Slots(context.Background()); err == nil {
+				parts = append(parts, entryStates(ents))
 			}
 			staged, _, _ := s.Block().Staged()
 			parts = append(parts, slotFiles(esp, meta.SlotB, staged))
-			if def, derr := systemdboot.New(esp).Default(context.Background()); derr == nil {
+			if def, derr := l.Default(context.Background()); derr == nil {
 				parts = append(parts, "default "+string(def))
 			}
 		}
@@ -422,12 +456,44 @@ func slotFiles(esp *fat.Volume, slot meta.Slot, staged *meta.Staged) string {
 	return dir + "/ " + strings.Join(l, ", ")
 }
 
-func trimEntries(names []string) []string {
+// entryStates sums up the slots' entries: "a,b+1-1": each slot, with the
+// tries left and done when the bootloader counts them.
+func entryStates(ents []boot.SlotEntry) string {
 	var out []string
-	for _, n := range names {
-		out = append(out, strings.TrimSuffix(strings.TrimPrefix(n, "stagehand-"), ".conf"))
+	for _, e := range ents {
+		s := string(e.Slot)
+		if e.Counting {
+			s += fmt.Sprintf("+%d-%d", e.Left, e.Done)
+		}
+		out = append(out, s)
 	}
-	return out
+	return strings.Join(out, ",")
+}
+
+// loaderOf reads img's bootloader, whichever it is: its default slot and
+// the slots' entries.
+func loaderOf(t testing.TB, img string) (meta.Slot, map[meta.Slot]boot.SlotEntry) {
+	t.Helper()
+	var def meta.Slot
+	ents := map[meta.Slot]boot.SlotEntry{}
+	withPartition(t, img, disk.LabelESP, false, func(r *disk.Region) {
+		esp, err := fat.Open(r, r.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := bootloader.Find(esp, bootloader.Options{Cmdline: new(string)})
+		if def, err = l.Default(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		all, err := l.Slots(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range all {
+			ents[e.Slot] = e
+		}
+	})
+	return def, ents
 }
 
 // fsckVerdict runs fsck.fat -n on a copy of the ESP and sums it up.

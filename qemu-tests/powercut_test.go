@@ -174,7 +174,11 @@ func powerCuts(t *testing.T, during, bl string, points []cutPoint) {
 		t.Fatalf("no cut point during %q", during)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "power-cut matrix, during the %s (%d cuts):\n", during, len(rows))
+	what := "during the " + during
+	if bl != "" {
+		what = "on a " + bl + " disk"
+	}
+	fmt.Fprintf(&b, "power-cut matrix, %s (%d cuts):\n", what, len(rows))
 	fmt.Fprintf(&b, "%-20s %-8s %-100s %-5s %-20s %-10s %-16s %s\n", "cut", "during", "state at the cut", "runs", "boots after", "ended", "STAGE after", "time")
 	for _, r := range rows {
 		fmt.Fprintf(&b, "%-20s %-8s %-100s %-5d %-20s %-10s %-16s %s\n", r.cut.name, r.cut.during, r.atCut, r.runs, r.boots, r.ended, r.stage, round(r.took))
@@ -425,7 +429,8 @@ func slotFiles(esp *fat.Volume, slot meta.Slot, staged *meta.Staged) string {
 	}
 	want := map[string]string{}
 	if staged != nil {
-		for name, art := range map[string]string{"vmlinuz": payload.Kernel, "initramfs": payload.Initramfs} {
+		// systemd-boot's names, then GRUB's initrd.
+		for name, art := range map[string]string{"vmlinuz": payload.Kernel, "initramfs": payload.Initramfs, "initrd": payload.Initramfs} {
 			if a, ok := payload.Find(staged.Artifacts, art); ok {
 				want[name] = a.SHA256
 			}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,9 +17,11 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
+	"github.com/stagehand-dev/stagehand/boot"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/grub"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/systemdboot"
 )
@@ -50,6 +53,13 @@ type Checker struct {
 	// ReadOnlyVars boots the states on firmware that takes no variable
 	// writes at run time (applytest.Machine.ReadOnlyVars).
 	ReadOnlyVars bool
+	// Bootloader is the one the disk boots with
+	// (applytest.Machine.Bootloader); "" finds it on the image
+	// (applytest.DiskBootloader). On GRUB, the firmware's first start
+	// from the cut image runs grub.cfg's choice (grub.Choose) on grubenv
+	// as GRUB reads it, through the first FAT, and must boot the slot the
+	// machine boots.
+	Bootloader string
 
 	dir     string
 	durable *os.File // Base with the epochs before the current one applied
@@ -290,7 +300,13 @@ func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *
 	if inputs == "" {
 		inputs = dir
 	}
-	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC), ReadOnlyVars: c.ReadOnlyVars}
+	bl := c.Bootloader
+	if bl == "" {
+		if bl, err = applytest.DiskBootloader(img); err != nil {
+			t.Fatalf("the cut image's bootloader: %v", err)
+		}
+	}
+	m := &applytest.Machine{T: t, Img: img, Vars: efivar.Dir(vars), Dir: inputs, Now: time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC), ReadOnlyVars: c.ReadOnlyVars, Bootloader: bl}
 	ctx := context.Background()
 	// What the real firmware reads first is the ESP as the cut left it,
 	// through its first FAT (EDK2's FAT driver reads that copy), before
@@ -305,7 +321,7 @@ func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *
 	m.OnFirmware = func(d *apply.Disk, slot meta.Slot) {
 		if first {
 			first = false
-			if err := firmwareView(ctx, fw, slot, c.known); err != nil {
+			if err := firmwareView(ctx, fw, slot, m.GRUB(), c.known); err != nil {
 				t.Fatalf("the firmware starts slot %s: %v", slot, err)
 			}
 			os.Remove(fw)
@@ -337,8 +353,9 @@ func (c *Checker) boot(st State, dir, img string, vv Vars, floor uint64) (fail *
 
 // firmwareView reads slot's files from the image img as the firmware
 // reads them: the ESP unrepaired, every FAT copy taken as the first one.
-// It changes img.
-func firmwareView(ctx context.Context, img string, slot meta.Slot, known func(Files) bool) error {
+// On GRUB (onGRUB), it runs the script's choice there too (grub.Choose on
+// grubenv, the entries that load), which must boot slot. It changes img.
+func firmwareView(ctx context.Context, img string, slot meta.Slot, onGRUB bool, known func(Files) bool) error {
 	d, err := disk.Open(img, false)
 	if err != nil {
 		return err
@@ -382,7 +399,45 @@ func firmwareView(ctx context.Context, img string, slot meta.Slot, known func(Fi
 	if err != nil {
 		return fmt.Errorf("the ESP as the cut left it (first FAT): %w", err)
 	}
+	if onGRUB {
+		return grubView(ctx, fs, slot, known)
+	}
 	k, i, _, err := systemdboot.New(fs).ReadSlot(ctx, slot)
+	if err != nil {
+		return fmt.Errorf("its files as the cut left them (first FAT): %w", err)
+	}
+	if !known(FilesOf(k, i)) {
+		return errors.New("its files as the cut left them (first FAT) are no known version's")
+	}
+	return nil
+}
+
+// grubView is firmwareView on GRUB: on the ESP as the cut left it, GRUB
+// runs stagehand's grub.cfg (it must be the one the backend installs),
+// whose choice (grub.Choose, on grubenv as it reads there; its save_env
+// is not applied to this read-only view) boots the wanted slot's entry if
+// it loads, else the other's (applytest.EntryLoads): that must be slot,
+// with one of the known versions' files.
+func grubView(ctx context.Context, fsys boot.FS, slot meta.Slot, known func(Files) bool) error {
+	if err := applytest.CheckScript(fsys); err != nil {
+		return fmt.Errorf("as the cut left the ESP (first FAT), GRUB does not run stagehand's choice: %w", err)
+	}
+	env, err := fsys.ReadFile(grub.EnvPath)
+	if errors.Is(err, iofs.ErrNotExist) {
+		env = nil
+	} else if err != nil {
+		return fmt.Errorf("GRUB reads %s as the cut left it (first FAT): %w", grub.EnvPath, err)
+	}
+	l := grub.New(fsys, grub.WithCmdline(""))
+	c, _ := grub.Choose(env, true)
+	c, ok := c.Run(func(s meta.Slot) bool { return applytest.EntryLoads(ctx, l, s) == nil })
+	if !ok {
+		return fmt.Errorf("as the cut left the ESP (first FAT), GRUB boots no slot (%s)", c)
+	}
+	if c.Booted() != slot {
+		return fmt.Errorf("as the cut left the ESP (first FAT), GRUB boots slot %s (%s), not %s", c.Booted(), c, slot)
+	}
+	k, i, _, err := applytest.ReadSlot(ctx, l, slot)
 	if err != nil {
 		return fmt.Errorf("its files as the cut left them (first FAT): %w", err)
 	}

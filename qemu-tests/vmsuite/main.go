@@ -27,7 +27,7 @@ import (
 )
 
 var (
-	pkgs     = flag.String("pkgs", "./qemu-tests/...", "packages whose tests to run")
+	pkgs     = flag.String("pkgs", "./qemu-tests/... ./grub/install", "packages whose tests to run, space-separated")
 	tags     = flag.String("tags", "vm", "build tags")
 	lanes    = flag.Int("lanes", 0, "go test processes at once (0: the machine's guest slots)")
 	timeout  = flag.Duration("timeout", 40*time.Minute, "go test -timeout of each process")
@@ -148,7 +148,7 @@ func fail(err error) {
 
 // list asks go test for the top-level tests of each package.
 func list() ([]test, error) {
-	cmd := exec.Command("go", "test", "-tags", *tags, "-list", "^Test", *pkgs)
+	cmd := exec.Command("go", append([]string{"test", "-tags", *tags, "-list", "^Test"}, strings.Fields(*pkgs)...)...)
 	cmd.Stderr = os.Stderr
 	b, err := cmd.Output()
 	if err != nil {

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -207,11 +206,6 @@ func (p *prestage) loadModules() {
 	}
 	if v, ok := p.param("stagehand.modules"); ok && v != "" {
 		names = append(names, strings.Split(v, ",")...)
-	}
-	if !efivar.UEFIUnder("/") {
-		// A legacy BIOS: efivarfs has nothing to show (it fails with
-		// ENODEV), and the boot disk is named on the command line.
-		names = slices.DeleteFunc(names, func(n string) bool { return n == "efivarfs" })
 	}
 	if len(names) == 0 {
 		return

@@ -151,8 +151,11 @@ func (m Dep) Order(names ...string) ([]string, error) {
 
 // Load loads the named modules of dir (/lib/modules/RELEASE) and what they
 // need, dependencies first, with finit_module. A module already loaded or
-// built in is fine. It returns the modules it loaded; modules it cannot
-// find or load are reported in the error, after the others loaded.
+// built in is fine, and so is one whose init says ENODEV: what it serves
+// is not on this machine (efivarfs on a legacy BIOS), as modprobe's callers
+// such as systemd-modules-load take it. It returns the modules it loaded;
+// modules it cannot find or load are reported in the error, after the
+// others loaded.
 func Load(dir string, names ...string) ([]string, error) {
 	dep, err := readDep(dir)
 	if err != nil {
@@ -207,7 +210,7 @@ func load(dir string, order []string, orderErr error) ([]string, error) {
 		switch err {
 		case nil:
 			loaded = append(loaded, pathName(p))
-		case unix.EEXIST:
+		case unix.EEXIST, unix.ENODEV:
 		default:
 			errs = append(errs, fmt.Errorf("loading %s: %w", pathName(p), os.NewSyscallError("finit_module", err)))
 		}

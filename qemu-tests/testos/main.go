@@ -27,7 +27,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/initramfs/kmod"
 	"github.com/stagehand-dev/stagehand/meta"
 )
@@ -71,7 +70,7 @@ func main() {
 	var uts unix.Utsname
 	unix.Uname(&uts)
 	release := unix.ByteSliceToString(uts.Release[:])
-	if n, err := loadModules(release); err != nil && !(strings.Contains(err.Error(), "efivarfs") && !efivar.UEFIUnder("/")) {
+	if n, err := loadModules(release); err != nil {
 		say("error: loading modules: %v", err)
 	} else {
 		say("loaded %d modules", n)

@@ -65,13 +65,13 @@ func stageImage(t *testing.T, img, ref string, slot meta.Slot) {
 	}
 }
 
-// buildV3 is v3's installer image: the cloud kernel, the test OS v3 with
-// steps, slotCmdline and params.
-func buildV3(t testing.TB, dir, params, steps string) string {
+// buildV3 is the installer image of version (v3 or later): the cloud
+// kernel, the test OS of that version with steps, slotCmdline and params.
+func buildV3(t testing.TB, dir, version, params, steps string) string {
 	t.Helper()
-	layout := "oci:" + dir + ":v3"
-	out := hostStager(t, "image", "build", "--kernel", kernel(t, "cloud").Vmlinuz, "--initramfs", slotInitramfs(t, "cloud", "v3"),
-		"--cmdline", strings.Join(strings.Fields(slotCmdline+" "+params+" stagehand.testos.steps="+steps), " "), "--version", "v3", "--output", layout)
+	layout := "oci:" + dir + ":" + version
+	out := hostStager(t, "image", "build", "--kernel", kernel(t, "cloud").Vmlinuz, "--initramfs", slotInitramfs(t, "cloud", version),
+		"--cmdline", strings.Join(strings.Fields(slotCmdline+" "+params+" stagehand.testos.steps="+steps), " "), "--version", version, "--output", layout)
 	t.Logf("%s", strings.TrimSpace(out))
 	return layout
 }
@@ -80,16 +80,34 @@ func buildV3(t testing.TB, dir, params, steps string) string {
 // prints its command line (the status step): MODE:WANT:RAN.
 var grubChoice = regexp.MustCompile(`stagehand\.grub=(\w+):([ab]):([ab]+)`)
 
-// TestGRUBBIOS: a legacy BIOS machine (SeaBIOS) with grub-bios. v1 boots
-// from GRUB; v2, staged on the host, is applied by v1's prestage, kexec'd
-// (the kexec counted in grubenv as GRUB would have), confirmed by the test
-// OS, and started by GRUB at the next cold boot, which completes its
-// blessing; a second cold boot stays on v2. Then v3, which panics, is
-// staged: v2's prestage applies it to slot a and kexecs it, it panics, GRUB
-// starts it once more (its last try), it panics again, and GRUB boots v2,
-// whose prestage rolls v3 back with the reason.
-func TestGRUBBIOS(t *testing.T) {
-	u := newGRUBUpgrade(t, bootdisk.GRUBBIOS, vm.SeaBIOS, "", "", "confirm,status,poweroff")
+// grubMachine is a GRUB disk's bootloader and the firmware that boots it.
+type grubMachine struct {
+	bootloader string
+	fw         vm.Firmware
+}
+
+var (
+	grubBIOS = grubMachine{bootloader: bootdisk.GRUBBIOS, fw: vm.SeaBIOS}
+	grubEFI  = grubMachine{bootloader: bootdisk.GRUBEFI, fw: vm.OVMF}
+)
+
+// The upgrade story and the trial through GRUB, on each firmware: four
+// tests so that make qemu-test's lanes can share them.
+func TestGRUBUpgradeBIOS(t *testing.T) { grubUpgrade(t, grubBIOS) }
+func TestGRUBUpgradeEFI(t *testing.T)  { grubUpgrade(t, grubEFI) }
+func TestGRUBNoKexecBIOS(t *testing.T) { grubNoKexec(t, grubBIOS) }
+func TestGRUBNoKexecEFI(t *testing.T)  { grubNoKexec(t, grubEFI) }
+
+// grubUpgrade: v1 boots from GRUB; v2, staged on the host, is applied by
+// v1's prestage, kexec'd (the kexec counted in grubenv as GRUB would have),
+// confirmed by the test OS, and started by GRUB at the next cold boot,
+// which completes its blessing; a second cold boot stays on v2. Then v3,
+// which panics, is staged: v2's prestage applies it to slot a and kexecs
+// it, it panics, GRUB starts it once more (its last try), it panics again,
+// and GRUB boots v2, whose prestage rolls v3 back with the reason. Then v4,
+// which hangs with the watchdog armed: the same, the watchdog resetting it.
+func grubUpgrade(t *testing.T, gm grubMachine) {
+	u := newGRUBUpgrade(t, gm.bootloader, gm.fw, "", "", "confirm,status,poweroff", watchdogArgs...)
 	r := start(t, u.m)
 	applied(t, r)
 	expect(t, r, "kexec", stepTimeout, kexecInto)
@@ -125,39 +143,47 @@ func TestGRUBBIOS(t *testing.T) {
 		t.Fatalf("META after the cold boots: %+v%s", sl, lastReasons(st, 4))
 	}
 
-	// v3 panics at every boot.
-	stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-v3"), "", "panic"), meta.SlotA)
-	r = start(t, u.m)
-	expect(t, r, "v2's prestage arms v3", bootTimeout, regexp.MustCompile(`stagehand: applying → trial \(slot a\): .*trying v3 with 2 boots to confirm`))
-	expect(t, r, "kexec into v3", stepTimeout, regexp.MustCompile(`stagehand: kexec into slot a`))
-	expectTestOS(t, r, "v3, kexec'd", "v3", u.k1, meta.SlotA)
-	expect(t, r, "v3, kexec'd", stepTimeout, panicked)
-	expect(t, r, "v3 from GRUB: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot a\): trial boot 2 of 2`))
-	expectTestOS(t, r, "v3 from GRUB", "v3", u.k1, meta.SlotA)
-	expect(t, r, "v3 from GRUB", stepTimeout, panicked)
-	got, _ = expect(t, r, "back on v2: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → idle \(slot a\): rolled back: (.*)`))
-	t.Logf("v2's prestage: rolled back: %s", got[1])
-	expectTestOS(t, r, "back on v2", "v2", u.k2, meta.SlotB)
-	powerDown(t, r, "back on v2")
-	st = status(t, u.img)
-	if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Trial != "" || sl.A.State != "bad" ||
-		!strings.Contains(sl.A.Reason, "did not confirm") || sl.B.State != "good" {
-		t.Errorf("META after the rollback: %+v%s", sl, lastReasons(st, 5))
-	}
-	if n := strings.Count(r.Console(), "Kernel panic - not syncing"); n != 2 {
-		t.Errorf("%d panics, want 2 (the kexec'd try and GRUB's)", n)
+	for _, bad := range []struct {
+		version, steps string
+		fails          *regexp.Regexp // what ends each try
+		how            string
+	}{
+		{"v3", "panic", panicked, "panics"},
+		{"v4", "watchdog,hang", regexp.MustCompile(`stagehand-testos: hanging`), "hangs, reset by the watchdog"},
+	} {
+		stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-"+bad.version), bad.version, "", bad.steps), meta.SlotA)
+		r = start(t, u.m)
+		expect(t, r, "v2's prestage arms "+bad.version, bootTimeout, regexp.MustCompile(`stagehand: applying → trial \(slot a\): .*trying `+bad.version+` with 2 boots to confirm`))
+		expect(t, r, "kexec into "+bad.version, stepTimeout, regexp.MustCompile(`stagehand: kexec into slot a`))
+		expectTestOS(t, r, bad.version+", kexec'd", bad.version, u.k1, meta.SlotA)
+		expect(t, r, bad.version+", kexec'd", stepTimeout, bad.fails)
+		expect(t, r, bad.version+" from GRUB: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot a\): trial boot 2 of 2`))
+		expectTestOS(t, r, bad.version+" from GRUB", bad.version, u.k1, meta.SlotA)
+		got, _ := expect(t, r, bad.version+" from GRUB: GRUB's choice", stepTimeout, grubChoice)
+		if got[1] != "trial" || got[2] != "a" {
+			t.Errorf("%s from GRUB: stagehand.grub=%s:%s:%s, want trial:a:a", bad.version, got[1], got[2], got[3])
+		}
+		expect(t, r, bad.version+" from GRUB", stepTimeout, bad.fails)
+		got, _ = expect(t, r, "back on v2: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → idle \(slot a\): rolled back: (.*)`))
+		t.Logf("%s %s: v2's prestage: rolled back: %s", bad.version, bad.how, got[1])
+		expectTestOS(t, r, "back on v2", "v2", u.k2, meta.SlotB)
+		powerDown(t, r, "back on v2")
+		st = status(t, u.img)
+		if sl := st.Slots; sl.Phase != meta.PhaseIdle || sl.Active != meta.SlotB || sl.Trial != "" || sl.A.State != "bad" ||
+			!strings.Contains(sl.A.Reason, "did not confirm") || sl.B.State != "good" || sl.A.Version != bad.version {
+			t.Errorf("META after %s's rollback: %+v%s", bad.version, sl, lastReasons(st, 5))
+		}
 	}
 }
 
-// TestGRUBEFI: a UEFI machine (OVMF) with grub-efi and stagehand.kexec=0:
-// every trial boot goes through the firmware and GRUB. v2 arms the
-// watchdog and hangs: GRUB counts its two tries down in grubenv (trial:b:b
-// twice), the watchdog resets the machine each time, and GRUB then boots
-// v1, whose prestage rolls v2 back. Then v3, which confirms, is staged and
-// comes up from GRUB, confirmed at once (a firmware start), and stays
-// after a cold boot.
-func TestGRUBEFI(t *testing.T) {
-	u := newGRUBUpgrade(t, bootdisk.GRUBEFI, vm.OVMF, "stagehand.kexec=0", "status", "status,watchdog,hang", watchdogArgs...)
+// grubNoKexec: stagehand.kexec=0 on v1, so every trial boot goes through
+// the firmware and GRUB. v2 arms the watchdog and hangs: GRUB counts its
+// two tries down in grubenv (trial:b:b twice), the watchdog resets the
+// machine each time, and GRUB then boots v1, whose prestage rolls v2 back.
+// Then v3, which confirms, is staged and comes up from GRUB, confirmed at
+// once (a firmware start), and stays after a cold boot.
+func grubNoKexec(t *testing.T, gm grubMachine) {
+	u := newGRUBUpgrade(t, gm.bootloader, gm.fw, "stagehand.kexec=0", "status", "status,watchdog,hang", watchdogArgs...)
 	r := start(t, u.m)
 	applied(t, r)
 	expect(t, r, "firmware reboot", stepTimeout, regexp.MustCompile(`stagehand: stagehand.kexec=0: rebooting through the firmware, which boots slot b once`))
@@ -183,7 +209,7 @@ func TestGRUBEFI(t *testing.T) {
 		t.Fatalf("META after the rollback: %+v%s", sl, lastReasons(st, 5))
 	}
 
-	stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-v3"), "", "confirm,poweroff"), meta.SlotB)
+	stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-v3"), "v3", "", "confirm,poweroff"), meta.SlotB)
 	r = start(t, u.m)
 	expect(t, r, "v3 from GRUB: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot b\): trial boot 1 of 2 of slot b \(v3\)`))
 	expectTestOS(t, r, "v3 from GRUB", "v3", u.k1, meta.SlotB)

@@ -10,13 +10,15 @@ import (
 )
 
 // TestCutDuringApply cuts the power before every change the apply makes to
-// the ESP and the EFI variables (its META commits sit between them), then
-// boots on: the machine always ends on v1 or v2, consistent, whether v2
-// confirms or never does.
-func TestCutDuringApply(t *testing.T) {
+// the ESP and the EFI variables (its META commits sit between them; on
+// GRUB, each sector of a grubenv write), then boots on: the machine always
+// ends on v1 or v2, consistent, whether v2 confirms or never does.
+func TestCutDuringApply(t *testing.T) { onEach(t, bootloaders, testCutDuringApply) }
+
+func testCutDuringApply(t *testing.T, bootloader string) {
 	for _, confirm := range []bool{true, false} {
 		for at := 1; ; at++ {
-			m := applytest.New(t)
+			m := applytest.NewOn(t, bootloader)
 			cut := m.CutRun(meta.SlotA, at, func(d *apply.Disk) {
 				if _, err := apply.Boot(context.Background(), &d.Env); err != nil {
 					t.Fatal(err)
@@ -44,9 +46,11 @@ func TestCutDuringApply(t *testing.T) {
 // idle on b) the next boot finishes the confirm, on b; before, the trial
 // goes on as if confirm had not run, and a trial OS that does not confirm
 // again is rolled back to a.
-func TestCutDuringConfirm(t *testing.T) {
+func TestCutDuringConfirm(t *testing.T) { onEach(t, bootloaders, testCutDuringConfirm) }
+
+func testCutDuringConfirm(t *testing.T, bootloader string) {
 	for at := 1; ; at++ {
-		m := applytest.New(t)
+		m := applytest.NewOn(t, bootloader)
 		m.Prestage(meta.SlotA)
 		m.Prestage(meta.SlotB)
 		cut := m.CutRun(meta.SlotB, at, func(d *apply.Disk) {
@@ -72,11 +76,13 @@ func TestCutDuringConfirm(t *testing.T) {
 
 // TestCutDuringRollback cuts before every change stager rollback makes
 // when it gives a trial up from the trial slot (kexec'd, so boot-once is
-// still set): the machine ends on a, and no boot runs b, which META holds
-// bad (Settle checks every boot).
-func TestCutDuringRollback(t *testing.T) {
+// still set; on GRUB, its trial armed with a try left): the machine ends on
+// a, and no boot runs b, which META holds bad (Settle checks every boot).
+func TestCutDuringRollback(t *testing.T) { onEach(t, bootloaders, testCutDuringRollback) }
+
+func testCutDuringRollback(t *testing.T, bootloader string) {
 	for at := 1; ; at++ {
-		m := applytest.New(t)
+		m := applytest.NewOn(t, bootloader)
 		m.Prestage(meta.SlotA)
 		m.Prestage(meta.SlotB)
 		cut := m.CutRun(meta.SlotB, at, func(d *apply.Disk) {

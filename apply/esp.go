@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"fmt"
 	"io"
 	"sync"
 
@@ -17,7 +18,10 @@ type lazyESP struct {
 	err  error
 }
 
-var _ boot.FS = (*lazyESP)(nil)
+var (
+	_ boot.FS         = (*lazyESP)(nil)
+	_ boot.Overwriter = (*lazyESP)(nil)
+)
 
 func (l *lazyESP) get() (boot.FS, error) {
 	l.once.Do(func() { l.fs, l.err = l.open() })
@@ -70,6 +74,20 @@ func (l *lazyESP) Remove(name string) error {
 		return err
 	}
 	return fs.Remove(name)
+}
+
+// OverwriteFile implements boot.Overwriter, as the GRUB backend writes
+// grubenv, when the ESP opened does (a fat.Volume, a boot.Dir).
+func (l *lazyESP) OverwriteFile(name string, off int64, p []byte) error {
+	fsys, err := l.get()
+	if err != nil {
+		return err
+	}
+	ow, ok := fsys.(boot.Overwriter)
+	if !ok {
+		return fmt.Errorf("the ESP (%T) cannot write over %s in place", fsys, name)
+	}
+	return ow.OverwriteFile(name, off, p)
 }
 
 // Sync of an ESP never opened has nothing to make durable.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -18,8 +19,29 @@ import (
 	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
+// bootloaders are those the machine scenarios run on: systemd-boot, and
+// GRUB on a BIOS, where the OS sees no EFI variables (GRUB's trials and
+// boot record live in grubenv and on the command line).
+var bootloaders = []string{bootdisk.SystemdBoot, bootdisk.GRUBBIOS}
+
+// onEach runs fn as a subtest on each of bootloaders.
+func onEach(t *testing.T, bls []string, fn func(t *testing.T, bootloader string)) {
+	for _, bl := range bls {
+		t.Run(bl, func(t *testing.T) { fn(t, bl) })
+	}
+}
+
+// TestApplyTrialConfirm: an apply kexecs the trial, whose confirm is
+// firmware start pending until the firmware starts it, which completes
+// the blessing. On GRUB the kexec is counted as a try of the trial
+// (boot.KexecCounter), so slot b's entry has one try less left than on
+// systemd-boot, whose boot-once a kexec does not spend.
 func TestApplyTrialConfirm(t *testing.T) {
-	m := applytest.New(t)
+	onEach(t, append(bootloaders, bootdisk.GRUBEFI), testApplyTrialConfirm)
+}
+
+func testApplyTrialConfirm(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	ctx := context.Background()
 	if s := m.Firmware(); s != meta.SlotA {
 		t.Fatalf("first boot starts slot %s", s)
@@ -40,7 +62,11 @@ func TestApplyTrialConfirm(t *testing.T) {
 	if err != nil || !bytes.Equal(k, m.V2Kernel) || !bytes.Equal(i, m.V2Initrd) {
 		t.Fatalf("slot b holds other bytes than v2 (err %v)", err)
 	}
-	if !e.Counting || e.Left != apply.DefaultTries || !strings.Contains(e.Cmdline, "stagehand.slot=b") || !strings.Contains(e.Cmdline, "quiet") {
+	left := apply.DefaultTries
+	if m.GRUB() {
+		left-- // the kexec's
+	}
+	if !e.Counting || e.Left != left || !strings.Contains(e.Cmdline, "stagehand.slot=b") || !strings.Contains(e.Cmdline, "quiet") {
 		t.Errorf("slot b entry %+v", e)
 	}
 	if !onceSet || once != meta.SlotB || def != meta.SlotA {
@@ -128,7 +154,9 @@ func TestApplyTrialConfirm(t *testing.T) {
 	}
 }
 
-func TestTrialThatNeverConfirms(t *testing.T) {
+func TestTrialThatNeverConfirms(t *testing.T) { onEach(t, bootloaders, testTrialThatNeverConfirms) }
+
+func testTrialThatNeverConfirms(t *testing.T, bootloader string) {
 	for _, tc := range []struct {
 		name string
 		// boots of b before the firmware brings a back
@@ -144,7 +172,7 @@ func TestTrialThatNeverConfirms(t *testing.T) {
 		{"dies before its prestage runs", func(m *applytest.Machine) {}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := applytest.New(t)
+			m := applytest.NewOn(t, bootloader)
 			if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec {
 				t.Fatalf("apply: %+v", d)
 			}
@@ -183,7 +211,11 @@ func TestTrialThatNeverConfirms(t *testing.T) {
 }
 
 func TestTriesSpentOnTheTrialSlot(t *testing.T) {
-	m := applytest.New(t)
+	onEach(t, bootloaders, testTriesSpentOnTheTrialSlot)
+}
+
+func testTriesSpentOnTheTrialSlot(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	m.Prestage(meta.SlotA)
 	for i := range apply.DefaultTries {
 		if d := m.Prestage(meta.SlotB); d.Action != apply.Continue {
@@ -203,7 +235,11 @@ func TestTriesSpentOnTheTrialSlot(t *testing.T) {
 }
 
 func TestCorruptPayloadIsRefused(t *testing.T) {
-	m := applytest.New(t)
+	onEach(t, bootloaders, testCorruptPayloadIsRefused)
+}
+
+func testCorruptPayloadIsRefused(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	st, err := stage.ReadStatus(context.Background(), m.Img)
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +267,11 @@ func TestCorruptPayloadIsRefused(t *testing.T) {
 }
 
 func TestIdleBootChangesNothing(t *testing.T) {
-	m := applytest.New(t)
+	onEach(t, bootloaders, testIdleBootChangesNothing)
+}
+
+func testIdleBootChangesNothing(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	if _, err := stage.Cancel(context.Background(), m.Img, time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -244,8 +284,10 @@ func TestIdleBootChangesNothing(t *testing.T) {
 	}
 }
 
-func TestManualRollback(t *testing.T) {
-	m := applytest.New(t)
+func TestManualRollback(t *testing.T) { onEach(t, bootloaders, testManualRollback) }
+
+func testManualRollback(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	m.Prestage(meta.SlotA)
 	m.Prestage(meta.SlotB)
 	dk := m.Open(meta.SlotB)
@@ -270,8 +312,10 @@ func TestManualRollback(t *testing.T) {
 
 // TestBadSlotChosenByHand: after a rollback, booting the bad slot from the
 // menu is left alone (someone chose it), and the log says it is bad.
-func TestBadSlotChosenByHand(t *testing.T) {
-	m := applytest.New(t)
+func TestBadSlotChosenByHand(t *testing.T) { onEach(t, bootloaders, testBadSlotChosenByHand) }
+
+func testBadSlotChosenByHand(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	m.Prestage(meta.SlotA)
 	m.Firmware()           // boot-once: b, whose kernel dies before its prestage
 	m.Firmware()           // the default: a
@@ -287,11 +331,14 @@ func TestBadSlotChosenByHand(t *testing.T) {
 }
 
 // TestSettledBootSkipsESP: a boot with nothing to do, of the active slot
-// from its plain entry as systemd-boot records it, with META saying the
+// from its plain entry as the bootloader records it (systemd-boot's
+// variables, GRUB's stagehand.grub=good:a:a), with META saying the
 // bootloader was settled on that slot, does not read the ESP (a damaged
 // one here goes unnoticed). Any of those not so, and it looks.
-func TestSettledBootSkipsESP(t *testing.T) {
-	m := applytest.New(t)
+func TestSettledBootSkipsESP(t *testing.T) { onEach(t, bootloaders, testSettledBootSkipsESP) }
+
+func testSettledBootSkipsESP(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	ctx := context.Background()
 	if _, err := stage.Cancel(ctx, m.Img, time.Now()); err != nil {
 		t.Fatal(err)
@@ -347,16 +394,34 @@ func TestSettledBootSkipsESP(t *testing.T) {
 			})
 		}
 	}
-	for _, tc := range []struct {
+	type tcase struct {
 		name       string
 		set, reset func() error
-	}{
+	}
+	cases := []tcase{
 		{"counted entry", setVar(systemdboot.CountPathVar, `\loader\entries\stagehand-a+1.conf`), func() error { return m.Vars.Remove(systemdboot.CountPathVar, efivar.LoaderVendor) }},
 		{"nothing recorded", func() error { return m.Vars.Remove(systemdboot.SelectedVar, efivar.LoaderVendor) }, setVar(systemdboot.SelectedVar, "stagehand-a.conf")},
 		{"another entry", setVar(systemdboot.SelectedVar, "stagehand-b.conf"), setVar(systemdboot.SelectedVar, "stagehand-a.conf")},
-		{"META not settled", setMarker(""), setMarker(meta.SlotA)},
-		{"META settled on the other slot", setMarker(meta.SlotB), setMarker(meta.SlotA)},
-	} {
+	}
+	if m.GRUB() {
+		if m.GRUBBoot != "good:a:a" {
+			t.Fatalf("GRUB's boot record %q", m.GRUBBoot)
+		}
+		record := func(v string) func() error { return func() error { m.GRUBBoot = v; return nil } }
+		cases = []tcase{
+			{"a trial", record("trial:a:a"), record("good:a:a")},
+			{"not a good slot", record("noslot:a:a"), record("good:a:a")},
+			{"not saved", record("nosave:a:a"), record("good:a:a")},
+			{"nothing recorded", record(""), record("good:a:a")},
+			{"another entry", record("good:b:b"), record("good:a:a")},
+			{"the fallback", record("good:b:ba"), record("good:a:a")},
+			{"picked by hand", record("good:b:a"), record("good:a:a")},
+		}
+	}
+	for _, tc := range append(cases,
+		tcase{"META not settled", setMarker(""), setMarker(meta.SlotA)},
+		tcase{"META settled on the other slot", setMarker(meta.SlotB), setMarker(meta.SlotA)},
+	) {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := tc.set(); err != nil {
 				t.Fatal(err)

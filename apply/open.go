@@ -21,10 +21,29 @@ type Disk struct {
 }
 
 // Open opens the disk at path for the boot flow: META (locked for writing),
-// STAGE, and the ESP's systemd-boot with EFI variables from vars. The ESP
-// is opened when first used: a mounted ESP is written through its mount;
-// otherwise through go-diskfs's FAT.
+// STAGE, and the ESP's bootloader (bootloader.Find: GRUB's or systemd-boot's,
+// with EFI variables from vars, nil on a machine without UEFI). The ESP is
+// opened when first used: a mounted ESP is written through its mount;
+// otherwise through go-diskfs's FAT. The running kernel's command line,
+// which the bootloader's boot record may be read from, is /proc/cmdline's.
 func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
+	return OpenWith(ctx, path, OpenOptions{Vars: vars})
+}
+
+// OpenOptions are what OpenWith takes beyond the disk.
+type OpenOptions struct {
+	// Vars are the firmware's variables; nil on a machine without UEFI.
+	Vars efivar.Store
+	// Cmdline is the running kernel's command line, from which GRUB's
+	// boot record (stagehand.grub=) is read; nil reads /proc/cmdline. A
+	// simulated machine passes the one its simulated bootloader gave.
+	Cmdline *string
+}
+
+// OpenWith is Open with options.
+func OpenWith(ctx context.Context, path string, o OpenOptions) (*Disk, error) {
+	vars := o.Vars
+	disk.TriggerESPAutomounts() // before the lock: see there
 	store, d, err := disk.OpenMETA(ctx, path, true)
 	if err != nil {
 		return nil, err
@@ -55,7 +74,7 @@ func Open(ctx context.Context, path string, vars efivar.Store) (*Disk, error) {
 		}
 		return f, nil
 	}}
-	lo := bootloader.Options{Vars: vars}
+	lo := bootloader.Options{Vars: vars, Cmdline: o.Cmdline}
 	if g, err := uuid.Parse(espPart.GUID); err == nil {
 		ss := uint64(d.SectorSize())
 		lo.ESP = &systemdboot.ESPPartition{

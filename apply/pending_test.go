@@ -6,6 +6,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/apply"
 	"github.com/stagehand-dev/stagehand/apply/applytest"
+	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/systemdboot"
@@ -13,8 +14,8 @@ import (
 
 // pendingB brings a machine to v2 in slot b confirmed after a kexec,
 // firmware start pending.
-func pendingB(t *testing.T) *applytest.Machine {
-	m := applytest.New(t)
+func pendingB(t *testing.T, bootloader string) *applytest.Machine {
+	m := applytest.NewOn(t, bootloader)
 	m.Firmware()
 	if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec || d.Slot != meta.SlotB {
 		t.Fatalf("apply: %+v", d)
@@ -34,10 +35,15 @@ func pendingB(t *testing.T) *applytest.Machine {
 // TestPendingFirmwareRefuses: the first cold boot after a kexec'd confirm
 // cannot start slot b (systemd-boot counts the try, fails to load it and
 // returns; the firmware starts the loader again, which boots its default,
-// slot a): slot a's prestage rolls b back, saying why, and the machine is
-// settled on a.
+// slot a; GRUB counts the try and falls back to a, or a reset finds b's
+// tries used up): slot a's prestage rolls b back, saying why, and the
+// machine is settled on a.
 func TestPendingFirmwareRefuses(t *testing.T) {
-	m := pendingB(t)
+	onEach(t, bootloaders, testPendingFirmwareRefuses)
+}
+
+func testPendingFirmwareRefuses(t *testing.T, bootloader string) {
+	m := pendingB(t, bootloader)
 	if s := m.Firmware(); s != meta.SlotB {
 		t.Fatalf("the first cold boot tries slot %s, want b (boot-once)", s)
 	}
@@ -68,7 +74,11 @@ func TestPendingFirmwareRefuses(t *testing.T) {
 // prestage (a panic in the kernel): the reset comes to a, which rolls b
 // back.
 func TestPendingPanicsAtColdBoot(t *testing.T) {
-	m := pendingB(t)
+	onEach(t, bootloaders, testPendingPanicsAtColdBoot)
+}
+
+func testPendingPanicsAtColdBoot(t *testing.T, bootloader string) {
+	m := pendingB(t, bootloader)
 	m.Firmware() // b, which panics
 	if s := m.Firmware(); s != meta.SlotA {
 		t.Fatalf("after the panic the firmware starts %s", s)
@@ -82,9 +92,10 @@ func TestPendingPanicsAtColdBoot(t *testing.T) {
 // TestPendingBootOnceLost: the boot-once variable is gone before the first
 // cold boot (a reset of the variables): the firmware starts a without
 // trying b; a's prestage arms b again and reboots through the firmware,
-// whose start of b completes the blessing.
+// whose start of b completes the blessing. systemd-boot only: GRUB's trial
+// is in grubenv, a file no variable reset loses.
 func TestPendingBootOnceLost(t *testing.T) {
-	m := pendingB(t)
+	m := pendingB(t, bootdisk.SystemdBoot)
 	if err := m.Vars.Remove(systemdboot.OneShotVar, efivar.LoaderVendor); err != nil {
 		t.Fatal(err)
 	}
@@ -106,8 +117,10 @@ func TestPendingBootOnceLost(t *testing.T) {
 
 // TestPendingNotKexec: a trial started by the firmware (kexec unavailable)
 // is blessed at its confirm, as before: nothing is pending.
-func TestPendingNotKexec(t *testing.T) {
-	m := applytest.New(t)
+func TestPendingNotKexec(t *testing.T) { onEach(t, bootloaders, testPendingNotKexec) }
+
+func testPendingNotKexec(t *testing.T, bootloader string) {
+	m := applytest.NewOn(t, bootloader)
 	m.Firmware()
 	if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec {
 		t.Fatalf("%+v", d)
@@ -128,8 +141,10 @@ func TestPendingNotKexec(t *testing.T) {
 // TestPendingRollback: stager rollback while slot b is firmware start
 // pending goes back to a for good: nothing pending, a the default, no
 // boot-once left to start b.
-func TestPendingRollback(t *testing.T) {
-	m := pendingB(t)
+func TestPendingRollback(t *testing.T) { onEach(t, bootloaders, testPendingRollback) }
+
+func testPendingRollback(t *testing.T, bootloader string) {
+	m := pendingB(t, bootloader)
 	if _, err := m.Rollback(meta.SlotB); err != nil {
 		t.Fatal(err)
 	}

@@ -56,9 +56,9 @@ func putESP(t *testing.T, m *applytest.Machine, b []byte) {
 // in META and the boot-once cleared, but none of confirm's ESP writes
 // (the bless of b's entry, loader.conf's new default) durable: the ESP
 // still says slot a by default, and b's entry still counts.
-func confirmedWithStaleESP(t *testing.T) *applytest.Machine {
+func confirmedWithStaleESP(t *testing.T, bootloader string) *applytest.Machine {
 	t.Helper()
-	m := applytest.New(t)
+	m := applytest.NewOn(t, bootloader)
 	if d := m.Prestage(meta.SlotA); d.Action != apply.Kexec {
 		t.Fatalf("apply: %+v", d)
 	}
@@ -84,7 +84,11 @@ func confirmedWithStaleESP(t *testing.T) *applytest.Machine {
 // stale default; its prestage puts the default right and goes on to b in
 // the same boot, recording why: v1 never runs once META confirmed v2.
 func TestStaleDefaultAfterConfirm(t *testing.T) {
-	m := confirmedWithStaleESP(t)
+	onEach(t, bootloaders, testStaleDefaultAfterConfirm)
+}
+
+func testStaleDefaultAfterConfirm(t *testing.T, bootloader string) {
+	m := confirmedWithStaleESP(t, bootloader)
 	if s := m.Firmware(); s != meta.SlotA {
 		t.Fatalf("after the cut the firmware starts %s; the test wants the stale default a", s)
 	}
@@ -112,9 +116,11 @@ func TestStaleDefaultAfterConfirm(t *testing.T) {
 // TestStaleDefaultHandPick: a person who picks slot a in the boot menu is
 // left alone, stale default or not; only a boot the bootloader made by
 // its default is sent on.
-func TestStaleDefaultHandPick(t *testing.T) {
+func TestStaleDefaultHandPick(t *testing.T) { onEach(t, bootloaders, testStaleDefaultHandPick) }
+
+func testStaleDefaultHandPick(t *testing.T, bootloader string) {
 	t.Run("default repaired, a picked by hand", func(t *testing.T) {
-		m := applytest.New(t)
+		m := applytest.NewOn(t, bootloader)
 		if end := m.Settle(true); end != meta.SlotB {
 			t.Fatalf("settled on %s", end)
 		}
@@ -129,7 +135,7 @@ func TestStaleDefaultHandPick(t *testing.T) {
 		}
 	})
 	t.Run("stale default, b picked by hand", func(t *testing.T) {
-		m := confirmedWithStaleESP(t)
+		m := confirmedWithStaleESP(t, bootloader)
 		m.PickByHand(meta.SlotB)
 		if d := m.Prestage(meta.SlotB); d.Action != apply.Continue {
 			t.Fatalf("b picked by hand: %+v", d)
@@ -137,13 +143,11 @@ func TestStaleDefaultHandPick(t *testing.T) {
 		m.CheckSettled(meta.SlotB)
 	})
 	t.Run("nothing recorded by the bootloader", func(t *testing.T) {
-		m := confirmedWithStaleESP(t)
+		m := confirmedWithStaleESP(t, bootloader)
 		if s := m.Firmware(); s != meta.SlotA {
 			t.Fatalf("the firmware starts %s", s)
 		}
-		if err := m.Vars.Remove(systemdboot.SelectedVar, efivar.LoaderVendor); err != nil {
-			t.Fatal(err)
-		}
+		m.DropBootRecord()
 		d := m.Prestage(meta.SlotA)
 		if d.Action != apply.Continue || !strings.Contains(d.Reason, "chosen by hand") {
 			t.Fatalf("a booted, the loader silent on which entry: %+v; want it left alone", d)
@@ -158,7 +162,8 @@ func TestStaleDefaultHandPick(t *testing.T) {
 // TestDefaultInFirmwareVariable: a default set with bootctl set-default
 // (LoaderEntryDefault) wins over loader.conf in systemd-boot: Default
 // reads it, and when it lags META the boot goes on to the active slot and
-// the variable is dropped, so that loader.conf alone says.
+// the variable is dropped, so that loader.conf alone says. systemd-boot
+// only: an EFI variable of its own.
 func TestDefaultInFirmwareVariable(t *testing.T) {
 	m := applytest.New(t)
 	if end := m.Settle(true); end != meta.SlotB {
@@ -184,7 +189,9 @@ func TestDefaultInFirmwareVariable(t *testing.T) {
 // TestTrialNeverBooted: META armed the trial, but the machine came back to
 // slot a with no boot of b (the boot-once variable lost, no kexec made):
 // the trial is armed again, once; lost a second time, it is given up
-// saying that b was never booted.
+// saying that b was never booted. systemd-boot only: it loses the
+// boot-once variable; GRUB's trial is armed in grubenv, durable before
+// META records it (TestCutDuringApply cuts between the two).
 func TestTrialNeverBooted(t *testing.T) {
 	lose := func(m *applytest.Machine) {
 		t.Helper()

@@ -67,17 +67,38 @@ func (d *Disk) MountPoint(index int) (string, error) {
 	// or gpt-auto) may mount this partition at any moment: trigger it, as
 	// bootctl does, and look again, so that the partition is written
 	// through the kernel's mount rather than under it.
+	trigger(autofs)
+	if mi, err = os.ReadFile("/proc/self/mountinfo"); err != nil {
+		return "", fmt.Errorf("reading the mount table: %w", err)
+	}
+	mnt, _ = findMount(mi, dev)
+	return mnt, nil
+}
+
+// TriggerESPAutomounts mounts what waits at the automount points where an
+// ESP goes, as MountPoint does, but is called before the disk is locked:
+// udev does not process the events of a disk locked with LOCK_EX (systemd's
+// block device locking), so a mount triggered under the lock can wait for
+// its device node until it times out (90 s, seen on a legacy BIOS machine
+// whose ESP was not mounted yet when udev had just re-read the partition
+// table, removing and adding its partitions' nodes).
+func TriggerESPAutomounts() {
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	_, autofs := findMount(mi, "")
+	trigger(autofs)
+}
+
+// trigger opens each automount point, which makes the kernel mount it.
+func trigger(autofs []string) {
 	for _, p := range autofs {
 		if f, err := os.Open(p); err == nil {
 			f.Readdirnames(1)
 			f.Close()
 		}
 	}
-	if mi, err = os.ReadFile("/proc/self/mountinfo"); err != nil {
-		return "", fmt.Errorf("reading the mount table: %w", err)
-	}
-	mnt, _ = findMount(mi, dev)
-	return mnt, nil
 }
 
 // espMountPoints are where an ESP is mounted by convention (bootctl looks

@@ -65,12 +65,12 @@ func stageImage(t *testing.T, img, ref string, slot meta.Slot) {
 	}
 }
 
-// buildV3 is the installer image of version (v3 or later): the cloud
-// kernel, the test OS of that version with steps, slotCmdline and params.
-func buildV3(t testing.TB, dir, version, params, steps string) string {
+// buildV3 is the installer image of version (v3 or later): the kernel of
+// flavor, the test OS of that version with steps, slotCmdline and params.
+func buildV3(t testing.TB, dir, version, flavor, params, steps string) string {
 	t.Helper()
 	layout := "oci:" + dir + ":" + version
-	out := hostStager(t, "image", "build", "--kernel", kernel(t, "cloud").Vmlinuz, "--initramfs", slotInitramfs(t, "cloud", version),
+	out := hostStager(t, "image", "build", "--kernel", kernel(t, flavor).Vmlinuz, "--initramfs", slotInitramfs(t, flavor, version),
 		"--cmdline", strings.Join(strings.Fields(slotCmdline+" "+params+" stagehand.testos.steps="+steps), " "), "--version", version, "--output", layout)
 	t.Logf("%s", strings.TrimSpace(out))
 	return layout
@@ -145,20 +145,25 @@ func grubUpgrade(t *testing.T, gm grubMachine) {
 
 	for _, bad := range []struct {
 		version, steps string
+		k              Kernel         // the cloud kernel has no i6300esb: the generic one for the watchdog
 		fails          *regexp.Regexp // what ends each try
 		how            string
 	}{
-		{"v3", "panic", panicked, "panics"},
-		{"v4", "watchdog,hang", regexp.MustCompile(`stagehand-testos: hanging`), "hangs, reset by the watchdog"},
+		{"v3", "panic", u.k1, panicked, "panics"},
+		{"v4", "watchdog,hang", u.k2, regexp.MustCompile(`stagehand-testos: hanging`), "hangs, reset by the watchdog"},
 	} {
-		stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-"+bad.version), bad.version, "", bad.steps), meta.SlotA)
+		flavor := "cloud"
+		if bad.k == u.k2 {
+			flavor = "generic"
+		}
+		stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-"+bad.version), bad.version, flavor, "", bad.steps), meta.SlotA)
 		r = start(t, u.m)
 		expect(t, r, "v2's prestage arms "+bad.version, bootTimeout, regexp.MustCompile(`stagehand: applying → trial \(slot a\): .*trying `+bad.version+` with 2 boots to confirm`))
 		expect(t, r, "kexec into "+bad.version, stepTimeout, regexp.MustCompile(`stagehand: kexec into slot a`))
-		expectTestOS(t, r, bad.version+", kexec'd", bad.version, u.k1, meta.SlotA)
+		expectTestOS(t, r, bad.version+", kexec'd", bad.version, bad.k, meta.SlotA)
 		expect(t, r, bad.version+", kexec'd", stepTimeout, bad.fails)
 		expect(t, r, bad.version+" from GRUB: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot a\): trial boot 2 of 2`))
-		expectTestOS(t, r, bad.version+" from GRUB", bad.version, u.k1, meta.SlotA)
+		expectTestOS(t, r, bad.version+" from GRUB", bad.version, bad.k, meta.SlotA)
 		got, _ := expect(t, r, bad.version+" from GRUB: GRUB's choice", stepTimeout, grubChoice)
 		if got[1] != "trial" || got[2] != "a" {
 			t.Errorf("%s from GRUB: stagehand.grub=%s:%s:%s, want trial:a:a", bad.version, got[1], got[2], got[3])
@@ -209,7 +214,7 @@ func grubNoKexec(t *testing.T, gm grubMachine) {
 		t.Fatalf("META after the rollback: %+v%s", sl, lastReasons(st, 5))
 	}
 
-	stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-v3"), "v3", "", "confirm,poweroff"), meta.SlotB)
+	stageImage(t, u.img, buildV3(t, filepath.Join(t.TempDir(), "images-v3"), "v3", "cloud", "", "confirm,poweroff"), meta.SlotB)
 	r = start(t, u.m)
 	expect(t, r, "v3 from GRUB: prestage", bootTimeout, regexp.MustCompile(`stagehand: trial → trial \(slot b\): trial boot 1 of 2 of slot b \(v3\)`))
 	expectTestOS(t, r, "v3 from GRUB", "v3", u.k1, meta.SlotB)

@@ -1,6 +1,7 @@
 package applytest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/grub"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/systemdboot"
 )
@@ -19,14 +21,16 @@ import (
 // stores panic with it; CutRun recovers it.
 var ErrCut = errors.New("power cut")
 
-// CutFS is an ESP whose At-th change (write, rename, remove, sync) never
-// happens: the machine loses power just before it. N counts the changes
-// asked for so far, with those of META (CutMETA) and of the EFI variables
-// (CutVars) opened with it.
+// CutFS is an ESP whose At-th change (write, rename, remove, sync, a
+// sector of an in-place write) never happens: the machine loses power just
+// before it. N counts the changes asked for so far, with those of META
+// (CutMETA) and of the EFI variables (CutVars) opened with it.
 type CutFS struct {
 	boot.FS
 	At, N int
 }
+
+var _ boot.Overwriter = (*CutFS)(nil)
 
 // Step counts a change and cuts the power before the At-th.
 func (c *CutFS) Step(op string) {
@@ -47,7 +51,41 @@ func (c *CutFS) Rename(from, to string) error {
 }
 
 func (c *CutFS) Remove(name string) error { c.Step("removing " + name); return c.FS.Remove(name) }
-func (c *CutFS) Sync() error              { c.Step("sync"); return c.FS.Sync() }
+
+// OverwriteFile implements boot.Overwriter (GRUB's grubenv, written in
+// place): a change for each 512-byte sector of the file the write
+// changes, each durable before the next, so that the power can fail
+// before the write or between two of its sectors (the first landed, the
+// next not). Sectors the write leaves as they are make no change.
+func (c *CutFS) OverwriteFile(name string, off int64, p []byte) error {
+	ow, ok := c.FS.(boot.Overwriter)
+	if !ok {
+		return fmt.Errorf("the cut ESP's file system (%T) cannot write over %s in place", c.FS, name)
+	}
+	old, err := c.FS.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	if off < 0 || off+int64(len(p)) > int64(len(old)) {
+		return ow.OverwriteFile(name, off, p) // refused as it refuses it
+	}
+	for len(p) > 0 {
+		n := min(int64(len(p)), sectorSize-off%sectorSize)
+		if !bytes.Equal(old[off:off+n], p[:n]) {
+			c.Step(fmt.Sprintf("overwriting %s at %d", name, off))
+			if err := ow.OverwriteFile(name, off, p[:n]); err != nil {
+				return err
+			}
+		}
+		off, p = off+n, p[n:]
+	}
+	return nil
+}
+
+// sectorSize is the unit a disk writes whole.
+const sectorSize = 512
+
+func (c *CutFS) Sync() error { c.Step("sync"); return c.FS.Sync() }
 
 // CutVars cuts before the k-th change of an EFI variable, counting with
 // the ESP's changes.
@@ -114,7 +152,11 @@ func (m *Machine) OpenCut(booted meta.Slot, at int) (*apply.Disk, *CutFS) {
 	}
 	env := d.Env
 	env.Store, env.Stage, env.StageSize = store, stageR, stageR.Size
-	env.Loader = systemdboot.New(cf, systemdboot.WithEFIVars(&CutVars{Inner: m.Vars, FS: cf}))
+	if m.GRUB() {
+		env.Loader = grub.New(cf, grub.WithCmdline(m.Cmdline(booted)))
+	} else {
+		env.Loader = systemdboot.New(cf, systemdboot.WithEFIVars(&CutVars{Inner: m.Vars, FS: cf}))
+	}
 	return &apply.Disk{Env: env, Disk: dk, STAGE: stageR}, cf
 }
 

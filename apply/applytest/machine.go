@@ -23,6 +23,7 @@ import (
 	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/efivar"
 	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/grub"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/stage"
@@ -34,14 +35,29 @@ import (
 var Layout = disk.Layout{Size: 300 * disktest.MiB, ESPSize: 260 * disktest.MiB, StageSize: 32 * disktest.MiB}
 
 // Machine is a stagehand disk image with its EFI variables: what survives
-// a reboot. Firmware plays the firmware and systemd-boot: the boot-once
-// slot if set (and consumed), else the default.
+// a reboot. Firmware plays the firmware and the bootloader: systemd-boot
+// (the boot-once slot if set, and consumed, else the default), or GRUB
+// running stagehand's grub.cfg (grub.Choose: the trial while it has tries,
+// counted down in grubenv, else the default).
 type Machine struct {
 	T    testing.TB
 	Img  string     // the disk image
 	Vars efivar.Dir // the EFI variables, one file each
 	Dir  string     // a directory of the machine's own for inputs
 	Now  time.Time  // the clock of the next Open, advanced a minute each
+
+	// Bootloader is the one the disk boots with, as bootdisk.Init names
+	// them: "" or bootdisk.SystemdBoot, bootdisk.GRUBBIOS (a legacy BIOS:
+	// the OS sees no EFI variables) or bootdisk.GRUBEFI.
+	Bootloader string
+	// GRUBBoot is, on GRUB, the running boot's stagehand.grub= value
+	// (MODE:WANT:RAN: the choice GRUB made at the last firmware start,
+	// which a kexec passes on); "" before the machine's first Firmware,
+	// or for a kernel GRUB did not start.
+	GRUBBoot string
+	// grubPartUUID is the ESP's partition GUID, which GRUB's script
+	// passes as stagehand.partuuid= with GRUBBoot.
+	grubPartUUID string
 
 	// V2Kernel and V2Initrd are the bytes New staged as v2.
 	V2Kernel, V2Initrd []byte
@@ -62,7 +78,13 @@ type Machine struct {
 // staged through the real stager path, from an OCI layout.
 func New(t testing.TB) *Machine {
 	t.Helper()
-	m := NewDisk(t, "v1")
+	return NewOn(t, bootdisk.SystemdBoot)
+}
+
+// NewOn is New on a disk that boots with bootloader (Machine.Bootloader).
+func NewOn(t testing.TB, bootloader string) *Machine {
+	t.Helper()
+	m := NewDiskOn(t, "v1", bootloader)
 	m.V2Kernel, m.V2Initrd = m.StageVersion("v2")
 	return m
 }
@@ -70,17 +92,62 @@ func New(t testing.TB) *Machine {
 // NewDisk makes a machine with version in slot a and nothing staged.
 func NewDisk(t testing.TB, version string) *Machine {
 	t.Helper()
+	return NewDiskOn(t, version, bootdisk.SystemdBoot)
+}
+
+// NewDiskOn is NewDisk on a disk that boots with bootloader
+// (Machine.Bootloader).
+func NewDiskOn(t testing.TB, version, bootloader string) *Machine {
+	t.Helper()
 	dir := t.TempDir()
-	m := &Machine{T: t, Img: filepath.Join(dir, "disk.img"), Vars: efivar.Dir(t.TempDir()), Dir: dir, Now: time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC)}
+	m := &Machine{T: t, Img: filepath.Join(dir, "disk.img"), Vars: efivar.Dir(t.TempDir()), Dir: dir, Now: time.Date(2026, 11, 25, 2, 0, 0, 0, time.UTC), Bootloader: bootloader}
 	k, i := m.Inputs(version)
-	_, err := bootdisk.Init(context.Background(), m.Img, bootdisk.Config{
+	cfg := bootdisk.Config{
 		Layout: Layout,
-		Kernel: k, Initramfs: i, Cmdline: "console=ttyS0 rdinit=/prestage", Version: version, LoaderEFI: k,
-	})
-	if err != nil {
+		Kernel: k, Initramfs: i, Cmdline: "console=ttyS0 rdinit=/prestage", Version: version,
+		Bootloader: bootloader,
+	}
+	if !m.GRUB() {
+		cfg.LoaderEFI = k
+	}
+	if _, err := bootdisk.Init(context.Background(), m.Img, cfg); err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// GRUB tells whether the machine boots with GRUB.
+func (m *Machine) GRUB() bool {
+	return m.Bootloader == bootdisk.GRUBBIOS || m.Bootloader == bootdisk.GRUBEFI
+}
+
+// Cmdline is the command line a kernel booted from slot booted ("" for
+// unknown) runs with, as far as the boot flow reads it: stagehand.slot=,
+// and on GRUB the stagehand.grub= of the last firmware start, with the
+// stagehand.partuuid= the script passes beside it.
+func (m *Machine) Cmdline(booted meta.Slot) string {
+	var words []string
+	if booted != "" {
+		words = append(words, boot.SlotParam+"="+string(booted))
+	}
+	if m.GRUBBoot != "" {
+		words = append(words, grub.ChoiceParam+"="+m.GRUBBoot)
+		if m.grubPartUUID != "" {
+			words = append(words, grub.PartUUIDParam+"="+m.grubPartUUID)
+		}
+	}
+	return strings.Join(words, " ")
+}
+
+// vars is the EFI variable store the OS sees: none on a BIOS.
+func (m *Machine) vars() efivar.Store {
+	switch {
+	case m.Bootloader == bootdisk.GRUBBIOS:
+		return nil
+	case m.ReadOnlyVars:
+		return NoRuntimeWrites{Store: m.Vars}
+	}
+	return m.Vars
 }
 
 // Inputs writes a kernel and an initramfs for version into the machine's
@@ -180,17 +247,16 @@ func (m *Machine) TryStageUKI(version string, u []byte) error {
 // unknown), logging to the test.
 func (m *Machine) Open(booted meta.Slot) *apply.Disk {
 	m.T.Helper()
-	if m.ReadOnlyVars {
-		return m.OpenVars(booted, NoRuntimeWrites{Store: m.Vars})
-	}
-	return m.OpenVars(booted, m.Vars)
+	return m.OpenVars(booted, m.vars())
 }
 
 // OpenVars is Open with another EFI variable store (one that fails, or
-// cuts the power, at a chosen change).
+// cuts the power, at a chosen change; nil for none). The bootloader's boot
+// record is read from Cmdline(booted).
 func (m *Machine) OpenVars(booted meta.Slot, vars efivar.Store) *apply.Disk {
 	m.T.Helper()
-	d, err := apply.Open(context.Background(), m.Img, vars)
+	cmdline := m.Cmdline(booted)
+	d, err := apply.OpenWith(context.Background(), m.Img, apply.OpenOptions{Vars: vars, Cmdline: &cmdline})
 	if err != nil {
 		m.T.Fatal(err)
 	}
@@ -204,9 +270,13 @@ func (m *Machine) OpenVars(booted meta.Slot, vars efivar.Store) *apply.Disk {
 
 // Firmware returns the slot the firmware and systemd-boot start, counts a
 // try of its entry if it counts them, and records the boot in EFI
-// variables as systemd-boot 252 does.
+// variables as systemd-boot 252 does. On GRUB, it runs stagehand's
+// grub.cfg instead (firmwareGRUB).
 func (m *Machine) Firmware() meta.Slot {
 	m.T.Helper()
+	if m.GRUB() {
+		return m.firmwareGRUB("")
+	}
 	d := m.OpenVars("", m.Vars)
 	ctx := context.Background()
 	s, ok, err := d.Loader.BootOnce(ctx)
@@ -275,19 +345,44 @@ func (m *Machine) countTry(e boot.SlotEntry) {
 }
 
 // PickByHand plays a person choosing slot's entry in the boot menu: the
-// boot-once variable is left as it is and the boot is recorded.
+// boot-once variable is left as it is and the boot is recorded. On GRUB the
+// script has run before the menu shows, so a trial due is counted as at
+// any start, and the boot record says slot's entry ran alone.
 func (m *Machine) PickByHand(slot meta.Slot) {
 	m.T.Helper()
+	if m.GRUB() {
+		m.firmwareGRUB(slot)
+		return
+	}
 	d := m.Open("")
 	defer d.Close()
 	m.RecordBoot(d, slot)
 }
 
+// DropBootRecord makes the running boot one the bootloader says nothing
+// of: systemd-boot's LoaderEntrySelected removed; on GRUB, no
+// stagehand.grub= on the command line (Cmdline).
+func (m *Machine) DropBootRecord() {
+	m.T.Helper()
+	if m.GRUB() {
+		m.GRUBBoot = ""
+		return
+	}
+	if err := m.Vars.Remove(systemdboot.SelectedVar, efivar.LoaderVendor); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.T.Fatal(err)
+	}
+}
+
 // RecordBoot sets the variables systemd-boot 252 sets for a boot of
 // slot's entry: LoaderEntrySelected, its file name in lower case, and
-// LoaderBootCountPath when it counts tries.
+// LoaderBootCountPath when it counts tries. On GRUB, it records a boot of
+// slot as the good slot (stagehand.grub=good:SLOT:SLOT), grubenv as it is.
 func (m *Machine) RecordBoot(d *apply.Disk, slot meta.Slot) {
 	m.T.Helper()
+	if m.GRUB() {
+		m.GRUBBoot = grub.Choice{Mode: grub.ModeGood, Want: slot, Ran: string(slot)}.String()
+		return
+	}
 	entries, err := d.Loader.Slots(context.Background())
 	if err != nil {
 		m.T.Fatal(err)
@@ -330,14 +425,25 @@ func (m *Machine) recordBoot(d *apply.Disk, slot meta.Slot, chosen []boot.SlotEn
 	m.T.Fatalf("the firmware boots slot %s, which has no entry", slot)
 }
 
-// Prestage runs the pre-stage step for a boot of slot.
+// Prestage runs the pre-stage step for a boot of slot. A kexec decided is
+// counted as prestage counts it (boot.KexecCounter: GRUB's trial loses a
+// try), the kexec taken as made: the caller boots the slot next, its
+// command line carrying this boot's record (Cmdline).
 func (m *Machine) Prestage(slot meta.Slot) apply.Decision {
 	m.T.Helper()
 	d := m.Open(slot)
 	defer d.Close()
-	dec, err := apply.Boot(context.Background(), &d.Env)
+	ctx := context.Background()
+	dec, err := apply.Boot(ctx, &d.Env)
 	if err != nil {
 		m.T.Logf("Boot: %v", err)
+	}
+	if dec.Action == apply.Kexec {
+		if kc, ok := d.Loader.(boot.KexecCounter); ok {
+			if err := kc.CountKexec(ctx, dec.Slot); err != nil {
+				m.T.Logf("counting the kexec as a try of slot %s: %v", dec.Slot, err)
+			}
+		}
 	}
 	return dec
 }

@@ -77,7 +77,7 @@ unit: tools
 # slowest tests; any failure fails the target.
 qemu-test: deps
 	@scripts/vm-guests.sh
-	$(GO) vet -tags vm ./qemu-tests/... ./grub/...
+	$(GO) vet -tags vm ./qemu-tests/... ./grub/... ./bootdisk
 	$(GO) run ./qemu-tests/vmsuite -out $(BUILD)/qemu-test
 
 # The large crash-state campaign (issue 14): every scenario of the

@@ -26,8 +26,6 @@ import (
 	"github.com/stagehand-dev/stagehand/systemdboot"
 )
 
-const mib = 1 << 20
-
 type inputs struct{ kernel, initramfs string }
 
 func newInputs(t *testing.T) inputs {

@@ -21,7 +21,7 @@ func newDiskCmd() *cobra.Command {
 		Use:   "disk",
 		Short: "Make bootable stagehand disks",
 	})
-	cmd.AddCommand(newDiskInitCmd())
+	cmd.AddCommand(newDiskInitCmd(), newDiskAdoptCmd())
 	return cmd
 }
 
@@ -150,6 +150,99 @@ and so is a disk or file that holds data, unless --force is given.`,
 		fmt.Fprintf(cmd.OutOrStdout(), "initialized %s (%s: %s) with %s and slot a (version %s, kernel %s) as default\n",
 			info.Path, sizeString(info.Size), strings.Join(parts, ", "), cfg.Bootloader, info.Version, info.Kernel)
 		return nil
+	}
+	return cmd
+}
+
+func newDiskAdoptCmd() *cobra.Command {
+	var (
+		path, espSize, stageSize string
+		cfg                      bootdisk.AdoptConfig
+	)
+	cmd := &cobra.Command{
+		Use:   "adopt --disk FILE|DEV --bootloader grub-bios|grub-efi --kernel F --initramfs F [--cmdline C] [--version V]",
+		Short: "Convert a GPT disk another tool made into a stagehand disk booted by GRUB, moving no partition",
+		Long: `Convert a machine's disk, made by its distribution's installer or image (Debian,
+Ubuntu, Flatcar, Talos), into a stagehand disk booted by GRUB, with the given
+kernel and initramfs as slot a. No partition is moved or resized: each keeps its
+place, type, GUID and name, and what stagehand lacks is added in the largest free
+extent of the disk, 1 MiB aligned: META (1 MiB), STAGE (--stage-size; by default
+512 MiB, or less if the free space holds less but twice the payload), an ESP
+(--esp-size, FAT32) when the disk has no EFI system partition, and for
+grub-bios a 1 MiB BIOS boot partition when it has none.
+
+An ESP there already is reused when it is a FAT32 with room for two slots: its
+files are kept, its GPT name becomes EFI (by which stagehand finds it). It must
+not be mounted: unmount /boot/efi first. Other partitions may be mounted.
+
+  grub-bios  GRUB's core image goes in the BIOS boot partition (replacing the
+             one there), then its boot code in the MBR (the partition table kept)
+  grub-efi   GRUB goes at the ESP's removable path EFI/BOOT/BOOTX64.EFI; no
+             firmware variable is written: a machine with a boot entry for its
+             distribution's loader must have stagehand's put first, with the
+             efibootmgr command printed at the end
+
+Then META records slot a as good and active. The machine's old GRUB
+configuration (/boot/grub) is no longer used. Everything is checked before the
+first write; --dry-run checks and prints the plan, and writes nothing. A disk
+with an MBR partition table must be converted to GPT first (sgdisk -g). See
+docs/grub.md, "Adopting a machine that boots GRUB".`,
+		Example: `  stager disk adopt --disk /dev/sda --bootloader grub-bios --kernel /boot/vmlinuz-6.1.0-18-amd64 --initramfs slot-a.img --cmdline "root=UUID=… ro" --dry-run
+  stager disk adopt --disk /dev/nvme0n1 --bootloader grub-efi --kernel vmlinuz --initramfs slot-a.img --cmdline "root=UUID=… ro"`,
+		Args: cli.ExactArgs(0, "no arguments"),
+	}
+	f := cmd.Flags()
+	f.StringVar(&path, "disk", "", "image file or whole-disk block device to convert (required)")
+	f.StringVar(&cfg.Bootloader, "bootloader", "", "the bootloader: "+bootdisk.GRUBBIOS+" or "+bootdisk.GRUBEFI+" (required)")
+	f.StringVar(&cfg.Kernel, "kernel", "", "slot a's kernel (required)")
+	f.StringVar(&cfg.Initramfs, "initramfs", "", "slot a's initramfs (required)")
+	f.StringVar(&cfg.Cmdline, "cmdline", "", "kernel command line (stagehand.slot=a is added)")
+	f.StringVar(&cfg.Version, "version", "", "slot a's OS version (default: the kernel's release)")
+	f.StringVar(&stageSize, "stage-size", "", "size of the new STAGE (default 512M, or less if the free space holds less; at least twice the payload)")
+	f.StringVar(&espSize, "esp-size", "", "size of a new ESP, when the disk has none (default 300M, at least 256M)")
+	f.BoolVar(&cfg.DryRun, "dry-run", false, "check everything and print the plan; write nothing")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		switch {
+		case path == "":
+			return cli.Usage("--disk is required (see --help)")
+		case cfg.Bootloader == "":
+			return cli.Usage("--bootloader is required: %s for a legacy BIOS, %s for UEFI", bootdisk.GRUBBIOS, bootdisk.GRUBEFI)
+		case cfg.Bootloader != bootdisk.GRUBBIOS && cfg.Bootloader != bootdisk.GRUBEFI:
+			return cli.Usage("--bootloader %q: adopt installs GRUB, %s or %s", cfg.Bootloader, bootdisk.GRUBBIOS, bootdisk.GRUBEFI)
+		case cfg.Kernel == "" || cfg.Initramfs == "":
+			return cli.Usage("give both --kernel and --initramfs (see --help)")
+		}
+		for _, s := range []struct {
+			flag, v string
+			dst     *int64
+		}{{"--esp-size", espSize, &cfg.ESPSize}, {"--stage-size", stageSize, &cfg.StageSize}} {
+			if s.v == "" {
+				continue
+			}
+			n, err := parseSize(s.v)
+			if err != nil {
+				return cli.Usage("%s %q: %v", s.flag, s.v, err)
+			}
+			*s.dst = n
+		}
+		info, err := bootdisk.Adopt(cmd.Context(), path, cfg)
+		if info == nil {
+			return err
+		}
+		out := cmd.OutOrStdout()
+		switch {
+		case info.DryRun:
+			fmt.Fprintf(out, "dry run, nothing written: adopting %s for %s with slot a (version %s, kernel %s) would\n", info.Path, info.Bootloader, info.Version, info.Kernel)
+		default:
+			fmt.Fprintf(out, "adopted %s for %s with slot a (version %s, kernel %s) as default; the old /boot/grub is no longer used:\n", info.Path, info.Bootloader, info.Version, info.Kernel)
+		}
+		for _, s := range info.Steps {
+			fmt.Fprintf(out, "  %s\n", s)
+		}
+		if info.EFIBootEntry != "" {
+			fmt.Fprintf(out, "no firmware variable is written: if this machine's firmware has a boot entry for its distribution's loader, put stagehand's first with\n  %s\n", info.EFIBootEntry)
+		}
+		return err
 	}
 	return cmd
 }

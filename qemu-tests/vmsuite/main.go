@@ -27,7 +27,7 @@ import (
 )
 
 var (
-	pkgs     = flag.String("pkgs", "./qemu-tests/... ./grub/install", "packages whose tests to run, space-separated")
+	pkgs     = flag.String("pkgs", "./qemu-tests/... ./grub/install ./bootdisk", "packages whose tests to run, space-separated; outside qemu-tests only the tests named TestQEMU… (their unit tests run in make unit)")
 	tags     = flag.String("tags", "vm", "build tags")
 	lanes    = flag.Int("lanes", 0, "go test processes at once (0: the machine's guest slots)")
 	timeout  = flag.Duration("timeout", 40*time.Minute, "go test -timeout of each process")
@@ -162,6 +162,9 @@ func list() ([]test, error) {
 		case f[0] == "ok" && len(f) >= 2:
 			for _, t := range pending {
 				t.pkg = f[1]
+				if !strings.Contains(t.pkg, "/qemu-tests") && !strings.HasPrefix(t.name, "TestQEMU") {
+					continue
+				}
 				tests = append(tests, t)
 			}
 			pending = nil

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -264,21 +263,7 @@ func Adopt(ctx context.Context, path string, cfg AdoptConfig) (*AdoptInfo, error
 	if err != nil {
 		return nil, err
 	}
-	err = store.Update(func(b *meta.Block) error {
-		if err := b.SetSlots(&meta.Slots{
-			Phase:         meta.PhaseIdle,
-			Active:        meta.SlotA,
-			A:             meta.SlotState{State: "good", Version: version},
-			LoaderDefault: meta.SlotA, // the ESP was synced with it above
-		}); err != nil {
-			return err
-		}
-		return b.AddTransition(meta.Transition{
-			Time: time.Now().UTC(), To: meta.PhaseIdle, Slot: meta.SlotA,
-			Reason: "adopted: disk converted by stager disk adopt, slot a (" + version + ")",
-		})
-	})
-	if err != nil {
+	if err := recordSlotA(store, version, "adopted: disk converted by stager disk adopt, slot a ("+version+")"); err != nil {
 		return nil, err
 	}
 	info.Partitions = d.Partitions()

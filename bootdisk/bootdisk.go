@@ -204,27 +204,30 @@ func Init(ctx context.Context, path string, cfg Config) (*Info, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = store.Update(func(b *meta.Block) error {
-		if err := b.SetSlots(&meta.Slots{
-			Phase:         meta.PhaseIdle,
-			Active:        meta.SlotA,
-			A:             meta.SlotState{State: "good", Version: version},
-			LoaderDefault: meta.SlotA, // the ESP was synced with it above
-		}); err != nil {
-			return err
-		}
-		return b.AddTransition(meta.Transition{
-			Time: time.Now().UTC(), To: meta.PhaseIdle, Slot: meta.SlotA,
-			Reason: "disk initialized with slot a (" + version + ")",
-		})
-	})
-	if err != nil {
+	if err := recordSlotA(store, version, "disk initialized with slot a ("+version+")"); err != nil {
 		return nil, err
 	}
 	if err := d.RereadPartitions(); err != nil {
 		return nil, fmt.Errorf("the disk is written, but the kernel kept the old partition table: %w; run `partprobe %s`", err, path)
 	}
 	return &Info{Path: path, Size: d.Size(), Partitions: d.Partitions(), Version: version, Kernel: release}, nil
+}
+
+// recordSlotA commits to META that slot a, holding version, is good,
+// active and the bootloader's default (the ESP was synced with it before),
+// with reason as the transition's.
+func recordSlotA(store *meta.Store, version, reason string) error {
+	return store.Update(func(b *meta.Block) error {
+		if err := b.SetSlots(&meta.Slots{
+			Phase:         meta.PhaseIdle,
+			Active:        meta.SlotA,
+			A:             meta.SlotState{State: "good", Version: version},
+			LoaderDefault: meta.SlotA,
+		}); err != nil {
+			return err
+		}
+		return b.AddTransition(meta.Transition{Time: time.Now().UTC(), To: meta.PhaseIdle, Slot: meta.SlotA, Reason: reason})
+	})
 }
 
 // diskImage is slot A's image with the files it reads from.

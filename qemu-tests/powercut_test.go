@@ -136,16 +136,17 @@ func TestPowerCutsGRUB(t *testing.T)    { powerCuts(t, "", bootdisk.GRUBBIOS, gr
 
 // grubCutPoints are the cuts around what GRUB adds, on a grub-bios disk:
 // the slot write (kernel, initramfs, then slot.cfg), the trial armed in
-// grubenv and counted down by prestage before the kexec, the confirm's
-// grubenv writes (the default, the trial cleared), and a trial started by
-// GRUB itself (stagehand.kexec=0), cut once confirm's META commit is
-// durable and before grubenv's new default.
+// grubenv and counted down by prestage before the kexec, and a trial
+// started by GRUB itself (stagehand.kexec=0), cut once confirm's META
+// commit is durable and before grubenv's new default. Two more cuts in the
+// confirm (after its first write, after its line) always left the state
+// this last one leaves (META idle on b, grubenv's default a, b's last try
+// armed) and were dropped to keep make test in its budget; the simulated
+// machine cuts at every one of the confirm's writes on GRUB.
 var grubCutPoints = []cutPoint{
 	{"applying +0.35s", "apply", []*regexp.Regexp{toApplying}, 350 * time.Millisecond, "", 0},
 	{"trial +0", "apply", []*regexp.Regexp{toTrial}, 0, "", 0},
 	{"kexec +0", "apply", []*regexp.Regexp{kexecInto}, 0, "", 0},
-	{"confirm I/O 1", "confirm", afterIO(1), 0, "", 0},
-	{"confirmed +0", "confirm", []*regexp.Regexp{confirmedLine}, 0, "", 0},
 	{"confirm META via GRUB", "confirm", []*regexp.Regexp{confirmStart}, 0, "stagehand.kexec=0", 2},
 }
 

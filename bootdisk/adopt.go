@@ -229,17 +229,7 @@ func Adopt(ctx context.Context, path string, cfg AdoptConfig) (*AdoptInfo, error
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
 	// No running command line to pass on: stagehand has not booted here.
-	bl := grub.New(esp, grub.WithCmdline(""))
-	if err := bl.InstallLoader(ctx); err != nil {
-		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
-	}
-	if err := bl.InstallSlot(ctx, meta.SlotA, img.Image); err != nil {
-		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
-	}
-	if err := bl.SetDefault(ctx, meta.SlotA); err != nil {
-		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
-	}
-	if err := esp.Sync(); err != nil {
+	if err := installSlotA(ctx, grub.New(esp, grub.WithCmdline("")), esp, img.Image); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
 	// What makes the firmware start stagehand's GRUB comes last, once

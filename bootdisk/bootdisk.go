@@ -171,22 +171,13 @@ func Init(ctx context.Context, path string, cfg Config) (*Info, error) {
 	} else {
 		bl = systemdboot.New(esp, systemdboot.WithLoaderEFI(loader))
 	}
-	if err := bl.InstallLoader(ctx); err != nil {
-		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
-	}
 	img.Image.Version = version
-	if err := bl.InstallSlot(ctx, meta.SlotA, img.Image); err != nil {
-		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
-	}
-	if err := bl.SetDefault(ctx, meta.SlotA); err != nil {
+	if err := installSlotA(ctx, bl, esp, img.Image); err != nil {
 		return nil, fmt.Errorf("%s: %w", espR.Name(), err)
 	}
 	if cfg.Bootloader == GRUBBIOS {
 		// The boot code last: the MBR is what makes the disk boot GRUB,
-		// once everything GRUB reads is on the ESP.
-		if err := esp.Sync(); err != nil {
-			return nil, fmt.Errorf("%s: %w", espR.Name(), err)
-		}
+		// once everything GRUB reads is on the (synced) ESP.
 		biosR, err := d.Find(disk.LabelBIOS)
 		if err != nil {
 			return nil, err
@@ -211,6 +202,22 @@ func Init(ctx context.Context, path string, cfg Config) (*Info, error) {
 		return nil, fmt.Errorf("the disk is written, but the kernel kept the old partition table: %w; run `partprobe %s`", err, path)
 	}
 	return &Info{Path: path, Size: d.Size(), Partitions: d.Partitions(), Version: version, Kernel: release}, nil
+}
+
+// installSlotA installs the bootloader's own files and slot a on esp, makes
+// a the default and syncs esp: everything the loader reads, before what
+// makes the firmware start it.
+func installSlotA(ctx context.Context, bl boot.Loader, esp boot.FS, img boot.Image) error {
+	if err := bl.InstallLoader(ctx); err != nil {
+		return err
+	}
+	if err := bl.InstallSlot(ctx, meta.SlotA, img); err != nil {
+		return err
+	}
+	if err := bl.SetDefault(ctx, meta.SlotA); err != nil {
+		return err
+	}
+	return esp.Sync()
 }
 
 // recordSlotA commits to META that slot a, holding version, is good,

@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stagehand-dev/stagehand/delta"
 )
 
 // BuildOptions are the inputs of an installer image.
@@ -26,21 +29,31 @@ type BuildOptions struct {
 	Cmdline   string // kernel command line, optional
 	Version   string // version, optional
 	Arch      string // Go architecture, e.g. amd64
-	TempDir   string // where the layer is assembled (default: os.TempDir)
+	TempDir   string // where the layers are assembled (default: os.TempDir)
+	NoIndex   bool   // leave out the delta index layer: the artifact layer only
 }
 
-// Built is an installer image backed by a layer file; Close removes it.
+// Built is an installer image backed by layer files; Close removes them.
 type Built struct {
 	v1.Image
-	layer string
+	layers []string
 }
 
-// Close removes the layer file.
-func (b *Built) Close() error { return os.Remove(b.layer) }
+// Close removes the layer files.
+func (b *Built) Close() error {
+	var errs []error
+	for _, p := range b.layers {
+		errs = append(errs, os.Remove(p))
+	}
+	b.layers = nil
+	return errors.Join(errs...)
+}
 
-// Build makes an installer image: one uncompressed layer (the kernel and
-// initramfs are compressed already), every timestamp and owner fixed, so
-// that the same inputs give the same digest.
+// Build makes an installer image: an uncompressed layer of the artifacts
+// (the kernel and initramfs are compressed already), then, unless
+// o.NoIndex, an uncompressed layer holding the delta index of the first
+// (see IndexPath and IndexAnnotation). Every timestamp and owner is fixed,
+// so that the same inputs give the same digest.
 func Build(o BuildOptions) (*Built, error) {
 	if o.Arch == "" {
 		return nil, fmt.Errorf("installer image: no architecture given")
@@ -52,7 +65,7 @@ func Build(o BuildOptions) (*Built, error) {
 	if err != nil {
 		return nil, fmt.Errorf("installer image: %w", err)
 	}
-	b := &Built{layer: f.Name()}
+	b := &Built{layers: []string{f.Name()}}
 	if err := writeLayer(f, o); err != nil {
 		f.Close()
 		b.Close()
@@ -62,14 +75,14 @@ func Build(o BuildOptions) (*Built, error) {
 		b.Close()
 		return nil, fmt.Errorf("installer image: %w", err)
 	}
-	l, err := newFileLayer(b.layer)
+	adds, err := b.layersOf(o)
 	if err != nil {
 		b.Close()
 		return nil, err
 	}
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	img, err = mutate.Append(img, mutate.Addendum{Layer: l, MediaType: types.OCIUncompressedLayer})
+	img, err = mutate.Append(img, adds...)
 	if err != nil {
 		b.Close()
 		return nil, fmt.Errorf("installer image: %w", err)
@@ -90,6 +103,56 @@ func Build(o BuildOptions) (*Built, error) {
 		return nil, fmt.Errorf("installer image: %w", err)
 	}
 	return b, nil
+}
+
+// layersOf returns the image's layers: the artifact layer written to
+// b.layers[0] and, unless o.NoIndex, its index layer, written to a second
+// file added to b.layers.
+func (b *Built) layersOf(o BuildOptions) ([]mutate.Addendum, error) {
+	if o.NoIndex {
+		l, err := newFileLayer(b.layers[0])
+		if err != nil {
+			return nil, err
+		}
+		return []mutate.Addendum{{Layer: l, MediaType: types.OCIUncompressedLayer}}, nil
+	}
+	// One pass over the layer file gives its index and, from the index's
+	// size and SHA-256, the layer's size and digest: the index is of the
+	// very bytes pushed.
+	f, err := os.Open(b.layers[0])
+	if err != nil {
+		return nil, fmt.Errorf("installer image: %w", err)
+	}
+	x, err := delta.Build(bufio.NewReaderSize(f, 1<<20), delta.DefaultParams)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("installer image: indexing the layer: %w", err)
+	}
+	l := &fileLayer{path: b.layers[0], size: x.Size, digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(x.SHA256[:])}}
+	data, err := x.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("installer image: indexing the layer: %w", err)
+	}
+	g, err := os.CreateTemp(o.TempDir, "stagehand-index-*.tar")
+	if err != nil {
+		return nil, fmt.Errorf("installer image: %w", err)
+	}
+	b.layers = append(b.layers, g.Name())
+	err = writeIndexLayer(g, data)
+	if cerr := g.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("installer image: %w", cerr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	il, err := newFileLayer(g.Name())
+	if err != nil {
+		return nil, err
+	}
+	return []mutate.Addendum{
+		{Layer: l, MediaType: types.OCIUncompressedLayer},
+		{Layer: il, MediaType: types.OCIUncompressedLayer, Annotations: map[string]string{IndexAnnotation: l.digest.String()}},
+	}, nil
 }
 
 func writeLayer(w io.Writer, o BuildOptions) error {

@@ -11,4 +11,9 @@
 //
 // where <arch> is the Go architecture (amd64, arm64). Every other file is
 // ignored; the artifacts must be regular files.
+//
+// Build also adds, unless told not to, a layer holding the delta index of
+// the artifact layer at /stagehand/delta-index (IndexPath), its manifest
+// descriptor annotated with the digest of the layer it indexes
+// (IndexAnnotation); IndexOf finds it in a manifest and ReadIndex reads it.
 package installer

@@ -87,6 +87,21 @@ type Staged struct {
 	Target    Slot           `json:"target"` // slot the payload goes to
 	Time      time.Time      `json:"time"`
 	Artifacts []Artifact     `json:"artifacts"`
+	// Transfer is where staging found the image's bytes; nil in records
+	// written before it was kept.
+	Transfer *Transfer `json:"transfer,omitempty"`
+}
+
+// Transfer is what a staging read from the image's source (a registry,
+// an OCI layout, an archive) and what it copied from bytes the machine
+// held (delta staging: the slots' files, the payload STAGE held).
+type Transfer struct {
+	Fetched int64 `json:"fetched"`          // bytes of blobs read from the source
+	Reused  int64 `json:"reused,omitempty"` // bytes copied from the machine's own, hash checked
+	// Full says why the image's bytes were all read from the source
+	// when it carries a delta index ("" when they were not, or when it
+	// carries none).
+	Full string `json:"full,omitempty"`
 }
 
 // FirmwareCheck is a payload checked at staging against db and dbx, as

@@ -48,6 +48,9 @@ type extractor struct {
 	install     map[string]bool // paths seen under usr/install, for messages
 	progress    func(n int64)
 	buf         []byte
+	// fetched counts the bytes read from the image's source, reused those
+	// a delta copied from the machine's own.
+	fetched, reused int64
 }
 
 // sink is where the artifacts go: the STAGE partition (a *disk.Region), or
@@ -154,6 +157,12 @@ func (x *extractor) layer(ls layerSource, n int) error {
 		return x.readError(ls, n, err)
 	}
 	ra.Close() // the reader is done: its counts and hash are final
+	if d := ls.delta; d != nil && d.reader != nil {
+		x.fetched += d.reader.Stats.Fetched
+		x.reused += d.reader.Stats.Reused
+	} else {
+		x.fetched += blob.n
+	}
 	if ls.size >= 0 && blob.n != ls.size {
 		return fmt.Errorf("layer %d (%s) is %d bytes, the manifest says %d: truncated or corrupt blob", n, *ls.digest, blob.n, ls.size)
 	}
@@ -245,8 +254,11 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 			}
 			got += int64(k)
 		}
-		if err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			return fmt.Errorf("artifact %s: %w", art, io.ErrUnexpectedEOF)
+		}
+		if err != nil {
+			return fmt.Errorf("artifact %s: %w", art, err)
 		}
 		if x.direct == nil && got-queued >= writebackChunk {
 			x.dst.StartWriteback(x.next+queued, got-queued)

@@ -10,7 +10,8 @@ import (
 
 // WritePrometheus writes st as node-exporter textfile metrics (Prometheus
 // text format 0.0.4): what runs, the phase, the slots' states, the
-// rollbacks META's transition ring holds and the last transition's time.
+// rollbacks META's transition ring holds, the last transition's time, and
+// what the staging of a staged image fetched and reused.
 func (st *Status) WritePrometheus(w io.Writer) error {
 	sl := st.Slots
 	booted, run := st.Running()
@@ -43,6 +44,12 @@ func (st *Status) WritePrometheus(w io.Writer) error {
 	fmt.Fprintf(&b, "stagehand_firmware_start_pending{slot=\"%s\"} %d\n", sl.Pending, bool01(sl.Pending != ""))
 	metric("stagehand_off_active", "gauge", "1 when the running slot is neither META's active slot nor its trial.")
 	fmt.Fprintf(&b, "stagehand_off_active %d\n", bool01(st.OffActive != ""))
+	if sg := st.Staged; sg != nil && sg.Transfer != nil {
+		metric("stagehand_staged_fetched_bytes", "gauge", "Bytes the staging of the staged image read from its source (registry, layout, archive).")
+		fmt.Fprintf(&b, "stagehand_staged_fetched_bytes{digest=\"%s\"} %d\n", lv(sg.Digest), sg.Transfer.Fetched)
+		metric("stagehand_staged_reused_bytes", "gauge", "Bytes the staging of the staged image copied from this machine's slots and STAGE (delta staging).")
+		fmt.Fprintf(&b, "stagehand_staged_reused_bytes{digest=\"%s\"} %d\n", lv(sg.Digest), sg.Transfer.Reused)
+	}
 	if n := len(st.Transitions); n > 0 {
 		t := st.Transitions[n-1]
 		metric("stagehand_last_transition_timestamp_seconds", "gauge", "Time of META's last transition.")

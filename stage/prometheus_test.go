@@ -43,6 +43,15 @@ func TestWritePrometheus(t *testing.T) {
 			`stagehand_info{slot="b",version="v2",digest="",active="b"} 1`,
 			`stagehand_firmware_start_pending{slot="b"} 1`,
 		}},
+		{"staged by a delta", Status{
+			Booted: meta.SlotA,
+			Slots:  &meta.Slots{Phase: meta.PhaseStaged, Active: meta.SlotA, A: meta.SlotState{State: "good", Version: "v1"}},
+			Staged: &meta.Staged{Digest: "sha256:cc", Target: meta.SlotB, Transfer: &meta.Transfer{Fetched: 720000, Reused: 3500000}},
+		}, []string{
+			`stagehand_phase{phase="staged"} 1`,
+			`stagehand_staged_fetched_bytes{digest="sha256:cc"} 720000`,
+			`stagehand_staged_reused_bytes{digest="sha256:cc"} 3500000`,
+		}},
 		{"on trial, booted unknown", Status{
 			Slots: &meta.Slots{Phase: meta.PhaseTrial, Active: meta.SlotA, Trial: meta.SlotB,
 				A: meta.SlotState{State: "good", Version: "v1"}, B: meta.SlotState{State: "trial", Version: "v2"}},

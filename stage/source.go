@@ -92,11 +92,12 @@ type image struct {
 // layerSource opens one layer's stream and says how to verify it.
 type layerSource struct {
 	open       func() (io.ReadCloser, error)
-	digest     *v1.Hash // of the stream as opened; nil when the stream is the uncompressed layer
-	size       int64    // of the stream, -1 when unknown
-	diffID     v1.Hash  // of the uncompressed tar
-	compressed bool     // the stream may need decompressing
-	verified   bool     // the transport checks the stream's digest and size itself
+	digest     *v1.Hash    // of the stream as opened; nil when the stream is the uncompressed layer
+	size       int64       // of the stream, -1 when unknown
+	diffID     v1.Hash     // of the uncompressed tar
+	compressed bool        // the stream may need decompressing
+	verified   bool        // the transport checks the stream's digest and size itself
+	delta      *deltaLayer // staged from the machine's bytes and ranges of the blob; nil: read whole
 }
 
 // resolve finds the image for platform and checks the manifest and config

@@ -1,12 +1,15 @@
 package stage
 
 import (
+	"github.com/stagehand-dev/stagehand/internal/bytesize"
+
 	"context"
 	"crypto"
 	"errors"
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -52,6 +55,10 @@ type Options struct {
 	// the firmware under Secure Boot.
 	Firmware       *Firmware
 	AllowUntrusted bool
+	// NoDelta reads every blob whole, even when the image carries a delta
+	// index (see package delta): by default only the chunks the machine
+	// does not hold already are read.
+	NoDelta bool
 	// Progress is told the bytes read so far and the total (-1 when unknown).
 	Progress func(done, total int64)
 	Logf     func(format string, args ...any) // default: discard
@@ -66,6 +73,9 @@ type Result struct {
 	Half          int   // half of STAGE written
 }
 
+// maxFull bounds the reason META keeps for a delta given up.
+const maxFull = 200
+
 // ErrBusy marks a META whose state does not allow staging now.
 var ErrBusy = errors.New("cannot stage now")
 
@@ -75,8 +85,29 @@ var ErrBusy = errors.New("cannot stage now")
 // the free half are zeroed again. An image whose digest rolled back on this
 // machine is refused before anything is written (ErrRolledBack, as a
 // *RolledBackError), unless o.Retry.
+//
+// When the image carries a delta index, the chunks of its layer that the
+// machine holds already (in its slots' files, in the payload STAGE holds)
+// are copied from there, their hashes checked, and only the others are
+// read from the source; a source that cannot serve ranges, or any other
+// failure of that part, stages the image again from whole blobs, with a
+// line to o.Logf saying why.
 func Stage(ctx context.Context, o Options) (*Result, error) {
 	o.defaults()
+	res, err := stageOnce(ctx, o, "")
+	var de *deltaError
+	if errors.As(err, &de) && ctx.Err() == nil {
+		why := fmt.Sprintf("the delta failed (%v)", de.err)
+		o.Logf("delta: %s: pulling the whole image", why)
+		o.NoDelta = true
+		return stageOnce(ctx, o, why)
+	}
+	return res, err
+}
+
+// stageOnce is Stage, with a delta unless o.NoDelta; full says why a delta
+// was given up before.
+func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 	src, reqs, err := o.source()
 	if err != nil {
 		return nil, err
@@ -144,6 +175,22 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		defer dw.Close()
 	}
 	x.high = x.next
+	if !o.NoDelta {
+		dl, seeds, why, err := o.planDelta(ctx, src, img, w, old)
+		if err != nil {
+			return nil, err
+		}
+		if seeds != nil {
+			defer seeds.Close()
+		}
+		if dl != nil {
+			p := dl.plan
+			o.Logf("delta: %s of %s from this machine, %s to fetch in %d ranges", bytesize.Format(p.Index.Size-p.Fetched), bytesize.Format(p.Index.Size), bytesize.Format(p.Fetched), len(p.Fetch))
+		} else {
+			full = why
+			o.Logf("delta: %s: pulling the whole image", why)
+		}
+	}
 	var done int64
 	x.progress = func(n int64) { done += n; o.Progress(done, img.total) }
 	arts, err := x.write(img, o.Platform.Architecture)
@@ -170,7 +217,11 @@ func Stage(ctx context.Context, o Options) (*Result, error) {
 		return nil, err
 	}
 
-	st := &meta.Staged{Image: src.String(), Digest: digest, Target: target, Time: o.Now().UTC(), Artifacts: arts, SignedBy: signedBy, Firmware: fc}
+	if len(full) > maxFull {
+		full = strings.ToValidUTF8(full[:maxFull], "") + "…"
+	}
+	st := &meta.Staged{Image: src.String(), Digest: digest, Target: target, Time: o.Now().UTC(), Artifacts: arts, SignedBy: signedBy, Firmware: fc,
+		Transfer: &meta.Transfer{Fetched: x.fetched, Reused: x.reused, Full: full}}
 	err = store.Update(func(b *meta.Block) error {
 		if err := b.SetStaged(st); err != nil {
 			return err
@@ -296,7 +347,8 @@ func zero(stage *disk.Region, start, end int64) error {
 // could not hold: a record for the largest artifact list there can be.
 func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, target meta.Slot, reason string) error {
 	probe := b.Clone()
-	st := &meta.Staged{Image: ref, Digest: digest, SignedBy: signedBy, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)}
+	st := &meta.Staged{Image: ref, Digest: digest, SignedBy: signedBy, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		Transfer: &meta.Transfer{Fetched: 1 << 62, Reused: 1 << 62, Full: strings.Repeat("x", maxFull+len("…"))}}
 	for _, name := range []string{payload.Kernel, payload.Initramfs, payload.UKI, payload.Cmdline, payload.Version} {
 		st.Artifacts = append(st.Artifacts, meta.Artifact{Name: name, Offset: 1 << 60, Size: 1 << 60, SHA256: fmt.Sprintf("%064d", 0)})
 	}

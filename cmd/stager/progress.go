@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/stagehand-dev/stagehand/internal/bytesize"
+
 	"fmt"
 	"io"
 	"os"
@@ -71,18 +73,7 @@ func (p *progress) finish(ok bool) {
 	}
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return bytesize.Format(n) }
 
 // logf writes a library's log lines to the command's stderr.
 func logf(cmd *cobra.Command) func(string, ...any) {

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -28,6 +29,9 @@ func addStageFlags(root *cobra.Command) {
 	root.Flags().BoolVar(&o.AllowUntrusted, "allow-untrusted", false, "stage a UKI or kernel that the firmware's Secure Boot db would refuse (it is never kexec'd; the firmware's refusal rolls it back)")
 	var firmwareVars string
 	root.Flags().StringVar(&firmwareVars, "firmware-vars", "", "directory of EFI variables (efivarfs layout: SecureBoot, db, dbx) of the machine that boots --disk, to check the payload against its Secure Boot (default: this machine's, when --disk is the disk that booted or a block device)")
+	root.Flags().BoolVar(&o.NoDelta, "no-delta", false, "read every blob whole, even when the image carries a delta index (by default only the chunks this machine does not hold are fetched)")
+	var dryRun bool
+	root.Flags().BoolVar(&dryRun, "dry-run", false, "say how many bytes staging would fetch, and what it would take from this machine's slots and STAGE, without writing anything")
 	root.Flags().BoolVar(&reboot, "reboot", false, "reboot once the upgrade is staged")
 	root.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	diskPath := cli.AddDiskFlag(root, nil)
@@ -35,7 +39,8 @@ func addStageFlags(root *cobra.Command) {
 	root.Example = `  stager --image 127.0.0.1:5000/stagehand/os:v2 --disk /dev/vda
   stager --image 127.0.0.1:5000/stagehand/os:v2 --verify-key /etc/stagehand/keys/release.pub
   stager --image oci:/var/lib/images/os:v2 --reboot
-  stager --image docker-archive:os-v2.tar --disk disk.img --json`
+  stager --image docker-archive:os-v2.tar --disk disk.img --json
+  stager --image 127.0.0.1:5000/stagehand/os:v2 --dry-run`
 	root.RunE = func(cmd *cobra.Command, _ []string) error {
 		if o.Image == "" {
 			return cmd.Help()
@@ -59,6 +64,21 @@ func addStageFlags(root *cobra.Command) {
 		}
 		if o.Firmware, err = firmwareOf(o.Disk, firmwareVars); err != nil {
 			return err
+		}
+		if dryRun {
+			if reboot {
+				return cli.Usage("--dry-run writes nothing, so there is nothing to --reboot into")
+			}
+			o.Logf = cli.Logf(cmd)
+			p, err := stage.Plan(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return cli.WriteJSON(cmd.OutOrStdout(), p)
+			}
+			printPreview(cmd.OutOrStdout(), p)
+			return nil
 		}
 		bar := newProgress(cmd.ErrOrStderr(), "staging")
 		o.Progress = bar.update
@@ -87,6 +107,14 @@ func addStageFlags(root *cobra.Command) {
 		default:
 			fmt.Fprintf(out, "staged %s (%s) for slot %s: %d artifacts, %s in %s; it is applied at the next boot\n",
 				st.Image, st.Digest, st.Target, len(st.Artifacts), humanBytes(res.Bytes), time.Since(start).Round(time.Millisecond))
+		}
+		if tr := st.Transfer; tr != nil && !asJSON && !res.AlreadyStaged {
+			switch {
+			case tr.Reused > 0:
+				fmt.Fprintf(out, "delta: fetched %s, took %s from this machine\n", humanBytes(tr.Fetched), humanBytes(tr.Reused))
+			case tr.Full != "":
+				fmt.Fprintf(out, "fetched %s, the whole image: %s\n", humanBytes(tr.Fetched), tr.Full)
+			}
 		}
 		if st.SignedBy != "" && !asJSON {
 			fmt.Fprintf(out, "verified: cosign signature by key %s\n", st.SignedBy)
@@ -133,4 +161,21 @@ func firmwareOf(diskPath, dir string) (*stage.Firmware, error) {
 		return nil, fmt.Errorf("reading the firmware's Secure Boot state: %w", err)
 	}
 	return f, nil
+}
+
+// printPreview says what `stager --image REF --dry-run` found.
+func printPreview(w io.Writer, p *stage.Preview) {
+	fmt.Fprintf(w, "%s (%s): %s in its blobs\n", p.Image, p.Digest, humanBytes(p.Total))
+	if p.Full != "" {
+		fmt.Fprintf(w, "staging would fetch all of it: %s\n", p.Full)
+		return
+	}
+	pct := 0.0
+	if p.Total > 0 {
+		pct = 100 * float64(p.Fetch) / float64(p.Total)
+	}
+	fmt.Fprintf(w, "staging would fetch %s (%.1f%%) in %d ranges, and take from this machine:\n", humanBytes(p.Fetch), pct, p.Ranges)
+	for _, s := range p.Seeds {
+		fmt.Fprintf(w, "  %-24s %s\n", s.Name, humanBytes(s.Bytes))
+	}
 }

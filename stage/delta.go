@@ -1,0 +1,350 @@
+package stage
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/stagehand-dev/stagehand/boot"
+	"github.com/stagehand-dev/stagehand/bootloader"
+	"github.com/stagehand-dev/stagehand/delta"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/fat"
+	"github.com/stagehand-dev/stagehand/installer"
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/payload"
+)
+
+// maxIndex bounds the index layer read into memory (an index of 36 bytes
+// per 64 KiB chunk: 64 MiB describes about 100 GiB).
+const maxIndex = 64 << 20
+
+// deltaLayer is a layer staged from the machine's bytes and ranges of its
+// blob: the plan, the source of the ranges, and the reader once opened.
+type deltaLayer struct {
+	plan   *delta.Plan
+	src    delta.Source
+	reader *delta.Reader
+}
+
+// deltaError marks a staging that failed in its delta part (a range the
+// source would not serve, bytes that did not match the index): Stage then
+// pulls the whole image.
+type deltaError struct{ err error }
+
+func (e *deltaError) Error() string { return e.err.Error() }
+func (e *deltaError) Unwrap() error { return e.err }
+
+// deltaReadCloser wraps a delta.Reader's errors in deltaError.
+type deltaReadCloser struct{ r *delta.Reader }
+
+func (d deltaReadCloser) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	if err != nil && err != io.EOF && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		err = &deltaError{err}
+	}
+	return n, err
+}
+
+func (d deltaReadCloser) Close() error { return d.r.Close() }
+
+// seedSet is the machine's bytes a delta may copy from, and what to close.
+type seedSet struct {
+	seeds   []delta.Seed
+	closers []io.Closer
+}
+
+func (s *seedSet) Close() {
+	for _, c := range s.closers {
+		c.Close()
+	}
+}
+
+// findIndex returns the image's delta index and the layer it describes,
+// reading the index layer (kept in memory, so that the extractor does not
+// read it again). why says why there is none.
+func (img *image) findIndex(src *Source) (idx *delta.Index, layer int, why string, err error) {
+	m, err := img.img.Manifest()
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("reading the manifest of %s: %w", src, err)
+	}
+	desc, of, ok := installer.IndexOf(m)
+	if !ok {
+		return nil, 0, "the image carries no delta index (build it with `stager image build`)", nil
+	}
+	layer, at := -1, -1
+	for i, l := range m.Layers {
+		switch l.Digest {
+		case of:
+			layer = i
+		case desc.Digest:
+			at = i
+		}
+	}
+	if layer < 0 || at < 0 || at >= len(img.layers) || layer >= len(img.layers) {
+		return nil, 0, "the image's delta index names a layer it does not have", nil
+	}
+	rc, err := img.layers[at].open()
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("reading the delta index of %s: %w", src, err)
+	}
+	raw, err := io.ReadAll(io.LimitReader(rc, maxIndex+1))
+	rc.Close()
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("reading the delta index of %s: %w", src, err)
+	}
+	if got := sha256Hash(raw); got != desc.Digest {
+		return nil, 0, "", fmt.Errorf("the delta index layer of %s: digest is %s, the manifest says %s", src, got, desc.Digest)
+	}
+	img.layers[at].open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
+	b, err := installer.ReadIndex(bytes.NewReader(raw))
+	if err != nil {
+		return nil, 0, fmt.Sprintf("its delta index layer is unreadable (%v)", err), nil
+	}
+	if idx, err = delta.Parse(b); err != nil {
+		return nil, 0, fmt.Sprintf("its delta index is unreadable (%v)", err), nil
+	}
+	ls := img.layers[layer]
+	if idx.Size != ls.size || ls.digest == nil || "sha256:"+hex.EncodeToString(idx.SHA256[:]) != ls.digest.String() {
+		return nil, 0, "its delta index describes another blob than the layer it names", nil
+	}
+	return idx, layer, "", nil
+}
+
+// machineSeeds opens the bytes the machine holds that an upgrade may
+// share: the payload STAGE holds (old), and each slot's files on the ESP.
+// What cannot be opened is left out, with a line to logf.
+func machineSeeds(ctx context.Context, d *disk.Disk, stage *disk.Region, old *meta.Staged, logf func(string, ...any)) *seedSet {
+	s := &seedSet{}
+	if old != nil {
+		for _, a := range old.Artifacts {
+			if a.Name == payload.Kernel || a.Name == payload.Initramfs || a.Name == payload.UKI {
+				s.seeds = append(s.seeds, delta.Seed{Name: "staged " + a.Name, R: io.NewSectionReader(stage, a.Offset, a.Size), Size: a.Size})
+			}
+		}
+	}
+	esp, err := d.Find(disk.LabelESP)
+	if err != nil {
+		logf("delta: no ESP to take the slots' files from: %v", err)
+		return s
+	}
+	vol, _, err := fat.View(esp, esp.Size)
+	if err != nil {
+		logf("delta: the ESP cannot be read (%v): the slots' files are not used", err)
+		return s
+	}
+	l := bootloader.Find(vol, bootloader.Options{Cmdline: new(string)})
+	for _, slot := range []meta.Slot{meta.SlotA, meta.SlotB} {
+		f, err := l.OpenSlot(ctx, slot)
+		if err != nil {
+			continue // an empty slot
+		}
+		s.closers = append(s.closers, f)
+		for i, c := range f.Closers {
+			ra, ok := c.(interface {
+				io.ReaderAt
+				Size() int64
+			})
+			if !ok {
+				continue
+			}
+			s.seeds = append(s.seeds, delta.Seed{Name: slotFileName(slot, f, i), R: ra, Size: ra.Size()})
+		}
+	}
+	return s
+}
+
+// slotFileName names the i-th file of a slot, for messages.
+func slotFileName(slot meta.Slot, f *boot.SlotFiles, i int) string {
+	switch {
+	case f.UKI != nil:
+		return "slot " + string(slot) + " UKI"
+	case i == 0:
+		return "slot " + string(slot) + " kernel"
+	case len(f.Closers) == 2:
+		return "slot " + string(slot) + " initramfs"
+	}
+	return fmt.Sprintf("slot %s initramfs %d", slot, i)
+}
+
+// rangeSource is where the ranges of layer i's blob are read: the
+// registry by HTTP Range, the layout's blob file, the archive read forward.
+func (o *Options) rangeSource(ctx context.Context, src *Source, img *image, i int) (delta.Source, error) {
+	ls := img.layers[i]
+	switch src.Transport {
+	case Registry:
+		repo := src.Ref.Context()
+		auth, err := authn.Resolve(ctx, o.Keychain, repo)
+		if err != nil {
+			return nil, err
+		}
+		rt, err := transport.NewWithContext(ctx, repo.Registry, auth, http.DefaultTransport, []string{repo.Scope(transport.PullScope)})
+		if err != nil {
+			return nil, describeRegistryError(src.Ref, err)
+		}
+		u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Registry.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), ls.digest)
+		return &delta.HTTPSource{Client: &http.Client{Transport: rt}, URL: u, Size: ls.size}, nil
+	case OCILayout:
+		f, err := os.Open(filepath.Join(src.Path, "blobs", ls.digest.Algorithm, ls.digest.Hex))
+		if err != nil {
+			return nil, err
+		}
+		return &fileSource{ReaderAtSource: delta.ReaderAtSource{R: f, Size: ls.size}, f: f}, nil
+	}
+	return &forwardSource{open: ls.open}, nil
+}
+
+// fileSource is a layout's blob file; closed with the staging.
+type fileSource struct {
+	delta.ReaderAtSource
+	f *os.File
+}
+
+func (f *fileSource) Close() error { return f.f.Close() }
+
+// forwardSource reads ranges from a stream read forward (a layer in a
+// docker archive): the ranges a Reader asks come in order; one behind
+// reopens the stream.
+type forwardSource struct {
+	open func() (io.ReadCloser, error)
+	rc   io.ReadCloser
+	at   int64
+}
+
+func (f *forwardSource) OpenRange(_ context.Context, off, n int64) (io.ReadCloser, error) {
+	if f.rc == nil || off < f.at {
+		f.Close()
+		rc, err := f.open()
+		if err != nil {
+			return nil, err
+		}
+		f.rc, f.at = rc, 0
+	}
+	if _, err := io.CopyN(io.Discard, f.rc, off-f.at); err != nil {
+		return nil, err
+	}
+	f.at = off + n
+	return io.NopCloser(io.LimitReader(f.rc, n)), nil
+}
+
+func (f *forwardSource) Close() error {
+	if f.rc != nil {
+		f.rc.Close()
+		f.rc = nil
+	}
+	return nil
+}
+
+// planDelta prepares img's indexed layer to be staged as a delta. It
+// returns nil and why not when the image has no usable index.
+func (o *Options) planDelta(ctx context.Context, src *Source, img *image, w *writable, old *meta.Staged) (*deltaLayer, *seedSet, string, error) {
+	idx, i, why, err := img.findIndex(src)
+	if err != nil || idx == nil {
+		return nil, nil, why, err
+	}
+	seeds := machineSeeds(ctx, w.disk, w.stage, old, o.Logf)
+	s, err := delta.IndexSeeds(ctx, seeds.seeds, idx.Params, idx, o.Logf)
+	if err != nil {
+		seeds.Close()
+		return nil, nil, "", err
+	}
+	rs, err := o.rangeSource(ctx, src, img, i)
+	if err != nil {
+		seeds.Close()
+		return nil, nil, fmt.Sprintf("its blob cannot be read in ranges (%v)", err), nil
+	}
+	if c, ok := rs.(io.Closer); ok {
+		seeds.closers = append(seeds.closers, c)
+	}
+	dl := &deltaLayer{plan: delta.NewPlan(idx, s), src: rs}
+	ls := &img.layers[i]
+	ls.verified = false // the extractor hashes what the reader yields
+	ls.delta = dl
+	ls.open = func() (io.ReadCloser, error) {
+		dl.reader = delta.NewReader(ctx, dl.plan, dl.src, o.Logf)
+		return deltaReadCloser{dl.reader}, nil
+	}
+	return dl, seeds, "", nil
+}
+
+// Preview is what staging an image would read, and from where, without
+// writing anything: Stage's delta plan.
+type Preview struct {
+	Image  string `json:"image"`
+	Digest string `json:"digest"`
+	// Total is the bytes of the image's blobs, Fetch those staging would
+	// read from its source, in Ranges requests for the delta's layer.
+	Total  int64 `json:"total"`
+	Fetch  int64 `json:"fetch"`
+	Ranges int   `json:"ranges,omitempty"`
+	// Seeds are the bytes each of the machine's files would give.
+	Seeds []SeedBytes `json:"seeds,omitempty"`
+	// Full says why the whole image would be read ("" for a delta).
+	Full string `json:"full,omitempty"`
+}
+
+// SeedBytes is what one of the machine's files gives a delta.
+type SeedBytes struct {
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes"`
+}
+
+// Plan resolves o.Image, checks its signatures as Stage does, and says
+// what staging it would read from its source and what it would copy from
+// the machine's own bytes. It reads the disk and writes nothing; the
+// source's answer to a Range request is not tried.
+func Plan(ctx context.Context, o Options) (*Preview, error) {
+	o.defaults()
+	src, reqs, err := o.source()
+	if err != nil {
+		return nil, err
+	}
+	store, d, err := disk.OpenMETA(ctx, o.Disk, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	stage, err := d.Find(disk.LabelSTAGE)
+	if err != nil {
+		return nil, err
+	}
+	old, _, err := store.Block().Staged()
+	if err != nil {
+		old = nil
+	}
+	img, _, err := o.pull(ctx, src, reqs)
+	if err != nil {
+		return nil, err
+	}
+	p := &Preview{Image: src.String(), Digest: img.digest.String(), Total: img.total, Fetch: img.total}
+	if o.NoDelta {
+		p.Full = "asked to (--no-delta)"
+		return p, nil
+	}
+	dl, seeds, why, err := o.planDelta(ctx, src, img, &writable{disk: d, stage: stage}, old)
+	if err != nil {
+		return nil, err
+	}
+	if dl == nil {
+		p.Full = why
+		return p, nil
+	}
+	defer seeds.Close()
+	pl := dl.plan
+	p.Fetch, p.Ranges = img.total-pl.Index.Size+pl.Fetched, len(pl.Fetch)
+	for i, n := range pl.Reused {
+		if n > 0 {
+			p.Seeds = append(p.Seeds, SeedBytes{Name: pl.SeedName(i), Bytes: n})
+		}
+	}
+	return p, nil
+}

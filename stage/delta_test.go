@@ -1,0 +1,347 @@
+package stage
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/registry"
+
+	"github.com/stagehand-dev/stagehand/boot/boottest"
+	"github.com/stagehand-dev/stagehand/bootdisk"
+	"github.com/stagehand-dev/stagehand/disk"
+	"github.com/stagehand-dev/stagehand/installer"
+	"github.com/stagehand-dev/stagehand/meta"
+	"github.com/stagehand-dev/stagehand/payload"
+)
+
+// deltaMachine is a disk made by bootdisk.Init whose slot a holds v1 (a
+// kernel and a 3 MiB initramfs), and a v2 that changes 64 KiB of the
+// initramfs and appends 100 KiB.
+type deltaMachine struct {
+	disk   string
+	v1, v2 artifactsIn
+}
+
+func newDeltaMachine(t *testing.T) *deltaMachine {
+	t.Helper()
+	dir := t.TempDir()
+	k := boottest.FakeKernel(t, dir, "6.1.0-v1", 1*mib+100)
+	kernel, err := os.ReadFile(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := artifactsIn{kernel, randomBytes(7, 3*mib), "v1"}
+	i1 := filepath.Join(dir, "initrd-v1")
+	if err := os.WriteFile(i1, v1.initramfs, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "disk.img")
+	l := disk.Layout{ESPSize: 256 * mib, StageSize: 16 * mib}
+	l.Size = l.MinSize()
+	if _, err := bootdisk.Init(context.Background(), img, bootdisk.Config{Layout: l, Kernel: k, Initramfs: i1, Cmdline: "console=ttyS0", Version: "v1", LoaderEFI: k}); err != nil {
+		t.Fatal(err)
+	}
+	v2 := artifactsIn{kernel, append(bytes.Clone(v1.initramfs), randomBytes(9, 100<<10)...), "v2"}
+	copy(v2.initramfs[mib:], randomBytes(8, 64<<10))
+	return &deltaMachine{disk: img, v1: v1, v2: v2}
+}
+
+// logLines collects Options.Logf's lines.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *logLines) with(s string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, x := range l.lines {
+		if strings.Contains(x, s) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// rangeLog counts the blob GETs a registry answers, and the bytes asked by
+// Range; strip makes it ignore Range (it answers 200, the whole blob), and
+// corrupt flips a byte of every 206.
+type rangeLog struct {
+	mu             sync.Mutex
+	ranged, whole  int
+	strip, corrupt bool
+}
+
+func registryWith(t *testing.T, rl *rangeLog) string {
+	t.Helper()
+	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			rl.mu.Lock()
+			if r.Header.Get("Range") != "" && !rl.strip {
+				rl.ranged++
+			} else {
+				rl.whole++
+			}
+			strip, corrupt := rl.strip, rl.corrupt
+			rl.mu.Unlock()
+			if strip {
+				r.Header.Del("Range")
+			}
+			if corrupt && r.Header.Get("Range") != "" {
+				rec := httptest.NewRecorder()
+				inner.ServeHTTP(rec, r)
+				b := rec.Body.Bytes()
+				if len(b) > 0 {
+					b[len(b)/2] ^= 0xff
+				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(b)
+				return
+			}
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func staged(t *testing.T, img string) *meta.Staged {
+	t.Helper()
+	store, d, err := disk.OpenMETA(context.Background(), img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	st, ok, err := store.Block().Staged()
+	if !ok || err != nil {
+		t.Fatalf("no staged record: %v", err)
+	}
+	return st
+}
+
+// TestDeltaFromSlot stages v2 from slot a's files: only the changed and
+// appended bytes (and the chunks around them) are read, by Range, and the
+// payload is v2's, byte for byte.
+func TestDeltaFromSlot(t *testing.T) {
+	m := newDeltaMachine(t)
+	reg := registryWith(t, &rangeLog{})
+	ref := reg + "/os:v2"
+	push(t, ref, buildImage(t, m.v2, "amd64"), nil)
+	var logs logLines
+	res := stageOK(t, Options{Disk: m.disk, Image: ref, Insecure: true, Logf: logs.logf})
+	checkStaged(t, m.disk, m.v2, ref)
+	tr := res.Staged.Transfer
+	total := int64(len(m.v2.kernel) + len(m.v2.initramfs))
+	if tr == nil || tr.Reused < total*8/10 || tr.Fetched > total/5 || tr.Full != "" {
+		t.Fatalf("transfer %+v: want most of %d bytes reused, under a fifth fetched", tr, total)
+	}
+	if got := staged(t, m.disk).Transfer; got == nil || *got != *tr {
+		t.Errorf("META's transfer %+v, the result's %+v", got, tr)
+	}
+	t.Logf("transfer %+v; log: %q", tr, logs.lines)
+	if l := logs.with("from this machine"); len(l) != 1 {
+		t.Errorf("want one line saying what the delta takes from this machine; log: %q", logs.lines)
+	}
+}
+
+// TestDeltaFromStaged stages v1, then v2 over it: the payload STAGE holds
+// is a seed too (here the only one besides the slot, which holds v1 too).
+func TestDeltaFromStagedPayload(t *testing.T) {
+	dir := t.TempDir()
+	img := testDisk(t, 32*mib)
+	v1 := newArtifacts(1, mib, 4*mib, "v1")
+	v2 := artifactsIn{v1.kernel, bytes.Clone(v1.initramfs), "v2"}
+	copy(v2.initramfs[2*mib:], randomBytes(3, 32<<10))
+	layout := filepath.Join(dir, "layout")
+	writeLayout(t, layout, buildImage(t, v1, "amd64"), "v1")
+	writeLayout(t, layout, buildImage(t, v2, "amd64"), "v2")
+	res1 := stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v1"})
+	if tr := res1.Staged.Transfer; tr == nil || tr.Reused != 0 || tr.Fetched < int64(len(v1.initramfs)) {
+		t.Fatalf("v1 on an empty disk: transfer %+v, want everything fetched", tr)
+	}
+	res2 := stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v2"})
+	checkStaged(t, img, v2, "oci:"+layout+":v2")
+	if tr := res2.Staged.Transfer; tr == nil || tr.Reused < int64(len(v2.initramfs))*8/10 || tr.Fetched > int64(len(v2.initramfs))/6 {
+		t.Fatalf("v2 over staged v1: transfer %+v, want nearly all reused", tr)
+	}
+}
+
+// TestDeltaFallback: a registry that ignores Range, one that serves wrong
+// bytes in its ranges, and an image without an index are all staged whole,
+// with one line saying why, and the payload is right.
+func TestDeltaFallback(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		strip   bool
+		corrupt bool
+		noIndex bool
+		why     string
+	}{
+		{"registry ignores Range", true, false, false, "whole blob (200)"},
+		{"registry serves wrong bytes", false, true, false, "do not match its index"},
+		{"image without an index", false, false, true, "carries no delta index"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newDeltaMachine(t)
+			reg := registryWith(t, &rangeLog{strip: c.strip, corrupt: c.corrupt})
+			ref := reg + "/os:v2"
+			im := buildImage(t, m.v2, "amd64")
+			if c.noIndex {
+				im = buildImageNoIndex(t, m.v2)
+			}
+			push(t, ref, im, nil)
+			var logs logLines
+			res := stageOK(t, Options{Disk: m.disk, Image: ref, Insecure: true, Logf: logs.logf})
+			checkStaged(t, m.disk, m.v2, ref)
+			lines := logs.with("pulling the whole image")
+			if len(lines) != 1 || !strings.Contains(lines[0], c.why) {
+				t.Errorf("want one line saying %q; log: %q", c.why, logs.lines)
+			}
+			tr := res.Staged.Transfer
+			if tr == nil || tr.Reused != 0 || tr.Fetched < int64(len(m.v2.initramfs)) || !strings.Contains(tr.Full, c.why) {
+				t.Errorf("transfer %+v: want all fetched, and why", tr)
+			}
+		})
+	}
+}
+
+// TestDeltaLyingSeed: the slot's initramfs changes on disk after its
+// chunks were indexed (here: before staging, under a record that still
+// names it) — what it should give is fetched, never trusted.
+func TestDeltaLyingSeed(t *testing.T) {
+	dir := t.TempDir()
+	img := testDisk(t, 32*mib)
+	v1 := newArtifacts(1, mib, 4*mib, "v1")
+	v2 := artifactsIn{v1.kernel, bytes.Clone(v1.initramfs), "v2"}
+	copy(v2.initramfs[2*mib:], randomBytes(3, 32<<10))
+	layout := filepath.Join(dir, "layout")
+	writeLayout(t, layout, buildImage(t, v1, "amd64"), "v1")
+	writeLayout(t, layout, buildImage(t, v2, "amd64"), "v2")
+	stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v1"})
+	// The seed lies: bytes of the staged initramfs change after the
+	// chunks were cut (IndexSeeds runs before the Reader reads them).
+	st := staged(t, img)
+	art, _ := payload.Find(st.Artifacts, payload.Initramfs)
+	d, err := disk.Open(img, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stg, _ := d.Find(disk.LabelSTAGE)
+	d.Close()
+	var logs logLines
+	o := Options{Disk: img, Image: "oci:" + layout + ":v2", Logf: logs.logf}
+	corrupted := false
+	o.Logf = func(format string, args ...any) {
+		logs.logf(format, args...)
+		if !corrupted && strings.Contains(format, "from this machine") {
+			corrupted = true
+			f, err := os.OpenFile(img, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt(bytes.Repeat([]byte{0xaa}, 4096), stg.Offset+art.Offset+3*mib)
+			f.Close()
+		}
+	}
+	res := stageOK(t, o)
+	checkStaged(t, img, v2, "oci:"+layout+":v2")
+	if !corrupted || len(logs.with("no longer holds what it did")) != 1 {
+		t.Errorf("want one line about the changed seed; log: %q", logs.lines)
+	}
+	if tr := res.Staged.Transfer; tr == nil || tr.Full != "" || tr.Fetched < 16<<10 {
+		t.Errorf("transfer %+v: want a delta that fetched the changed chunk", tr)
+	}
+}
+
+// TestDeltaCancelLeavesDisk: a staging cancelled in the middle of a delta
+// leaves the disk byte for byte as it was.
+func TestDeltaCancelLeavesDisk(t *testing.T) {
+	m := newDeltaMachine(t)
+	reg := registryWith(t, &rangeLog{})
+	ref := reg + "/os:v2"
+	push(t, ref, buildImage(t, m.v2, "amd64"), nil)
+	before := hashFile(t, m.disk)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var read int64
+	_, err := Stage(ctx, Options{Disk: m.disk, Image: ref, Insecure: true, Now: fixedNow, Progress: func(done, _ int64) {
+		if read = done; done > mib {
+			cancel()
+		}
+	}})
+	if err == nil || ctx.Err() == nil {
+		t.Fatalf("Stage: %v after %d bytes, want the cancel's error", err, read)
+	}
+	if hashFile(t, m.disk) != before {
+		t.Error("the disk changed")
+	}
+}
+
+// buildImageNoIndex builds an installer image without its delta index.
+func buildImageNoIndex(t testing.TB, a artifactsIn) v1Image {
+	t.Helper()
+	dir := t.TempDir()
+	k, i := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initramfs.xz")
+	os.WriteFile(k, a.kernel, 0o644)
+	os.WriteFile(i, a.initramfs, 0o644)
+	img, err := installer.Build(installer.BuildOptions{Kernel: k, Initramfs: i, Version: a.version, Cmdline: "console=ttyS0", Arch: "amd64", TempDir: dir, NoIndex: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestPlan says what staging v2 would fetch and take, and writes nothing.
+func TestPlan(t *testing.T) {
+	m := newDeltaMachine(t)
+	reg := registryWith(t, &rangeLog{})
+	ref := reg + "/os:v2"
+	push(t, ref, buildImage(t, m.v2, "amd64"), nil)
+	before := hashFile(t, m.disk)
+	p, err := Plan(context.Background(), Options{Disk: m.disk, Image: ref, Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hashFile(t, m.disk) != before {
+		t.Error("Plan changed the disk")
+	}
+	var fromSlot int64
+	for _, s := range p.Seeds {
+		if s.Name == "slot a initramfs" || s.Name == "slot a kernel" {
+			fromSlot += s.Bytes
+		}
+	}
+	if p.Full != "" || p.Fetch > p.Total/5 || p.Ranges == 0 || fromSlot < int64(len(m.v2.initramfs))*8/10 {
+		t.Errorf("plan %+v: want under a fifth fetched, most from slot a", p)
+	}
+	// What it said is what staging then does.
+	res := stageOK(t, Options{Disk: m.disk, Image: ref, Insecure: true})
+	if tr := res.Staged.Transfer; tr.Fetched != p.Fetch {
+		t.Errorf("staging fetched %d bytes, the plan said %d", tr.Fetched, p.Fetch)
+	}
+	no, err := Plan(context.Background(), Options{Disk: m.disk, Image: ref, Insecure: true, NoDelta: true})
+	if err != nil || no.Fetch != no.Total || no.Full == "" {
+		t.Errorf("plan with NoDelta: %+v, %v; want all fetched, and why", no, err)
+	}
+}

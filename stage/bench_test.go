@@ -4,11 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +23,7 @@ import (
 	"github.com/stagehand-dev/stagehand/internal/gobuild"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -162,5 +169,108 @@ func BenchmarkStageRSS(b *testing.B) {
 	}
 	for _, size := range sizes {
 		benchstat.Report(b, peaks[size], fmt.Sprintf("peak-RSS-MiB-%d", size/mib))
+	}
+}
+
+// countingProxy serves h, counting the bytes of every response body and,
+// when rate is set (bytes per second), writing them no faster: a link of
+// that speed between the machine and the registry.
+type countingProxy struct {
+	h    http.Handler
+	rate float64
+	mu   sync.Mutex
+	n    int64
+}
+
+func (p *countingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.h.ServeHTTP(&countingWriter{ResponseWriter: w, p: p, start: time.Now()}, r)
+}
+
+func (p *countingProxy) bytes() int64 { p.mu.Lock(); defer p.mu.Unlock(); return p.n }
+
+type countingWriter struct {
+	http.ResponseWriter
+	p     *countingProxy
+	start time.Time
+	n     int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	total := 0
+	for len(b) > 0 {
+		k := min(len(b), 64<<10)
+		n, err := c.ResponseWriter.Write(b[:k])
+		c.n += int64(n)
+		total += n
+		c.p.mu.Lock()
+		c.p.n += int64(n)
+		c.p.mu.Unlock()
+		if err != nil {
+			return n, err
+		}
+		if c.p.rate > 0 {
+			if d := time.Duration(float64(c.n)/c.p.rate*1e9) - time.Since(c.start); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		b = b[k:]
+	}
+	return total, nil
+}
+
+// BenchmarkStageDelta stages v2 (v1's 64 MiB initramfs with 64 KiB
+// changed and 100 KiB appended) on a disk whose slot a holds v1, as a delta
+// and as a whole pull (NoDelta), in turns, from the registry on 127.0.0.1,
+// directly and through a 100 Mbit/s link. It reports, per link, each
+// way's time (delta-s, full-s, medians with -lo/-hi), their ratio
+// (delta/full: budget ≤ 1.2 on 127.0.0.1; at 100 Mbit/s the time falls
+// with the bytes), and the bytes the registry sent for each, counted at
+// the registry's side (delta-bytes, full-bytes, fetched-%).
+func BenchmarkStageDelta(b *testing.B) {
+	for _, link := range []struct {
+		name string
+		rate float64
+	}{{"127.0.0.1", 0}, {"100Mbit", 100e6 / 8}} {
+		b.Run("link="+link.name, func(b *testing.B) {
+			m := newDeltaMachine(b, 64*mib)
+			proxy := &countingProxy{h: registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithBlobHandler(registry.NewDiskBlobHandler(b.TempDir())))}
+			srv := httptest.NewServer(proxy)
+			b.Cleanup(srv.Close)
+			ref := strings.TrimPrefix(srv.URL, "http://") + "/os:v2"
+			push(b, ref, buildImage(b, m.v2, "amd64"), nil)
+			proxy.rate = link.rate
+			var deltaT, fullT, ratio []float64
+			var deltaB, fullB int64
+			one := func(noDelta bool) (float64, int64) {
+				b.StopTimer()
+				syscall.Sync()
+				before := proxy.bytes()
+				b.StartTimer()
+				start := time.Now()
+				if _, err := Stage(context.Background(), Options{Disk: m.disk, Image: ref, NoDelta: noDelta, Logf: b.Logf}); err != nil {
+					b.Fatal(err)
+				}
+				d := time.Since(start).Seconds()
+				b.StopTimer()
+				n := proxy.bytes() - before
+				if _, err := Cancel(context.Background(), m.disk, time.Now()); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				return d, n
+			}
+			for b.Loop() {
+				d, dn := one(false)
+				f, fn := one(true)
+				deltaT, fullT, ratio = append(deltaT, d), append(fullT, f), append(ratio, d/f)
+				deltaB, fullB = dn, fn
+			}
+			benchstat.Report(b, deltaT, "delta-s")
+			benchstat.Report(b, fullT, "full-s")
+			benchstat.Report(b, ratio, "delta/full")
+			b.ReportMetric(float64(deltaB), "delta-bytes")
+			b.ReportMetric(float64(fullB), "full-bytes")
+			b.ReportMetric(100*float64(deltaB)/float64(fullB), "fetched-%")
+		})
 	}
 }

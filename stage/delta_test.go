@@ -25,34 +25,38 @@ import (
 )
 
 // deltaMachine is a disk made by bootdisk.Init whose slot a holds v1 (a
-// kernel and a 3 MiB initramfs), and a v2 that changes 64 KiB of the
-// initramfs and appends 100 KiB.
+// kernel and an initramfs, 3 MiB unless said), and a v2 that changes 64
+// KiB of the initramfs and appends 100 KiB.
 type deltaMachine struct {
 	disk   string
 	v1, v2 artifactsIn
 }
 
-func newDeltaMachine(t *testing.T) *deltaMachine {
+func newDeltaMachine(t testing.TB, initramfs ...int) *deltaMachine {
 	t.Helper()
+	size := 3 * mib
+	if len(initramfs) > 0 {
+		size = initramfs[0]
+	}
 	dir := t.TempDir()
 	k := boottest.FakeKernel(t, dir, "6.1.0-v1", 1*mib+100)
 	kernel, err := os.ReadFile(k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v1 := artifactsIn{kernel, randomBytes(7, 3*mib), "v1"}
+	v1 := artifactsIn{kernel, randomBytes(7, size), "v1"}
 	i1 := filepath.Join(dir, "initrd-v1")
 	if err := os.WriteFile(i1, v1.initramfs, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	img := filepath.Join(dir, "disk.img")
-	l := disk.Layout{ESPSize: 256 * mib, StageSize: 16 * mib}
+	l := disk.Layout{ESPSize: max(256*mib, 4*int64(size)), StageSize: 2*int64(size) + 16*mib}
 	l.Size = l.MinSize()
 	if _, err := bootdisk.Init(context.Background(), img, bootdisk.Config{Layout: l, Kernel: k, Initramfs: i1, Cmdline: "console=ttyS0", Version: "v1", LoaderEFI: k}); err != nil {
 		t.Fatal(err)
 	}
 	v2 := artifactsIn{kernel, append(bytes.Clone(v1.initramfs), randomBytes(9, 100<<10)...), "v2"}
-	copy(v2.initramfs[mib:], randomBytes(8, 64<<10))
+	copy(v2.initramfs[size/3:], randomBytes(8, 64<<10))
 	return &deltaMachine{disk: img, v1: v1, v2: v2}
 }
 

@@ -98,9 +98,8 @@ type Staged struct {
 type Transfer struct {
 	Fetched int64 `json:"fetched"`          // bytes of blobs read from the source
 	Reused  int64 `json:"reused,omitempty"` // bytes copied from the machine's own, hash checked
-	// Full says why the image's bytes were all read from the source
-	// when it carries a delta index ("" when they were not, or when it
-	// carries none).
+	// Full says why the image's bytes were all read from the source ("no
+	// delta index", "asked to", why a delta failed); "" for a delta.
 	Full string `json:"full,omitempty"`
 }
 

@@ -175,6 +175,9 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 		defer dw.Close()
 	}
 	x.high = x.next
+	if o.NoDelta && full == "" {
+		full = "asked to (no delta)"
+	}
 	if !o.NoDelta {
 		dl, seeds, why, err := o.planDelta(ctx, src, img, w, old)
 		if err != nil {

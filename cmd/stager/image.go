@@ -31,11 +31,18 @@ func newImageBuildCmd() *cobra.Command {
 	var insecure, asUKI bool
 	cmd := &cobra.Command{
 		Use:   "build",
-		Short: "Build an installer image from a kernel, an initramfs and a command line",
-		Long: `Build an installer image: one uncompressed layer with the kernel and the
-initramfs at Talos's paths (/usr/install/ARCH/vmlinuz, /usr/install/ARCH/initramfs.xz),
-and optionally the kernel command line and a version. The build is reproducible:
-the same inputs give the same digest.
+		Short: "Build an installer image, with its delta index, from a kernel, an initramfs and a command line",
+		Long: `Build an installer image of two uncompressed layers. The first holds the kernel
+and the initramfs at Talos's paths (/usr/install/ARCH/vmlinuz,
+/usr/install/ARCH/initramfs.xz), and optionally the kernel command line and a
+version. The second holds stagehand/delta-index, the index of the first
+layer's content-defined chunks; its manifest entry names the first layer
+(annotation dev.stagehand.delta-index.of), so a signature of the image covers
+it. With it 'stager --image' copies the chunks a machine already holds in its
+slots and STAGE, and fetches only the others (HTTP Range from a registry). It
+costs about 0.3 s of build time and 100 KiB per 200 MiB of artifacts; a
+stager without delta staging ignores it. The build is reproducible: the same
+inputs give the same digest.
 
 With --uki the kernel, initramfs and command line are built into one unified
 kernel image (systemd-stub with .linux, .initrd, .cmdline, .osrel, .uname) at

@@ -3,7 +3,6 @@ package bootdisk
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -275,19 +274,7 @@ func (s *section) WriteAt(p []byte, off int64) (int, error) {
 
 func (s *section) Sync() error { return s.f.Sync() }
 
-func sum(t *testing.T, p string) [32]byte {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return [32]byte(h.Sum(nil))
-}
+func sum(t *testing.T, p string) [32]byte { t.Helper(); return disktest.Sum(t, p) }
 
 // TestInitRefuses: bad input is one error and the disk is unchanged
 // (or still absent).

@@ -6,15 +6,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/stagehand-dev/stagehand/bootdisk"
+	"github.com/stagehand-dev/stagehand/disk/disktest"
 	"github.com/stagehand-dev/stagehand/stage"
 )
 
@@ -58,7 +57,7 @@ func TestDeltaBudgets(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			layout := "oci:" + filepath.Join(t.TempDir(), "images") + ":v2"
 			hostStager(t, "image", "build", "--kernel", c.kernel, "--initramfs", c.initramfs, "--cmdline", slotCmdline, "--version", "v2", "--output", layout)
-			before := hashFile(t, img)
+			before := disktest.Sum(t, img)
 			var p stage.Preview
 			cmd := exec.Command(buildStatic(t, "./cmd/stager"), "--image", layout, "--disk", img, "--dry-run", "--json")
 			var stderr bytes.Buffer
@@ -70,7 +69,7 @@ func TestDeltaBudgets(t *testing.T) {
 			if err := json.Unmarshal(out, &p); err != nil {
 				t.Fatalf("stager --dry-run --json: %v\n%s", err, out)
 			}
-			if hashFile(t, img) != before {
+			if disktest.Sum(t, img) != before {
 				t.Error("--dry-run changed the disk")
 			}
 			frac := float64(p.Fetch) / float64(p.Total)
@@ -80,19 +79,4 @@ func TestDeltaBudgets(t *testing.T) {
 			}
 		})
 	}
-}
-
-// hashFile is the SHA-256 of a file.
-func hashFile(t testing.TB, p string) [32]byte {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return [32]byte(h.Sum(nil))
 }

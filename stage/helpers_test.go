@@ -195,14 +195,7 @@ func writeLayout(t testing.TB, dir string, img v1.Image, tag string) {
 	}
 }
 
-func hashFile(t testing.TB, path string) [32]byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sha256.Sum256(b)
-}
+func hashFile(t testing.TB, path string) [32]byte { t.Helper(); return disktest.Sum(t, path) }
 
 type v1Image = v1.Image
 

@@ -3,6 +3,8 @@
 package disktest
 
 import (
+	"crypto/sha256"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -73,4 +75,20 @@ func Loop(t testing.TB, path string) string {
 		}
 	})
 	return dev
+}
+
+// Sum is the SHA-256 of the file at path: what a test compares to say a
+// refusal left a disk image byte for byte as it was.
+func Sum(t testing.TB, path string) [32]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return [32]byte(h.Sum(nil))
 }

@@ -47,16 +47,14 @@ func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf f
 	}
 	s := &Seeds{list: seeds, where: map[[32]byte]Loc{}}
 	for i, sd := range seeds {
-		err := Cut(&ctxReader{ctx: ctx, r: io.NewSectionReader(sd.R, 0, sd.Size)}, p, func(off int64, data []byte) error {
-			s.Read += int64(len(data))
-			h := sha256.Sum256(data)
+		err := cutHashed(&ctxReader{ctx: ctx, r: io.NewSectionReader(sd.R, 0, sd.Size)}, p, func(off int64, n int, h [32]byte) {
+			s.Read += int64(n)
 			if wanted != nil && !wanted[h] {
-				return nil
+				return
 			}
 			if _, ok := s.where[h]; !ok {
 				s.where[h] = Loc{Seed: i, Off: off}
 			}
-			return nil
 		})
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -85,4 +83,35 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, fmt.Errorf("cutting seeds: %w", err)
 	}
 	return c.r.Read(p)
+}
+
+// cutHashed cuts r with p and calls fn with each chunk's offset, length and
+// SHA-256, in order: the cutting and the hashing run on two goroutines
+// (two cores), the chunks passed between them in a few buffers of p.Max
+// bytes. fn runs on the hashing goroutine, one call at a time.
+func cutHashed(r io.Reader, p Params, fn func(off int64, n int, sum [32]byte)) error {
+	const depth = 8
+	type piece struct {
+		off int64
+		buf []byte
+	}
+	pieces, free, done := make(chan piece, depth), make(chan []byte, depth), make(chan struct{})
+	for range depth {
+		free <- make([]byte, p.Max)
+	}
+	go func() {
+		defer close(done)
+		for pc := range pieces {
+			fn(pc.off, len(pc.buf), sha256.Sum256(pc.buf))
+			free <- pc.buf[:cap(pc.buf)]
+		}
+	}()
+	err := Cut(r, p, func(off int64, data []byte) error {
+		b := <-free
+		pieces <- piece{off, b[:copy(b, data)]}
+		return nil
+	})
+	close(pieces)
+	<-done
+	return err
 }

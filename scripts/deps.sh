@@ -8,11 +8,8 @@ set -euo pipefail
 # osslsigncode: the authenticode tests check their hash against its digest.
 # ca-certificates: the agent's image carries its bundle (agentimage's tests too).
 # grub-common: grub/grubenv's tests compare its blocks byte for byte with grub-editenv's.
-need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl osslsigncode ca-certificates grub-common)
-# make demo stages from a real registry: Debian's docker-registry.
-if [[ ${1:-} == demo ]]; then
-	need_pkgs+=(docker-registry)
-fi
+# docker-registry: make demo stages from it, and delta staging is tested against its Range answers.
+need_pkgs=(util-linux dosfstools mtools time e2fsprogs sbsigntool openssl osslsigncode ca-certificates grub-common docker-registry)
 # make image needs only the CA bundle it copies into the image.
 if [[ ${1:-} == image ]]; then
 	need_pkgs=(ca-certificates)

@@ -20,6 +20,7 @@ import (
 	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/installer"
+	"github.com/stagehand-dev/stagehand/internal/distribution"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
 )
@@ -347,5 +348,26 @@ func TestPlan(t *testing.T) {
 	no, err := Plan(context.Background(), Options{Disk: m.disk, Image: ref, Insecure: true, NoDelta: true})
 	if err != nil || no.Fetch != no.Total || no.Full == "" {
 		t.Errorf("plan with NoDelta: %+v, %v; want all fetched, and why", no, err)
+	}
+}
+
+// TestDeltaDockerRegistry stages v2 as a delta from Debian's
+// docker-registry, a real registry whose blob GETs answer Range with 206
+// (http.ServeContent): most of v2 comes from slot a, the rest in ranges.
+func TestDeltaDockerRegistry(t *testing.T) {
+	reg, err := distribution.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Stop)
+	m := newDeltaMachine(t)
+	ref := reg.Addr + "/os:v2"
+	push(t, ref, buildImage(t, m.v2, "amd64"), nil)
+	var logs logLines
+	res := stageOK(t, Options{Disk: m.disk, Image: ref, Insecure: true, Logf: logs.logf})
+	checkStaged(t, m.disk, m.v2, ref)
+	total := int64(len(m.v2.kernel) + len(m.v2.initramfs))
+	if tr := res.Staged.Transfer; tr == nil || tr.Full != "" || tr.Reused < total*8/10 || tr.Fetched > total/5 {
+		t.Errorf("transfer %+v; log %q: want a delta, most of %d bytes reused", tr, logs.lines, total)
 	}
 }

@@ -13,10 +13,11 @@
 package main
 
 import (
+	"github.com/stagehand-dev/stagehand/internal/distribution"
+
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,7 +67,7 @@ type demo struct {
 	began    time.Time
 	dir      string
 	stager   string
-	registry *exec.Cmd
+	registry *distribution.Registry
 	phases   []phase
 }
 
@@ -246,41 +247,18 @@ func writeBase(path string, archive func() (*initramfs.Archive, error)) error {
 }
 
 func (d *demo) startRegistry() (string, error) {
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		return "", fmt.Errorf("docker-registry is not installed (Debian package docker-registry; make demo installs it)")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	r, err := distribution.Start(d.dir)
 	if err != nil {
 		return "", err
 	}
-	addr := l.Addr().String()
-	l.Close()
-	cfg := filepath.Join(d.dir, "registry.yml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(d.dir, "registry"), addr)), 0o644)
-	logf, err := os.Create(filepath.Join(d.dir, "registry.log"))
-	if err != nil {
-		return "", err
-	}
-	d.registry = exec.Command(bin, "serve", cfg)
-	d.registry.Stdout, d.registry.Stderr = logf, logf
-	if err := d.registry.Start(); err != nil {
-		return "", fmt.Errorf("starting docker-registry: %w", err)
-	}
-	fmt.Printf("$ docker-registry serve %s   (pid %d, on %s)\n", cfg, d.registry.Process.Pid, addr)
-	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return addr, nil
-		}
-	}
-	return "", fmt.Errorf("docker-registry did not listen on %s (see registry.log)", addr)
+	d.registry = r
+	fmt.Printf("$ docker-registry serve %s   (pid %d, on %s)\n", r.Config, r.Pid(), r.Addr)
+	return r.Addr, nil
 }
 
 func (d *demo) stopRegistry() {
-	if d.registry != nil && d.registry.Process != nil {
-		d.registry.Process.Kill()
-		d.registry.Wait()
+	if d.registry != nil {
+		d.registry.Stop()
 	}
 }
 

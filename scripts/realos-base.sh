@@ -9,6 +9,12 @@
 set -euo pipefail
 
 packages=systemd,udev,kmod,systemd-boot
+# REALOS_PINS: packages at given versions (pkg=version,...), added to the
+# list: an older version of one package makes the "v1" that make bench's
+# delta figures upgrade by that one package.
+if [[ -n ${REALOS_PINS:-} ]]; then
+	packages+=,$REALOS_PINS
+fi
 suite=bookworm
 
 die() {

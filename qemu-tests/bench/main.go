@@ -43,7 +43,7 @@ var (
 	boots       = flag.Int("boots", 5, "boots of each VM variant (no-op, reboot)")
 	rssRuns     = flag.Int("rss-runs", 3, "runs of the 128 MiB apply in a 256 MiB VM")
 	rssMemory   = flag.Int("rss-memory", 256, "the memory of the VM of the 128 MiB apply, in MiB (the budget is for 256)")
-	only        = flag.String("only", "", "comma-separated parts to measure (host, fleet, sizes, noop, reboot, rss, realos); default all")
+	only        = flag.String("only", "", "comma-separated parts to measure (host, fleet, sizes, noop, reboot, rss, realos, delta); default all")
 	realOSBoots = flag.Int("realos-boots", 5, "boots of each real OS variant (rdinit=/prestage, rdinit=/init)")
 	readme      = flag.String("readme", "", "a Markdown file (docs/performance.md) whose <!-- bench:begin --> … <!-- bench:end --> section gets the table")
 )
@@ -146,7 +146,7 @@ func (b *bench) run() {
 	if b.want("fleet") {
 		b.fleetFigures()
 	}
-	if !b.want("sizes") && !b.want("noop") && !b.want("reboot") && !b.want("rss") && !b.want("realos") {
+	if !b.want("sizes") && !b.want("noop") && !b.want("reboot") && !b.want("rss") && !b.want("realos") && !b.want("delta") {
 		return
 	}
 	g := &guest{root: b.root, dir: filepath.Join(b.out, "vm")}
@@ -170,6 +170,9 @@ func (b *bench) run() {
 	}
 	if b.want("realos") {
 		b.realOS(g)
+	}
+	if b.want("delta") {
+		b.deltaFigures(g)
 	}
 }
 

@@ -12,9 +12,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/disk"
-	"github.com/stagehand-dev/stagehand/initramfs"
 	"github.com/stagehand-dev/stagehand/internal/benchstat"
-	"github.com/stagehand-dev/stagehand/internal/gobuild"
 	"github.com/stagehand-dev/stagehand/qemu-tests/realos"
 	"github.com/stagehand-dev/stagehand/qemu-tests/vm"
 )
@@ -58,29 +56,11 @@ func (g *guest) realOSDisk(ctx context.Context, path, rdinit string, staged bool
 	if err != nil {
 		return err
 	}
-	bin := filepath.Join(g.dir, "bin")
-	outs := map[string]string{}
-	for _, pkg := range []string{"./cmd/stager", "./qemu-tests/realos/init"} {
-		out := filepath.Join(bin, "realos-"+filepath.Base(pkg))
-		if err := gobuild.Static(g.root, "amd64", out, pkg); err != nil {
-			return err
-		}
-		outs[pkg] = out
+	initrd := path + ".initramfs"
+	if err := g.realOSInitramfs(img.Path, "cloud", "v1", initrd); err != nil {
+		return err
 	}
 	k := g.kernels["cloud"]
-	mods, err := initramfs.OpenModules(k.modules)
-	if err != nil {
-		return err
-	}
-	base, err := realos.Slot{Root: g.root, Image: img.Path, Init: outs["./qemu-tests/realos/init"], Stager: outs["./cmd/stager"],
-		Modules: mods, Version: "v1"}.Archive()
-	if err != nil {
-		return err
-	}
-	initrd := path + ".initramfs"
-	if err := initramfs.WritePrestaged(initrd, base, initramfs.PrestageOptions{Binary: g.prestage, Modules: mods, Names: prestageModules}); err != nil {
-		return err
-	}
 	line := "rdinit=" + rdinit + " " + cmdline + " stagehand.realos.steps=timing,poweroff"
 	_, err = bootdisk.Init(ctx, path, bootdisk.Config{
 		Layout:    disk.Layout{Size: disk.Layout{}.MinSize()},

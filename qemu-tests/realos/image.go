@@ -49,8 +49,11 @@ func CacheDir(root string) string {
 // package list and the suite), the mksquashfs options and the APT sources.
 // Debian's bookworm moves with its point releases; the key does not see
 // that (no snapshot mirror is reachable here).
-func Key(root string) (string, error) {
+func Key(root string, pins ...string) (string, error) {
 	h := sha256.New()
+	if len(pins) > 0 {
+		fmt.Fprintf(h, "pins %s\n", strings.Join(pins, ","))
+	}
 	b, err := os.ReadFile(filepath.Join(root, BaseScript))
 	if err != nil {
 		return "", fmt.Errorf("reading the image's inputs: %w", err)
@@ -86,8 +89,16 @@ func Key(root string) (string, error) {
 // mksquashfs and then kept; other images in the cache are removed. Builds
 // are serialized by a lock in the cache directory. logf says what it does.
 func Build(ctx context.Context, root string, logf func(string, ...any)) (*Image, error) {
+	return BuildPinned(ctx, root, nil, logf)
+}
+
+// BuildPinned is Build with packages at given versions ("pkg=version"),
+// for an image one package older than Build's (make bench's delta
+// figures). A pinned image is kept beside Build's, and removed with the
+// others when Build's is rebuilt.
+func BuildPinned(ctx context.Context, root string, pins []string, logf func(string, ...any)) (*Image, error) {
 	start := time.Now()
-	key, err := Key(root)
+	key, err := Key(root, pins...)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +134,7 @@ func Build(ctx context.Context, root string, logf func(string, ...any)) (*Image,
 	defer os.RemoveAll(tree)
 	logf("realos: building the root image %s (mmdebstrap, then mksquashfs)", key)
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, BaseScript), tree)
+	cmd.Env = append(os.Environ(), "REALOS_PINS="+strings.Join(pins, ","))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("%s: %v\n%s", BaseScript, err, out)
 	} else {
@@ -145,7 +157,9 @@ func Build(ctx context.Context, root string, logf func(string, ...any)) (*Image,
 		return nil, err
 	}
 	for _, o := range old {
-		os.Remove(o)
+		if len(pins) == 0 {
+			os.Remove(o)
+		}
 	}
 	img.Built, img.Took = true, time.Since(start)
 	fi, err := os.Stat(img.Path)

@@ -154,9 +154,19 @@ func TestDeltaFromSlot(t *testing.T) {
 	ref := reg + "/os:v2"
 	push(t, ref, buildImage(t, m.v2, "amd64"), nil)
 	var logs logLines
-	res := stageOK(t, Options{Disk: m.disk, Image: ref, Insecure: true, Logf: logs.logf})
+	var calls int
+	var lastFetched, lastReused int64
+	res := stageOK(t, Options{Disk: m.disk, Image: ref, Insecure: true, Logf: logs.logf, Transfer: func(f, r int64) {
+		if f < lastFetched || r < lastReused {
+			t.Errorf("Transfer went back: %d, %d after %d, %d", f, r, lastFetched, lastReused)
+		}
+		calls, lastFetched, lastReused = calls+1, f, r
+	}})
 	checkStaged(t, m.disk, m.v2, ref)
 	tr := res.Staged.Transfer
+	if calls == 0 || lastReused != tr.Reused || lastFetched > tr.Fetched {
+		t.Errorf("Transfer told %d times, last %d fetched, %d reused; staging recorded %+v", calls, lastFetched, lastReused, tr)
+	}
 	total := int64(len(m.v2.kernel) + len(m.v2.initramfs))
 	if tr == nil || tr.Reused < total*8/10 || tr.Fetched > total/5 || tr.Full != "" {
 		t.Fatalf("transfer %+v: want most of %d bytes reused, under a fifth fetched", tr, total)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/stagehand-dev/stagehand/delta"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/meta"
@@ -49,8 +50,10 @@ type extractor struct {
 	progress    func(n int64)
 	buf         []byte
 	// fetched counts the bytes read from the image's source, reused those
-	// a delta copied from the machine's own.
+	// a delta copied from the machine's own, over the layers done; live is
+	// the delta being read, whose counts are not in them yet.
 	fetched, reused int64
+	live            *delta.Reader
 }
 
 // sink is where the artifacts go: the STAGE partition (a *disk.Region), or
@@ -94,6 +97,10 @@ func (x *extractor) layer(ls layerSource, n int) error {
 		return fmt.Errorf("layer %d (%s): %w", n, ls.diffID, err)
 	}
 	defer raw.Close()
+	if ls.delta != nil {
+		x.live = ls.delta.reader
+		defer func() { x.live = nil }()
+	}
 	// The blob is read, counted and (unless the transport verifies it)
 	// hashed in a goroutine of its own; the tar is parsed and the artifacts
 	// hashed and written here.
@@ -160,6 +167,7 @@ func (x *extractor) layer(ls layerSource, n int) error {
 	if d := ls.delta; d != nil && d.reader != nil {
 		x.fetched += d.reader.Stats.Fetched
 		x.reused += d.reader.Stats.Reused
+		x.live = nil
 	} else {
 		x.fetched += blob.n
 	}

@@ -61,6 +61,10 @@ type Options struct {
 	NoDelta bool
 	// Progress is told the bytes read so far and the total (-1 when unknown).
 	Progress func(done, total int64)
+	// Transfer, during a delta, is told how many of those bytes were
+	// fetched from the source and how many copied from the machine's own;
+	// it is called just before Progress.
+	Transfer func(fetched, reused int64)
 	Logf     func(format string, args ...any) // default: discard
 	Now      func() time.Time                 // default: time.Now
 }
@@ -195,7 +199,13 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 		}
 	}
 	var done int64
-	x.progress = func(n int64) { done += n; o.Progress(done, img.total) }
+	x.progress = func(n int64) {
+		done += n
+		if x.live != nil && o.Transfer != nil {
+			o.Transfer(x.fetched+x.live.Stats.Fetched, x.reused+x.live.Stats.Reused)
+		}
+		o.Progress(done, img.total)
+	}
 	arts, err := x.write(img, o.Platform.Architecture)
 	if a, ok := payload.Find(arts, payload.UKI); ok && err == nil {
 		if _, uerr := boot.CheckUKI(io.NewSectionReader(stage, a.Offset, a.Size), a.Size); uerr != nil {

@@ -24,6 +24,23 @@ type progress struct {
 	total    int64
 	started  time.Time
 	terminal bool
+	// fetched and reused, during a delta staging: what came from the
+	// registry and what from this machine (delta set).
+	fetched, reused int64
+	delta           bool
+}
+
+// transfer notes what a delta staging fetched and reused so far.
+func (p *progress) transfer(fetched, reused int64) {
+	p.fetched, p.reused, p.delta = fetched, reused, true
+}
+
+// description is what the bar says it does.
+func (p *progress) description() string {
+	if !p.delta {
+		return p.what
+	}
+	return fmt.Sprintf("%s (fetched %s, %s from this machine)", p.what, humanBytes(p.fetched), humanBytes(p.reused))
 }
 
 func newProgress(w io.Writer, what string) *progress {
@@ -44,6 +61,9 @@ func (p *progress) update(done, total int64) {
 				progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(100*time.Millisecond),
 				progressbar.OptionFullWidth(), progressbar.OptionClearOnFinish())
 		}
+		if p.delta {
+			p.bar.Describe(p.description())
+		}
 		p.bar.Set64(done)
 		return
 	}
@@ -56,9 +76,9 @@ func (p *progress) update(done, total int64) {
 func (p *progress) logLine() {
 	rate := float64(p.done) / time.Since(p.started).Seconds()
 	if p.total > 0 {
-		fmt.Fprintf(p.w, "%s: %s of %s (%d%%), %s/s\n", p.what, humanBytes(p.done), humanBytes(p.total), p.done*100/p.total, humanBytes(int64(rate)))
+		fmt.Fprintf(p.w, "%s: %s of %s (%d%%), %s/s\n", p.description(), humanBytes(p.done), humanBytes(p.total), p.done*100/p.total, humanBytes(int64(rate)))
 	} else {
-		fmt.Fprintf(p.w, "%s: %s, %s/s\n", p.what, humanBytes(p.done), humanBytes(int64(rate)))
+		fmt.Fprintf(p.w, "%s: %s, %s/s\n", p.description(), humanBytes(p.done), humanBytes(int64(rate)))
 	}
 }
 

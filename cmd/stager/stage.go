@@ -81,7 +81,7 @@ func addStageFlags(root *cobra.Command) {
 			return nil
 		}
 		bar := newProgress(cmd.ErrOrStderr(), "staging")
-		o.Progress = bar.update
+		o.Progress, o.Transfer = bar.update, bar.transfer
 		o.Logf = cli.Logf(cmd)
 		start := time.Now()
 		res, err := stage.Stage(cmd.Context(), o)

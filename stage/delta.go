@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -78,6 +79,9 @@ func (img *image) findIndex(src *Source) (idx *delta.Index, layer int, why strin
 		return nil, 0, "", fmt.Errorf("reading the manifest of %s: %w", src, err)
 	}
 	desc, of, ok := installer.IndexOf(m)
+	if !ok && src.Transport == DockerArchive && len(img.layers) > 1 {
+		return img.findArchiveIndex(src)
+	}
 	if !ok {
 		return nil, 0, "the image carries no delta index (build it with `stager image build`)", nil
 	}
@@ -118,6 +122,55 @@ func (img *image) findIndex(src *Source) (idx *delta.Index, layer int, why strin
 		return nil, 0, "its delta index describes another blob than the layer it names", nil
 	}
 	return idx, layer, "", nil
+}
+
+// findArchiveIndex is findIndex in a docker archive, whose manifest keeps
+// no annotation: the index is the last layer when that layer is an index
+// layer (installer.ReadIndex reads it), and it describes the layer whose
+// diff ID is its blob's digest (an uncompressed layer). The extractor
+// checks the index layer against its diff ID as it checks every layer.
+func (img *image) findArchiveIndex(src *Source) (*delta.Index, int, string, error) {
+	none := "the image carries no delta index (build it with `stager image build`)"
+	at := len(img.layers) - 1
+	rc, err := img.layers[at].open()
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("reading the last layer of %s: %w", src, err)
+	}
+	// An index layer's first tar header names stagehand/ (its directory
+	// or its file): any other last layer is not read further.
+	head := make([]byte, 512)
+	if _, err := io.ReadFull(rc, head); err != nil || !bytes.HasPrefix(head, []byte(path.Dir(installer.IndexPath)+"/")) {
+		rc.Close()
+		return nil, 0, none, nil
+	}
+	rest, err := io.ReadAll(io.LimitReader(rc, maxIndex))
+	rc.Close()
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("reading the last layer of %s: %w", src, err)
+	}
+	raw := append(head, rest...)
+	if len(raw) > maxIndex {
+		return nil, 0, none, nil
+	}
+	if got := sha256Hash(raw); got != img.layers[at].diffID {
+		return nil, 0, "", fmt.Errorf("the last layer of %s: digest is %s, the config says %s", src, got, img.layers[at].diffID)
+	}
+	img.layers[at].open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
+	b, err := installer.ReadIndex(bytes.NewReader(raw))
+	if err != nil {
+		return nil, 0, none, nil
+	}
+	idx, err := delta.Parse(b)
+	if err != nil {
+		return nil, 0, fmt.Sprintf("its delta index is unreadable (%v)", err), nil
+	}
+	want := "sha256:" + hex.EncodeToString(idx.SHA256[:])
+	for i, l := range img.layers[:at] {
+		if l.diffID.String() == want {
+			return idx, i, "", nil
+		}
+	}
+	return nil, 0, "its delta index describes none of its layers", nil
 }
 
 // machineSeeds opens the bytes the machine holds that an upgrade may

@@ -89,9 +89,9 @@ func (l *logLines) with(s string) []string {
 // Range; strip makes it ignore Range (it answers 200, the whole blob), and
 // corrupt flips a byte of every 206.
 type rangeLog struct {
-	mu             sync.Mutex
-	ranged, whole  int
-	strip, corrupt bool
+	mu                     sync.Mutex
+	ranged, whole          int
+	strip, corrupt, refuse bool
 }
 
 func registryWith(t *testing.T, rl *rangeLog) string {
@@ -105,8 +105,12 @@ func registryWith(t *testing.T, rl *rangeLog) string {
 			} else {
 				rl.whole++
 			}
-			strip, corrupt := rl.strip, rl.corrupt
+			strip, corrupt, refuse := rl.strip, rl.corrupt, rl.refuse
 			rl.mu.Unlock()
+			if refuse && r.Header.Get("Range") != "" {
+				http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+				return
+			}
 			if strip {
 				r.Header.Del("Range")
 			}
@@ -210,16 +214,18 @@ func TestDeltaFallback(t *testing.T) {
 		name    string
 		strip   bool
 		corrupt bool
+		refuse  bool
 		noIndex bool
 		why     string
 	}{
-		{"registry ignores Range", true, false, false, "whole blob (200)"},
-		{"registry serves wrong bytes", false, true, false, "do not match its index"},
-		{"image without an index", false, false, true, "carries no delta index"},
+		{"registry ignores Range", true, false, false, false, "whole blob (200)"},
+		{"registry serves wrong bytes", false, true, false, false, "do not match its index"},
+		{"registry refuses ranges", false, false, true, false, "refused the range (416)"},
+		{"image without an index", false, false, false, true, "carries no delta index"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := newDeltaMachine(t)
-			reg := registryWith(t, &rangeLog{strip: c.strip, corrupt: c.corrupt})
+			reg := registryWith(t, &rangeLog{strip: c.strip, corrupt: c.corrupt, refuse: c.refuse})
 			ref := reg + "/os:v2"
 			im := buildImage(t, m.v2, "amd64")
 			if c.noIndex {
@@ -379,5 +385,40 @@ func TestDeltaDockerRegistry(t *testing.T) {
 	total := int64(len(m.v2.kernel) + len(m.v2.initramfs))
 	if tr := res.Staged.Transfer; tr == nil || tr.Full != "" || tr.Reused < total*8/10 || tr.Fetched > total/5 {
 		t.Errorf("transfer %+v; log %q: want a delta, most of %d bytes reused", tr, logs.lines, total)
+	}
+}
+
+// TestDeltaDockerArchive stages v2 from a docker archive (`docker save`'s
+// format, which keeps no annotation: the index is found as the last
+// layer) as a delta from slot a; an archive of an image without an index
+// is staged whole.
+func TestDeltaDockerArchive(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		noIndex bool
+	}{{"with its index", false}, {"without an index", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newDeltaMachine(t)
+			im := buildImage(t, m.v2, "amd64")
+			if c.noIndex {
+				im = buildImageNoIndex(t, m.v2)
+			}
+			archive := filepath.Join(t.TempDir(), "os-v2.tar")
+			if err := tarballWrite(archive, im); err != nil {
+				t.Fatal(err)
+			}
+			ref := "docker-archive:" + archive
+			var logs logLines
+			res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logs.logf})
+			checkStaged(t, m.disk, m.v2, ref)
+			tr := res.Staged.Transfer
+			total := int64(len(m.v2.kernel) + len(m.v2.initramfs))
+			switch {
+			case c.noIndex && (tr.Reused != 0 || !strings.Contains(tr.Full, "no delta index")):
+				t.Errorf("transfer %+v; log %q: want a whole pull, saying why", tr, logs.lines)
+			case !c.noIndex && (tr.Full != "" || tr.Reused < total*8/10):
+				t.Errorf("transfer %+v; log %q: want a delta, most of %d bytes reused", tr, logs.lines, total)
+			}
+		})
 	}
 }

@@ -47,9 +47,9 @@ type Params struct {
 	Min, Avg, Max uint32
 }
 
-// DefaultParams are what Build uses: 16, 64 and 256 KiB. See
+// DefaultParams are what Build uses: 8, 32 and 128 KiB. See
 // docs/delta.md for the measurements behind them.
-var DefaultParams = Params{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
+var DefaultParams = Params{Min: 8 << 10, Avg: 32 << 10, Max: 128 << 10}
 
 func (p Params) check() error {
 	// min < max: FastCDC refuses min = max.

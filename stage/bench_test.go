@@ -4,17 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -172,52 +168,6 @@ func BenchmarkStageRSS(b *testing.B) {
 	}
 }
 
-// countingProxy serves h, counting the bytes of every response body and,
-// when rate is set (bytes per second), writing them no faster: a link of
-// that speed between the machine and the registry.
-type countingProxy struct {
-	h    http.Handler
-	rate float64
-	mu   sync.Mutex
-	n    int64
-}
-
-func (p *countingProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.h.ServeHTTP(&countingWriter{ResponseWriter: w, p: p, start: time.Now()}, r)
-}
-
-func (p *countingProxy) bytes() int64 { p.mu.Lock(); defer p.mu.Unlock(); return p.n }
-
-type countingWriter struct {
-	http.ResponseWriter
-	p     *countingProxy
-	start time.Time
-	n     int64
-}
-
-func (c *countingWriter) Write(b []byte) (int, error) {
-	total := 0
-	for len(b) > 0 {
-		k := min(len(b), 64<<10)
-		n, err := c.ResponseWriter.Write(b[:k])
-		c.n += int64(n)
-		total += n
-		c.p.mu.Lock()
-		c.p.n += int64(n)
-		c.p.mu.Unlock()
-		if err != nil {
-			return n, err
-		}
-		if c.p.rate > 0 {
-			if d := time.Duration(float64(c.n)/c.p.rate*1e9) - time.Since(c.start); d > 0 {
-				time.Sleep(d)
-			}
-		}
-		b = b[k:]
-	}
-	return total, nil
-}
-
 // BenchmarkStageDelta stages v2 (v1's 64 MiB initramfs with 64 KiB
 // changed and 100 KiB appended) on a disk whose slot a holds v1, as a delta
 // and as a whole pull (NoDelta), in turns, from Debian's docker-registry on
@@ -239,18 +189,18 @@ func BenchmarkStageDelta(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.Cleanup(reg.Stop)
-			proxy := &countingProxy{h: httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: reg.Addr})}
+			proxy := distribution.NewProxy(reg.Addr)
 			srv := httptest.NewServer(proxy)
 			b.Cleanup(srv.Close)
 			ref := strings.TrimPrefix(srv.URL, "http://") + "/os:v2"
 			push(b, ref, buildImage(b, m.v2, "amd64"), nil)
-			proxy.rate = link.rate
+			proxy.Rate = link.rate
 			var deltaT, fullT, ratio []float64
 			var deltaB, fullB int64
 			one := func(noDelta bool) (float64, int64) {
 				b.StopTimer()
 				syscall.Sync()
-				before := proxy.bytes()
+				before := proxy.Bytes()
 				b.StartTimer()
 				start := time.Now()
 				if _, err := Stage(context.Background(), Options{Disk: m.disk, Image: ref, NoDelta: noDelta, Logf: b.Logf}); err != nil {
@@ -258,7 +208,7 @@ func BenchmarkStageDelta(b *testing.B) {
 				}
 				d := time.Since(start).Seconds()
 				b.StopTimer()
-				n := proxy.bytes() - before
+				n := proxy.Bytes() - before
 				if _, err := Cancel(context.Background(), m.disk, time.Now()); err != nil {
 					b.Fatal(err)
 				}

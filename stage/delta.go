@@ -26,7 +26,7 @@ import (
 )
 
 // maxIndex bounds the index layer read into memory (an index of 36 bytes
-// per 64 KiB chunk: 64 MiB describes about 100 GiB).
+// per 32 KiB chunk: 64 MiB describes about 50 GiB).
 const maxIndex = 64 << 20
 
 // deltaLayer is a layer staged from the machine's bytes and ranges of its

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 )
 
@@ -29,11 +30,18 @@ type Stats struct {
 	Refetched int64 // bytes a seed should have given but no longer held: fetched
 }
 
-// Reader yields the blob a Plan describes, chunk by chunk: a seed's chunk
-// is read and its hash checked, and fetched alone from the source when the
-// seed no longer holds it; the others come from the plan's ranges, opened
-// one at a time, in order, each chunk's hash checked too. It holds one
-// chunk in memory.
+// Reader yields the blob a Plan describes, chunk by chunk. A seed's chunk
+// is read and compared with the CRC-32C its bytes had when IndexSeeds cut
+// them and found their SHA-256 in the index; a chunk the seed no longer
+// holds (the disk changed since) is fetched alone from the source. The
+// others come from the plan's ranges, opened one at a time, in order, each
+// chunk's SHA-256 checked against the index. It holds one chunk in memory.
+//
+// A seed's chunk is not hashed with SHA-256 again: that would be a third
+// pass over most of the blob. A change CRC-32C does not see (one crafted
+// for it, between the cut and the copy) still cannot be staged: the
+// stager checks the whole blob against the manifest's digest, and gives
+// the delta up if it differs.
 type Reader struct {
 	ctx   context.Context
 	plan  *Plan
@@ -104,7 +112,7 @@ func (r *Reader) next() error {
 		if n == len(buf) {
 			err = nil
 		}
-		if err == nil && sha256.Sum256(buf) == c.SHA256 {
+		if err == nil && crc32.Checksum(buf, castagnoli) == from.CRC {
 			r.Stats.Reused += int64(c.Len)
 			r.cur, r.i = buf, r.i+1
 			return nil

@@ -6,7 +6,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -748,6 +751,60 @@ func TestIndexSeedsRefuses(t *testing.T) {
 			s, err := IndexSeeds(tt.ctx, tt.seeds, tt.p, f.x, l.logf)
 			if err == nil || (tt.wantIs != nil && !errors.Is(err, tt.wantIs)) {
 				t.Errorf("IndexSeeds = %v, %v; want an error wrapping %v", s, err, tt.wantIs)
+			}
+		})
+	}
+}
+
+// TestIndexSeedsSplit: a seed large enough to be cut in parts, one a core,
+// gives every chunk a single cut gives: a blob equal to the seed, or to the
+// seed with a change in the middle, is planned as if it were cut whole.
+func TestIndexSeedsSplit(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	var key [32]byte
+	key[0] = 42
+	seed := make([]byte, 3*splitSize+12345)
+	rand.NewChaCha8(key).Read(seed)
+	changed := bytes.Clone(seed)
+	copy(changed[len(changed)/2:], bytes.Repeat([]byte{7}, 100<<10))
+	for _, c := range []struct {
+		name string
+		blob []byte
+	}{{"the seed itself", seed}, {"a change in the middle", changed}} {
+		t.Run(c.name, func(t *testing.T) {
+			x, err := Build(bytes.NewReader(c.blob), DefaultParams)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts := split([]Seed{{Size: int64(len(seed))}})
+			if len(parts) != 3 {
+				t.Fatalf("%d parts, want 3 (4 cores, %d bytes)", len(parts), len(seed))
+			}
+			whole, err := IndexSeeds(context.Background(), []Seed{{Name: "s", R: bytes.NewReader(seed), Size: int64(len(seed))}}, DefaultParams, x, t.Logf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := NewPlan(x, whole)
+			// What one cut of the seed gives.
+			one := map[[32]byte]bool{}
+			Cut(bytes.NewReader(seed), DefaultParams, func(_ int64, data []byte) error { one[sha256.Sum256(data)] = true; return nil })
+			var want int64
+			for _, ch := range x.Chunks {
+				if !one[ch.SHA256] {
+					want += int64(ch.Len)
+				}
+			}
+			if p.Fetched != want {
+				t.Errorf("split cut: %d bytes to fetch, a single cut: %d", p.Fetched, want)
+			}
+			for i, l := range p.From {
+				if l.Seed < 0 {
+					continue
+				}
+				ch := x.Chunks[i]
+				if sha256.Sum256(seed[l.Off:l.Off+int64(ch.Len)]) != ch.SHA256 || crc32.Checksum(seed[l.Off:l.Off+int64(ch.Len)], castagnoli) != l.CRC {
+					t.Fatalf("chunk %d planned from %d, where the seed holds other bytes", i, l.Off)
+				}
 			}
 		})
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"runtime"
+	"sync"
 )
 
 // Seed is bytes the machine holds that may share chunks with a blob: a
@@ -16,10 +19,13 @@ type Seed struct {
 	Size int64
 }
 
-// Loc is where a chunk lies in a seed.
+// Loc is where a chunk lies in a seed, and the CRC-32C its bytes had
+// there when they were cut: a Reader compares the bytes it copies with it
+// (see Reader).
 type Loc struct {
 	Seed int // index in the seeds given to IndexSeeds
 	Off  int64
+	CRC  uint32
 }
 
 // Seeds maps the SHA-256 of each chunk of the seeds, cut with the index's
@@ -46,24 +52,93 @@ func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf f
 		}
 	}
 	s := &Seeds{list: seeds, where: map[[32]byte]Loc{}}
-	for i, sd := range seeds {
-		err := cutHashed(&ctxReader{ctx: ctx, r: io.NewSectionReader(sd.R, 0, sd.Size)}, p, func(off int64, n int, h [32]byte) {
-			s.Read += int64(n)
-			if wanted != nil && !wanted[h] {
-				return
+	parts := split(seeds)
+	type result struct {
+		where map[[32]byte]Loc
+		read  int64
+		err   error
+	}
+	results := make([]result, len(parts))
+	sem := make(chan struct{}, max(1, runtime.GOMAXPROCS(0)))
+	var wg sync.WaitGroup
+	for k, pt := range parts {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			res := &results[k]
+			res.where = map[[32]byte]Loc{}
+			sd := seeds[pt.seed]
+			r := &ctxReader{ctx: ctx, r: io.NewSectionReader(sd.R, pt.start, pt.end-pt.start)}
+			res.err = cutHashed(r, p, func(off int64, data []byte, h [32]byte) {
+				res.read += int64(len(data))
+				if wanted != nil && !wanted[h] {
+					return
+				}
+				if _, ok := res.where[h]; !ok {
+					res.where[h] = Loc{Seed: pt.seed, Off: pt.start + off, CRC: crc32.Checksum(data, castagnoli)}
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	// In order of seed and offset: the first place a chunk lies wins.
+	failed := map[int]bool{}
+	for k, pt := range parts {
+		res := results[k]
+		s.Read += res.read
+		for h, l := range res.where {
+			if cur, ok := s.where[h]; !ok || cur.Seed == l.Seed && cur.Off > l.Off {
+				s.where[h] = l
 			}
-			if _, ok := s.where[h]; !ok {
-				s.where[h] = Loc{Seed: i, Off: off}
-			}
-		})
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
 		}
-		if err != nil {
-			logf("delta: seed %s: %v: using what was read before", sd.Name, err)
+		if res.err != nil && !failed[pt.seed] {
+			failed[pt.seed] = true
+			logf("delta: seed %s: %v: using what was read before", seeds[pt.seed].Name, res.err)
 		}
 	}
 	return s, nil
+}
+
+// part is a piece of a seed that IndexSeeds cuts on its own: [start, end)
+// of seed.
+type part struct {
+	seed       int
+	start, end int64
+}
+
+// Seeds larger than splitSize are cut in parts, one a core, each reaching
+// splitOverlap into the next: a cut started mid-seed finds the cut points
+// of one started earlier within a few chunks (content-defined points
+// depend only on the bytes before them, back to the previous point), and
+// the overlap lets the earlier part find the chunks across the boundary.
+const (
+	splitSize    = 16 << 20
+	splitOverlap = 2 << 20
+)
+
+func split(seeds []Seed) []part {
+	n := int64(max(1, runtime.GOMAXPROCS(0)))
+	var out []part
+	for i, sd := range seeds {
+		k := min(n, sd.Size/splitSize)
+		if k < 2 {
+			out = append(out, part{i, 0, sd.Size})
+			continue
+		}
+		step := sd.Size / k
+		for j := range k {
+			start, end := j*step, min(sd.Size, (j+1)*step+splitOverlap)
+			if j == k-1 {
+				end = sd.Size
+			}
+			out = append(out, part{i, start, end})
+		}
+	}
+	return out
 }
 
 // Find says where a chunk with this hash lies.
@@ -86,10 +161,11 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 }
 
 // cutHashed cuts r with p and calls fn with each chunk's offset, length and
-// SHA-256, in order: the cutting and the hashing run on two goroutines
+// SHA-256, in order (data is valid until fn returns): the cutting and the
+// hashing run on two goroutines
 // (two cores), the chunks passed between them in a few buffers of p.Max
 // bytes. fn runs on the hashing goroutine, one call at a time.
-func cutHashed(r io.Reader, p Params, fn func(off int64, n int, sum [32]byte)) error {
+func cutHashed(r io.Reader, p Params, fn func(off int64, data []byte, sum [32]byte)) error {
 	const depth = 8
 	type piece struct {
 		off int64
@@ -102,7 +178,7 @@ func cutHashed(r io.Reader, p Params, fn func(off int64, n int, sum [32]byte)) e
 	go func() {
 		defer close(done)
 		for pc := range pieces {
-			fn(pc.off, len(pc.buf), sha256.Sum256(pc.buf))
+			fn(pc.off, pc.buf, sha256.Sum256(pc.buf))
 			free <- pc.buf[:cap(pc.buf)]
 		}
 	}()
@@ -115,3 +191,7 @@ func cutHashed(r io.Reader, p Params, fn func(off int64, n int, sum [32]byte)) e
 	<-done
 	return err
 }
+
+// castagnoli is CRC-32C's table: the CPU computes it (SSE 4.2, ARMv8),
+// tens of times faster than SHA-256.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/bootdisk"
+	"github.com/stagehand-dev/stagehand/delta"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/installer"
 	"github.com/stagehand-dev/stagehand/internal/distribution"
@@ -420,5 +422,115 @@ func TestDeltaDockerArchive(t *testing.T) {
 				t.Errorf("transfer %+v; log %q: want a delta, most of %d bytes reused", tr, logs.lines, total)
 			}
 		})
+	}
+}
+
+// TestDeltaSeedForgedCRC: a seed's chunk changes after it was cut, and the
+// change keeps its CRC-32C (four bytes forged), so the Reader copies it:
+// the rebuilt blob's digest is not the layer's, the delta is given up with
+// one line, and the image is staged whole, right.
+func TestDeltaSeedForgedCRC(t *testing.T) {
+	dir := t.TempDir()
+	img := testDisk(t, 32*mib)
+	v1 := newArtifacts(1, mib, 4*mib, "v1")
+	v2 := artifactsIn{v1.kernel, bytes.Clone(v1.initramfs), "v2"}
+	copy(v2.initramfs[2*mib:], randomBytes(3, 32<<10))
+	layout := filepath.Join(dir, "layout")
+	writeLayout(t, layout, buildImage(t, v1, "amd64"), "v1")
+	writeLayout(t, layout, buildImage(t, v2, "amd64"), "v2")
+	stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v1"})
+	st := staged(t, img)
+	art, _ := payload.Find(st.Artifacts, payload.Initramfs)
+	d, err := disk.Open(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stg, _ := d.Find(disk.LabelSTAGE)
+	d.Close()
+	// The chunk of the staged initramfs that holds its byte at 3 MiB.
+	var chunkOff, chunkLen int64
+	delta.Cut(bytes.NewReader(v1.initramfs), delta.DefaultParams, func(off int64, data []byte) error {
+		if off <= 3*mib && 3*mib < off+int64(len(data)) {
+			chunkOff, chunkLen = off, int64(len(data))
+		}
+		return nil
+	})
+	forged := bytes.Clone(v1.initramfs[chunkOff : chunkOff+chunkLen])
+	want := crc32.Checksum(forged, crc32.MakeTable(crc32.Castagnoli))
+	forged[100] ^= 0x5a
+	forgeCRC32C(t, forged, 200, want)
+	var logs logLines
+	o := Options{Disk: img, Image: "oci:" + layout + ":v2"}
+	done := false
+	o.Logf = func(format string, args ...any) {
+		logs.logf(format, args...)
+		if !done && strings.Contains(format, "from this machine") {
+			done = true
+			f, err := os.OpenFile(img, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteAt(forged, stg.Offset+art.Offset+chunkOff)
+			f.Close()
+		}
+	}
+	res := stageOK(t, o)
+	checkStaged(t, img, v2, "oci:"+layout+":v2")
+	lines := logs.with("pulling the whole image")
+	if !done || len(lines) != 1 || !strings.Contains(lines[0], "corrupt or tampered") {
+		t.Errorf("want one line giving the delta up for the blob's digest; log: %q", logs.lines)
+	}
+	if tr := res.Staged.Transfer; tr == nil || tr.Reused != 0 || tr.Full == "" {
+		t.Errorf("transfer %+v: want a whole pull, and why", tr)
+	}
+}
+
+// forgeCRC32C sets the four bytes of b at pos so that b's CRC-32C is want:
+// CRC is affine over GF(2), so the 32 bits of the window that flip it are
+// solved for by Gaussian elimination.
+func forgeCRC32C(t *testing.T, b []byte, pos int, want uint32) {
+	t.Helper()
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	base := crc32.Checksum(b, tab)
+	// rows[i]: the CRC change of flipping bit i of the window, with bit i
+	// of the solution tracked in the high word.
+	rows := make([]uint64, 32)
+	for i := range rows {
+		b[pos+i/8] ^= 1 << (i % 8)
+		rows[i] = uint64(crc32.Checksum(b, tab)^base) | 1<<(32+i)
+		b[pos+i/8] ^= 1 << (i % 8)
+	}
+	target := uint64(base ^ want)
+	var sol uint64
+	for bit := 0; bit < 32; bit++ {
+		p := -1
+		for i := bit; i < 32; i++ {
+			if rows[i]>>bit&1 == 1 {
+				p = i
+				break
+			}
+		}
+		if p < 0 {
+			t.Fatal("forgeCRC32C: singular")
+		}
+		rows[bit], rows[p] = rows[p], rows[bit]
+		for i := range rows {
+			if i != bit && rows[i]>>bit&1 == 1 {
+				rows[i] ^= rows[bit]
+			}
+		}
+	}
+	for bit := 0; bit < 32; bit++ {
+		if target>>bit&1 == 1 {
+			sol ^= rows[bit] >> 32
+		}
+	}
+	for i := 0; i < 32; i++ {
+		if sol>>i&1 == 1 {
+			b[pos+i/8] ^= 1 << (i % 8)
+		}
+	}
+	if got := crc32.Checksum(b, tab); got != want {
+		t.Fatalf("forgeCRC32C: %08x, want %08x", got, want)
 	}
 }

@@ -174,14 +174,22 @@ func (x *extractor) layer(ls layerSource, n int) error {
 	if ls.size >= 0 && blob.n != ls.size {
 		return fmt.Errorf("layer %d (%s) is %d bytes, the manifest says %d: truncated or corrupt blob", n, *ls.digest, blob.n, ls.size)
 	}
+	// A delta's blob that is not the layer (a seed changed in a way its
+	// CRC-32C did not show, see delta.Reader) gives the delta up.
+	mismatch := func(err error) error {
+		if ls.delta != nil {
+			return &deltaError{err}
+		}
+		return err
+	}
 	if blob.h != nil {
 		if got := digestOf(blob.h); got != ls.digest.String() {
-			return fmt.Errorf("layer %d: digest is %s, the manifest says %s: corrupt or tampered blob", n, got, ls.digest)
+			return mismatch(fmt.Errorf("layer %d: digest is %s, the manifest says %s: corrupt or tampered blob", n, got, ls.digest))
 		}
 	}
 	if tarStream.h != nil {
 		if got := digestOf(tarStream.h); got != ls.diffID.String() {
-			return fmt.Errorf("layer %d: uncompressed digest is %s, the config says %s: corrupt or tampered blob", n, got, ls.diffID)
+			return mismatch(fmt.Errorf("layer %d: uncompressed digest is %s, the config says %s: corrupt or tampered blob", n, got, ls.diffID))
 		}
 	}
 	return nil

@@ -297,15 +297,64 @@ func (f *forwardSource) Close() error {
 	return nil
 }
 
-// planDelta prepares img's indexed layer to be staged as a delta. It
-// returns nil and why not when the image has no usable index.
-func (o *Options) planDelta(ctx context.Context, src *Source, img *image, w *writable, old *meta.Staged) (*deltaLayer, *seedSet, string, error) {
+// seedPrep opens the machine's seeds and cuts them with the default
+// parameters in a goroutine of its own, while the manifest, the
+// signatures and the index are fetched: most indexes use those
+// parameters, and then staging has its seeds when it knows what to fetch.
+type seedPrep struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	set    *seedSet
+	seeds  *delta.Seeds
+	err    error
+}
+
+func prepareSeeds(ctx context.Context, w *writable, old *meta.Staged, logf func(string, ...any)) *seedPrep {
+	ctx, cancel := context.WithCancel(ctx)
+	sp := &seedPrep{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(sp.done)
+		sp.set = machineSeeds(ctx, w.disk, w.stage, old, logf)
+		sp.seeds, sp.err = delta.IndexSeeds(ctx, sp.set.seeds, delta.DefaultParams, nil, logf)
+	}()
+	return sp
+}
+
+// wait returns the seeds cut with p: those cut ahead when p is the
+// default, else cut again now.
+func (sp *seedPrep) wait(ctx context.Context, p delta.Params, idx *delta.Index, logf func(string, ...any)) (*seedSet, *delta.Seeds, error) {
+	<-sp.done
+	if sp.err != nil {
+		return sp.set, nil, sp.err
+	}
+	if p == delta.DefaultParams {
+		return sp.set, sp.seeds, nil
+	}
+	s, err := delta.IndexSeeds(ctx, sp.set.seeds, p, idx, logf)
+	return sp.set, s, err
+}
+
+// stop ends the cutting if it still runs, and closes the seeds unless
+// they were handed on (keep).
+func (sp *seedPrep) stop(keep bool) {
+	sp.cancel()
+	<-sp.done
+	if !keep && sp.set != nil {
+		sp.set.Close()
+	}
+}
+
+// planDelta prepares img's indexed layer to be staged as a delta, from the
+// seeds sp cuts. It returns nil and why not when the image has no usable
+// index. The seed set it returns is the caller's to close.
+func (o *Options) planDelta(ctx context.Context, src *Source, img *image, sp *seedPrep) (*deltaLayer, *seedSet, string, error) {
 	idx, i, why, err := img.findIndex(src)
 	if err != nil || idx == nil {
+		sp.stop(false)
 		return nil, nil, why, err
 	}
-	seeds := machineSeeds(ctx, w.disk, w.stage, old, o.Logf)
-	s, err := delta.IndexSeeds(ctx, seeds.seeds, idx.Params, idx, o.Logf)
+	seeds, s, err := sp.wait(ctx, idx.Params, idx, o.Logf)
+	sp.stop(true)
 	if err != nil {
 		seeds.Close()
 		return nil, nil, "", err
@@ -383,7 +432,7 @@ func Plan(ctx context.Context, o Options) (*Preview, error) {
 		p.Full = "asked to (--no-delta)"
 		return p, nil
 	}
-	dl, seeds, why, err := o.planDelta(ctx, src, img, &writable{disk: d, stage: stage}, old)
+	dl, seeds, why, err := o.planDelta(ctx, src, img, prepareSeeds(ctx, &writable{disk: d, stage: stage}, old, o.Logf))
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -134,6 +135,17 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 		old = nil
 	}
 
+	// The seeds are cut while the manifest, the signatures and the index
+	// are read; planDelta takes them, or stops the cutting.
+	var seeds *seedPrep
+	if !o.NoDelta {
+		seeds = prepareSeeds(ctx, w, old, o.Logf)
+		defer func() {
+			if seeds != nil {
+				seeds.stop(false)
+			}
+		}()
+	}
 	img, signedBy, err := o.pull(ctx, src, reqs)
 	if err != nil {
 		return nil, err
@@ -183,12 +195,14 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 		full = "asked to (no delta)"
 	}
 	if !o.NoDelta {
-		dl, seeds, why, err := o.planDelta(ctx, src, img, w, old)
+		sp := seeds
+		seeds = nil // planDelta stops it
+		dl, set, why, err := o.planDelta(ctx, src, img, sp)
 		if err != nil {
 			return nil, err
 		}
-		if seeds != nil {
-			defer seeds.Close()
+		if set != nil {
+			defer set.Close()
 		}
 		if dl != nil {
 			p := dl.plan
@@ -312,6 +326,14 @@ func (o *Options) defaults() {
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
+	}
+	// Lines come from more than one goroutine (the seeds are cut beside
+	// the pull): the caller's Logf gets them one at a time.
+	logf, mu := o.Logf, new(sync.Mutex)
+	o.Logf = func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logf(format, args...)
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -40,7 +40,7 @@ layer's content-defined chunks; its manifest entry names the first layer
 (annotation dev.stagehand.delta-index.of), so a signature of the image covers
 it. With it 'stager --image' copies the chunks a machine already holds in its
 slots and STAGE, and fetches only the others (HTTP Range from a registry). It
-costs about 0.3 s of build time and 100 KiB per 200 MiB of artifacts; a
+costs about 0.3 s of build time per 200 MiB of artifacts and 1 KiB of index per MiB; a
 stager without delta staging ignores it. The build is reproducible: the same
 inputs give the same digest.
 

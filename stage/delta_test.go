@@ -189,23 +189,71 @@ func TestDeltaFromSlot(t *testing.T) {
 // TestDeltaFromStaged stages v1, then v2 over it: the payload STAGE holds
 // is a seed too (here the only one besides the slot, which holds v1 too).
 func TestDeltaFromStagedPayload(t *testing.T) {
-	dir := t.TempDir()
-	img := testDisk(t, 32*mib)
-	v1 := newArtifacts(1, mib, 4*mib, "v1")
-	v2 := artifactsIn{v1.kernel, bytes.Clone(v1.initramfs), "v2"}
-	copy(v2.initramfs[2*mib:], randomBytes(3, 32<<10))
-	layout := filepath.Join(dir, "layout")
-	writeLayout(t, layout, buildImage(t, v1, "amd64"), "v1")
-	writeLayout(t, layout, buildImage(t, v2, "amd64"), "v2")
-	res1 := stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v1"})
-	if tr := res1.Staged.Transfer; tr == nil || tr.Reused != 0 || tr.Fetched < int64(len(v1.initramfs)) {
+	m := newStagedV1(t)
+	if tr := staged(t, m.disk).Transfer; tr == nil || tr.Reused != 0 || tr.Fetched < int64(len(m.v1.initramfs)) {
 		t.Fatalf("v1 on an empty disk: transfer %+v, want everything fetched", tr)
 	}
-	res2 := stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v2"})
-	checkStaged(t, img, v2, "oci:"+layout+":v2")
-	if tr := res2.Staged.Transfer; tr == nil || tr.Reused < int64(len(v2.initramfs))*8/10 || tr.Fetched > int64(len(v2.initramfs))/6 {
+	ref := "oci:" + m.layout + ":v2"
+	res := stageOK(t, Options{Disk: m.disk, Image: ref})
+	checkStaged(t, m.disk, m.v2, ref)
+	if tr := res.Staged.Transfer; tr == nil || tr.Reused < int64(len(m.v2.initramfs))*8/10 || tr.Fetched > int64(len(m.v2.initramfs))/6 {
 		t.Fatalf("v2 over staged v1: transfer %+v, want nearly all reused", tr)
 	}
+}
+
+// stagedV1 is a disk with v1 (a 1 MiB kernel, a 4 MiB initramfs) staged
+// from an OCI layout that holds v2 too (v1 with 32 KiB changed at 2 MiB):
+// the payload STAGE holds is the only seed. initramfsAt is where the
+// staged initramfs lies in the image file.
+type stagedV1 struct {
+	disk, layout string
+	v1, v2       artifactsIn
+	initramfsAt  int64
+}
+
+func newStagedV1(t *testing.T) *stagedV1 {
+	t.Helper()
+	m := &stagedV1{disk: testDisk(t, 32*mib), layout: filepath.Join(t.TempDir(), "layout")}
+	m.v1 = newArtifacts(1, mib, 4*mib, "v1")
+	m.v2 = artifactsIn{m.v1.kernel, bytes.Clone(m.v1.initramfs), "v2"}
+	copy(m.v2.initramfs[2*mib:], randomBytes(3, 32<<10))
+	writeLayout(t, m.layout, buildImage(t, m.v1, "amd64"), "v1")
+	writeLayout(t, m.layout, buildImage(t, m.v2, "amd64"), "v2")
+	stageOK(t, Options{Disk: m.disk, Image: "oci:" + m.layout + ":v1"})
+	art, _ := payload.Find(staged(t, m.disk).Artifacts, payload.Initramfs)
+	d, err := disk.Open(m.disk, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stg, err := d.Find(disk.LabelSTAGE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.initramfsAt = stg.Offset + art.Offset
+	return m
+}
+
+// overwriteWhenPlanned is a Logf that, once the delta's plan is logged
+// (the seeds are cut, nothing copied yet), writes data at off of the
+// image file: a seed that changes under the staging.
+func overwriteWhenPlanned(t *testing.T, logs *logLines, img string, off int64, data []byte) (func(string, ...any), *bool) {
+	done := new(bool)
+	return func(format string, args ...any) {
+		logs.logf(format, args...)
+		if !*done && strings.Contains(format, "from this machine") {
+			*done = true
+			f, err := os.OpenFile(img, os.O_RDWR, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer f.Close()
+			if _, err := f.WriteAt(data, off); err != nil {
+				t.Error(err)
+			}
+		}
+	}, done
 }
 
 // TestDeltaFallback: a registry that ignores Range, one that serves wrong
@@ -253,43 +301,13 @@ func TestDeltaFallback(t *testing.T) {
 // chunks were indexed (here: before staging, under a record that still
 // names it) — what it should give is fetched, never trusted.
 func TestDeltaLyingSeed(t *testing.T) {
-	dir := t.TempDir()
-	img := testDisk(t, 32*mib)
-	v1 := newArtifacts(1, mib, 4*mib, "v1")
-	v2 := artifactsIn{v1.kernel, bytes.Clone(v1.initramfs), "v2"}
-	copy(v2.initramfs[2*mib:], randomBytes(3, 32<<10))
-	layout := filepath.Join(dir, "layout")
-	writeLayout(t, layout, buildImage(t, v1, "amd64"), "v1")
-	writeLayout(t, layout, buildImage(t, v2, "amd64"), "v2")
-	stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v1"})
-	// The seed lies: bytes of the staged initramfs change after the
-	// chunks were cut (IndexSeeds runs before the Reader reads them).
-	st := staged(t, img)
-	art, _ := payload.Find(st.Artifacts, payload.Initramfs)
-	d, err := disk.Open(img, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stg, _ := d.Find(disk.LabelSTAGE)
-	d.Close()
+	m := newStagedV1(t)
+	ref := "oci:" + m.layout + ":v2"
 	var logs logLines
-	o := Options{Disk: img, Image: "oci:" + layout + ":v2", Logf: logs.logf}
-	corrupted := false
-	o.Logf = func(format string, args ...any) {
-		logs.logf(format, args...)
-		if !corrupted && strings.Contains(format, "from this machine") {
-			corrupted = true
-			f, err := os.OpenFile(img, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f.WriteAt(bytes.Repeat([]byte{0xaa}, 4096), stg.Offset+art.Offset+3*mib)
-			f.Close()
-		}
-	}
-	res := stageOK(t, o)
-	checkStaged(t, img, v2, "oci:"+layout+":v2")
-	if !corrupted || len(logs.with("no longer holds what it did")) != 1 {
+	logf, done := overwriteWhenPlanned(t, &logs, m.disk, m.initramfsAt+3*mib, bytes.Repeat([]byte{0xaa}, 4096))
+	res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logf})
+	checkStaged(t, m.disk, m.v2, ref)
+	if !*done || len(logs.with("no longer holds what it did")) != 1 {
 		t.Errorf("want one line about the changed seed; log: %q", logs.lines)
 	}
 	if tr := res.Staged.Transfer; tr == nil || tr.Full != "" || tr.Fetched < 16<<10 {
@@ -430,54 +448,26 @@ func TestDeltaDockerArchive(t *testing.T) {
 // the rebuilt blob's digest is not the layer's, the delta is given up with
 // one line, and the image is staged whole, right.
 func TestDeltaSeedForgedCRC(t *testing.T) {
-	dir := t.TempDir()
-	img := testDisk(t, 32*mib)
-	v1 := newArtifacts(1, mib, 4*mib, "v1")
-	v2 := artifactsIn{v1.kernel, bytes.Clone(v1.initramfs), "v2"}
-	copy(v2.initramfs[2*mib:], randomBytes(3, 32<<10))
-	layout := filepath.Join(dir, "layout")
-	writeLayout(t, layout, buildImage(t, v1, "amd64"), "v1")
-	writeLayout(t, layout, buildImage(t, v2, "amd64"), "v2")
-	stageOK(t, Options{Disk: img, Image: "oci:" + layout + ":v1"})
-	st := staged(t, img)
-	art, _ := payload.Find(st.Artifacts, payload.Initramfs)
-	d, err := disk.Open(img, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stg, _ := d.Find(disk.LabelSTAGE)
-	d.Close()
+	m := newStagedV1(t)
+	ref := "oci:" + m.layout + ":v2"
 	// The chunk of the staged initramfs that holds its byte at 3 MiB.
 	var chunkOff, chunkLen int64
-	delta.Cut(bytes.NewReader(v1.initramfs), delta.DefaultParams, func(off int64, data []byte) error {
+	delta.Cut(bytes.NewReader(m.v1.initramfs), delta.DefaultParams, func(off int64, data []byte) error {
 		if off <= 3*mib && 3*mib < off+int64(len(data)) {
 			chunkOff, chunkLen = off, int64(len(data))
 		}
 		return nil
 	})
-	forged := bytes.Clone(v1.initramfs[chunkOff : chunkOff+chunkLen])
+	forged := bytes.Clone(m.v1.initramfs[chunkOff : chunkOff+chunkLen])
 	want := crc32.Checksum(forged, crc32.MakeTable(crc32.Castagnoli))
 	forged[100] ^= 0x5a
 	forgeCRC32C(t, forged, 200, want)
 	var logs logLines
-	o := Options{Disk: img, Image: "oci:" + layout + ":v2"}
-	done := false
-	o.Logf = func(format string, args ...any) {
-		logs.logf(format, args...)
-		if !done && strings.Contains(format, "from this machine") {
-			done = true
-			f, err := os.OpenFile(img, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f.WriteAt(forged, stg.Offset+art.Offset+chunkOff)
-			f.Close()
-		}
-	}
-	res := stageOK(t, o)
-	checkStaged(t, img, v2, "oci:"+layout+":v2")
+	logf, done := overwriteWhenPlanned(t, &logs, m.disk, m.initramfsAt+chunkOff, forged)
+	res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logf})
+	checkStaged(t, m.disk, m.v2, ref)
 	lines := logs.with("pulling the whole image")
-	if !done || len(lines) != 1 || !strings.Contains(lines[0], "corrupt or tampered") {
+	if !*done || len(lines) != 1 || !strings.Contains(lines[0], "corrupt or tampered") {
 		t.Errorf("want one line giving the delta up for the blob's digest; log: %q", logs.lines)
 	}
 	if tr := res.Staged.Transfer; tr == nil || tr.Reused != 0 || tr.Full == "" {

@@ -307,23 +307,30 @@ type seedPrep struct {
 	set    *seedSet
 	seeds  *delta.Seeds
 	err    error
+	// lines are what the cutting had to say, kept until a delta goes
+	// ahead: a refusal, or an image without an index, says one line.
+	lines []string
 }
 
-func prepareSeeds(ctx context.Context, w *writable, old *meta.Staged, logf func(string, ...any)) *seedPrep {
+func prepareSeeds(ctx context.Context, w *writable, old *meta.Staged) *seedPrep {
 	ctx, cancel := context.WithCancel(ctx)
 	sp := &seedPrep{cancel: cancel, done: make(chan struct{})}
+	keep := func(format string, args ...any) { sp.lines = append(sp.lines, fmt.Sprintf(format, args...)) }
 	go func() {
 		defer close(sp.done)
-		sp.set = machineSeeds(ctx, w.disk, w.stage, old, logf)
-		sp.seeds, sp.err = delta.IndexSeeds(ctx, sp.set.seeds, delta.DefaultParams, nil, logf)
+		sp.set = machineSeeds(ctx, w.disk, w.stage, old, keep)
+		sp.seeds, sp.err = delta.IndexSeeds(ctx, sp.set.seeds, delta.DefaultParams, nil, keep)
 	}()
 	return sp
 }
 
 // wait returns the seeds cut with p: those cut ahead when p is the
-// default, else cut again now.
+// default, else cut again now; what the cutting said goes to logf.
 func (sp *seedPrep) wait(ctx context.Context, p delta.Params, idx *delta.Index, logf func(string, ...any)) (*seedSet, *delta.Seeds, error) {
 	<-sp.done
+	for _, l := range sp.lines {
+		logf("%s", l)
+	}
 	if sp.err != nil {
 		return sp.set, nil, sp.err
 	}
@@ -432,7 +439,7 @@ func Plan(ctx context.Context, o Options) (*Preview, error) {
 		p.Full = "asked to (--no-delta)"
 		return p, nil
 	}
-	dl, seeds, why, err := o.planDelta(ctx, src, img, prepareSeeds(ctx, &writable{disk: d, stage: stage}, old, o.Logf))
+	dl, seeds, why, err := o.planDelta(ctx, src, img, prepareSeeds(ctx, &writable{disk: d, stage: stage}, old))
 	if err != nil {
 		return nil, err
 	}

@@ -139,7 +139,7 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 	// are read; planDelta takes them, or stops the cutting.
 	var seeds *seedPrep
 	if !o.NoDelta {
-		seeds = prepareSeeds(ctx, w, old, o.Logf)
+		seeds = prepareSeeds(ctx, w, old)
 		defer func() {
 			if seeds != nil {
 				seeds.stop(false)

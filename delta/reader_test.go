@@ -776,7 +776,7 @@ func TestIndexSeedsSplit(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			parts := split([]Seed{{Size: int64(len(seed))}})
+			parts := split([]Seed{{Size: int64(len(seed))}}, DefaultParams)
 			if len(parts) != 3 {
 				t.Fatalf("%d parts, want 3 (4 cores, %d bytes)", len(parts), len(seed))
 			}

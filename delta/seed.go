@@ -52,7 +52,7 @@ func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf f
 		}
 	}
 	s := &Seeds{list: seeds, where: map[[32]byte]Loc{}}
-	parts := split(seeds)
+	parts := split(seeds, p)
 	type result struct {
 		where map[[32]byte]Loc
 		read  int64
@@ -117,10 +117,11 @@ type part struct {
 // the overlap lets the earlier part find the chunks across the boundary.
 const (
 	splitSize    = 16 << 20
-	splitOverlap = 2 << 20
+	splitOverlap = 2 << 20 // at least; 16 chunks of the largest size
 )
 
-func split(seeds []Seed) []part {
+func split(seeds []Seed, p Params) []part {
+	overlap := max(splitOverlap, 16*int64(p.Max))
 	n := int64(max(1, runtime.GOMAXPROCS(0)))
 	var out []part
 	for i, sd := range seeds {
@@ -131,7 +132,7 @@ func split(seeds []Seed) []part {
 		}
 		step := sd.Size / k
 		for j := range k {
-			start, end := j*step, min(sd.Size, (j+1)*step+splitOverlap)
+			start, end := j*step, min(sd.Size, (j+1)*step+overlap)
 			if j == k-1 {
 				end = sd.Size
 			}
@@ -166,7 +167,7 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 // (two cores), the chunks passed between them in a few buffers of p.Max
 // bytes. fn runs on the hashing goroutine, one call at a time.
 func cutHashed(r io.Reader, p Params, fn func(off int64, data []byte, sum [32]byte)) error {
-	const depth = 8
+	depth := int(max(2, min(8, (1<<20)/p.Max))) // about 1 MiB in flight
 	type piece struct {
 		off int64
 		buf []byte

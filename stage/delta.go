@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -50,7 +49,9 @@ type deltaReadCloser struct{ r *delta.Reader }
 
 func (d deltaReadCloser) Read(p []byte) (int, error) {
 	n, err := d.r.Read(p)
-	if err != nil && err != io.EOF && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+	if err != nil && err != io.EOF {
+		// Stage does not retry once its context is done; a dial timeout
+		// (DeadlineExceeded too) with the context live falls back.
 		err = &deltaError{err}
 	}
 	return n, err
@@ -74,14 +75,19 @@ func (s *seedSet) Close() {
 // reading the index layer (kept in memory, so that the extractor does not
 // read it again). why says why there is none.
 func (img *image) findIndex(src *Source) (idx *delta.Index, layer int, why string, err error) {
+	if src.Transport == DockerArchive {
+		// Its manifest is computed by hashing every layer, and keeps no
+		// annotation: not asked for.
+		if len(img.layers) < 2 {
+			return nil, 0, "the image carries no delta index (build it with `stager image build`)", nil
+		}
+		return img.findArchiveIndex(src)
+	}
 	m, err := img.img.Manifest()
 	if err != nil {
 		return nil, 0, "", fmt.Errorf("reading the manifest of %s: %w", src, err)
 	}
 	desc, of, ok := installer.IndexOf(m)
-	if !ok && src.Transport == DockerArchive && len(img.layers) > 1 {
-		return img.findArchiveIndex(src)
-	}
 	if !ok {
 		return nil, 0, "the image carries no delta index (build it with `stager image build`)", nil
 	}
@@ -105,6 +111,9 @@ func (img *image) findIndex(src *Source) (idx *delta.Index, layer int, why strin
 	rc.Close()
 	if err != nil {
 		return nil, 0, "", fmt.Errorf("reading the delta index of %s: %w", src, err)
+	}
+	if len(raw) > maxIndex {
+		return nil, 0, fmt.Sprintf("its delta index layer is over %d MiB", maxIndex>>20), nil
 	}
 	if got := sha256Hash(raw); got != desc.Digest {
 		return nil, 0, "", fmt.Errorf("the delta index layer of %s: digest is %s, the manifest says %s", src, got, desc.Digest)
@@ -399,6 +408,9 @@ type Preview struct {
 	Seeds []SeedBytes `json:"seeds,omitempty"`
 	// Full says why the whole image would be read ("" for a delta).
 	Full string `json:"full,omitempty"`
+	// AlreadyStaged: the image is staged already, and staging it would
+	// fetch nothing.
+	AlreadyStaged bool `json:"already_staged,omitempty"`
 }
 
 // SeedBytes is what one of the machine's files gives a delta.
@@ -407,10 +419,11 @@ type SeedBytes struct {
 	Bytes int64  `json:"bytes"`
 }
 
-// Plan resolves o.Image, checks its signatures as Stage does, and says
-// what staging it would read from its source and what it would copy from
-// the machine's own bytes. It reads the disk and writes nothing; the
-// source's answer to a Range request is not tried.
+// Plan resolves o.Image, checks its signatures, the phase and the
+// rollbacks as Stage does, and says what staging it would read from its
+// source and what it would copy from the machine's own bytes. It reads the
+// disk and writes nothing; the source's answer to a Range request is not
+// tried.
 func Plan(ctx context.Context, o Options) (*Preview, error) {
 	o.defaults()
 	src, reqs, err := o.source()
@@ -426,6 +439,13 @@ func Plan(ctx context.Context, o Options) (*Preview, error) {
 	if err != nil {
 		return nil, err
 	}
+	slots, err := store.Block().Slots()
+	if err != nil {
+		return nil, fmt.Errorf("META on %s: %w", store.Name(), err)
+	}
+	if err := checkPhase(slots); err != nil {
+		return nil, err
+	}
 	old, _, err := store.Block().Staged()
 	if err != nil {
 		old = nil
@@ -435,6 +455,13 @@ func Plan(ctx context.Context, o Options) (*Preview, error) {
 		return nil, err
 	}
 	p := &Preview{Image: src.String(), Digest: img.digest.String(), Total: img.total, Fetch: img.total}
+	if old != nil && old.Digest == p.Digest {
+		p.Fetch, p.AlreadyStaged = 0, true
+		return p, nil
+	}
+	if rb := rolledBack(slots, p.Digest); rb != nil && !o.Retry {
+		return nil, rb
+	}
 	if o.NoDelta {
 		p.Full = "asked to (--no-delta)"
 		return p, nil

@@ -376,14 +376,19 @@ func TestPlan(t *testing.T) {
 	if p.Full != "" || p.Fetch > p.Total/5 || p.Ranges == 0 || fromSlot < int64(len(m.v2.initramfs))*8/10 {
 		t.Errorf("plan %+v: want under a fifth fetched, most from slot a", p)
 	}
+	no, err := Plan(context.Background(), Options{Disk: m.disk, Image: ref, Insecure: true, NoDelta: true})
+	if err != nil || no.Fetch != no.Total || no.Full == "" {
+		t.Errorf("plan with NoDelta: %+v, %v; want all fetched, and why", no, err)
+	}
 	// What it said is what staging then does.
 	res := stageOK(t, Options{Disk: m.disk, Image: ref, Insecure: true})
 	if tr := res.Staged.Transfer; tr.Fetched != p.Fetch {
 		t.Errorf("staging fetched %d bytes, the plan said %d", tr.Fetched, p.Fetch)
 	}
-	no, err := Plan(context.Background(), Options{Disk: m.disk, Image: ref, Insecure: true, NoDelta: true})
-	if err != nil || no.Fetch != no.Total || no.Full == "" {
-		t.Errorf("plan with NoDelta: %+v, %v; want all fetched, and why", no, err)
+	// Staged now: staging it again would fetch nothing, as Stage says.
+	again, err := Plan(context.Background(), Options{Disk: m.disk, Image: ref, Insecure: true})
+	if err != nil || !again.AlreadyStaged || again.Fetch != 0 {
+		t.Errorf("plan of the staged image: %+v, %v; want already staged, nothing to fetch", again, err)
 	}
 }
 

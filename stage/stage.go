@@ -123,11 +123,8 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 	}
 	defer w.disk.Close()
 	store, stage, b, slots := w.store, w.stage, w.block, w.slots
-	switch slots.Phase {
-	case meta.PhaseApplying:
-		return nil, fmt.Errorf("%w: an upgrade to slot %s is being applied; boot to finish it", ErrBusy, slots.Active.Other())
-	case meta.PhaseTrial:
-		return nil, fmt.Errorf("%w: slot %s is on trial; confirm it (stager confirm) or roll back first", ErrBusy, slots.Trial)
+	if err := checkPhase(slots); err != nil {
+		return nil, err
 	}
 	old, _, err := b.Staged()
 	if err != nil {
@@ -239,6 +236,11 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 		// Give the half back as it was: zeros, as STAGE holds nothing but
 		// the payload META refers to.
 		if zerr := zero(stage, int64(half)*hs, x.high); zerr != nil {
+			// Not retried without a delta: STAGE is not as it was.
+			var de *deltaError
+			if errors.As(err, &de) {
+				err = de.err
+			}
 			return nil, fmt.Errorf("%w (and restoring STAGE failed: %v)", err, zerr)
 		}
 		return nil, err
@@ -279,6 +281,17 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// checkPhase refuses to stage while an upgrade is being applied or tried.
+func checkPhase(slots *meta.Slots) error {
+	switch slots.Phase {
+	case meta.PhaseApplying:
+		return fmt.Errorf("%w: an upgrade to slot %s is being applied; boot to finish it", ErrBusy, slots.Active.Other())
+	case meta.PhaseTrial:
+		return fmt.Errorf("%w: slot %s is on trial; confirm it (stager confirm) or roll back first", ErrBusy, slots.Trial)
+	}
+	return nil
 }
 
 // writable is a disk opened and locked for writing, with META's slot states.
@@ -383,7 +396,7 @@ func zero(stage *disk.Region, start, end int64) error {
 func checkRoom(b *meta.Block, slots *meta.Slots, ref, digest, signedBy string, target meta.Slot, reason string) error {
 	probe := b.Clone()
 	st := &meta.Staged{Image: ref, Digest: digest, SignedBy: signedBy, Target: target, Time: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
-		Transfer: &meta.Transfer{Fetched: 1 << 62, Reused: 1 << 62, Full: strings.Repeat("x", maxFull+len("…"))}}
+		Transfer: &meta.Transfer{Fetched: 1 << 62, Reused: 1 << 62, Full: strings.Repeat("<", maxFull) + "…"}} // "<" is the longest in JSON (\u003c)
 	for _, name := range []string{payload.Kernel, payload.Initramfs, payload.UKI, payload.Cmdline, payload.Version} {
 		st.Artifacts = append(st.Artifacts, meta.Artifact{Name: name, Offset: 1 << 60, Size: 1 << 60, SHA256: fmt.Sprintf("%064d", 0)})
 	}

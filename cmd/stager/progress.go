@@ -52,6 +52,12 @@ func newProgress(w io.Writer, what string) *progress {
 }
 
 func (p *progress) update(done, total int64) {
+	if done < p.done && p.delta {
+		p.delta = false // a delta given up: the whole image, from the start
+		if p.bar != nil {
+			p.bar.Describe(p.what)
+		}
+	}
 	p.done, p.total = done, total
 	if p.terminal {
 		if p.bar == nil {

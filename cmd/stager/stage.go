@@ -166,6 +166,10 @@ func firmwareOf(diskPath, dir string) (*stage.Firmware, error) {
 // printPreview says what `stager --image REF --dry-run` found.
 func printPreview(w io.Writer, p *stage.Preview) {
 	fmt.Fprintf(w, "%s (%s): %s in its blobs\n", p.Image, p.Digest, humanBytes(p.Total))
+	if p.AlreadyStaged {
+		fmt.Fprintf(w, "it is staged already: staging it would fetch nothing\n")
+		return
+	}
 	if p.Full != "" {
 		fmt.Fprintf(w, "staging would fetch all of it: %s\n", p.Full)
 		return

@@ -142,6 +142,9 @@ func split(seeds []Seed, p Params) []part {
 	return out
 }
 
+// Len is how many distinct chunks the seeds hold (of those kept).
+func (s *Seeds) Len() int { return len(s.where) }
+
 // Find says where a chunk with this hash lies.
 func (s *Seeds) Find(sum [32]byte) (Loc, bool) {
 	l, ok := s.where[sum]

@@ -364,6 +364,12 @@ func (sp *seedPrep) stop(keep bool) {
 // seeds sp cuts. It returns nil and why not when the image has no usable
 // index. The seed set it returns is the caller's to close.
 func (o *Options) planDelta(ctx context.Context, src *Source, img *image, sp *seedPrep) (*deltaLayer, *seedSet, string, error) {
+	// A machine with nothing to start from (a new disk, an ESP that
+	// cannot be read) reads the image whole: its index is not even read.
+	if <-sp.done; sp.err == nil && sp.seeds.Len() == 0 {
+		sp.stop(false)
+		return nil, nil, "this machine holds nothing to start a delta from (no slot files, no staged payload)", nil
+	}
 	idx, i, why, err := img.findIndex(src)
 	if err != nil || idx == nil {
 		sp.stop(false)
@@ -383,7 +389,13 @@ func (o *Options) planDelta(ctx context.Context, src *Source, img *image, sp *se
 	if c, ok := rs.(io.Closer); ok {
 		seeds.closers = append(seeds.closers, c)
 	}
-	dl := &deltaLayer{plan: delta.NewPlan(idx, s), src: rs}
+	plan := delta.NewPlan(idx, s)
+	if plan.Fetched == idx.Size {
+		// Ranges of all of it would only cost a hash of every chunk more.
+		seeds.Close()
+		return nil, nil, "none of its chunks is on this machine", nil
+	}
+	dl := &deltaLayer{plan: plan, src: rs}
 	ls := &img.layers[i]
 	ls.verified = false // the extractor hashes what the reader yields
 	ls.delta = dl

@@ -3,6 +3,7 @@ package delta
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +74,9 @@ type Index struct {
 	SHA256 [32]byte // the blob's digest
 	Chunks []Chunk
 }
+
+// Digest is the blob's digest as OCI writes it: "sha256:" and hex.
+func (x *Index) Digest() string { return "sha256:" + hex.EncodeToString(x.SHA256[:]) }
 
 // ErrInvalid marks bytes that are not an index.
 var ErrInvalid = errors.New("invalid delta index")

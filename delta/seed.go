@@ -33,7 +33,6 @@ type Loc struct {
 type Seeds struct {
 	list  []Seed
 	where map[[32]byte]Loc
-	Read  int64 // bytes read to cut them
 }
 
 // IndexSeeds cuts every seed with p and records where each chunk lies,
@@ -55,7 +54,6 @@ func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf f
 	parts := split(seeds, p)
 	type result struct {
 		where map[[32]byte]Loc
-		read  int64
 		err   error
 	}
 	results := make([]result, len(parts))
@@ -71,7 +69,6 @@ func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf f
 			sd := seeds[pt.seed]
 			r := &ctxReader{ctx: ctx, r: io.NewSectionReader(sd.R, pt.start, pt.end-pt.start)}
 			res.err = cutHashed(r, p, func(off int64, data []byte, h [32]byte) {
-				res.read += int64(len(data))
 				if wanted != nil && !wanted[h] {
 					return
 				}
@@ -89,7 +86,6 @@ func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf f
 	failed := map[int]bool{}
 	for k, pt := range parts {
 		res := results[k]
-		s.Read += res.read
 		for h, l := range res.where {
 			if cur, ok := s.where[h]; !ok || cur.Seed == l.Seed && cur.Off > l.Off {
 				s.where[h] = l

@@ -3,7 +3,6 @@ package stage
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/stagehand-dev/stagehand/boot"
@@ -107,27 +107,12 @@ func (img *image) findIndex(src *Source) (idx *delta.Index, layer int, why strin
 	if err != nil {
 		return nil, 0, "", fmt.Errorf("reading the delta index of %s: %w", src, err)
 	}
-	raw, err := io.ReadAll(io.LimitReader(rc, maxIndex+1))
-	rc.Close()
-	if err != nil {
-		return nil, 0, "", fmt.Errorf("reading the delta index of %s: %w", src, err)
-	}
-	if len(raw) > maxIndex {
-		return nil, 0, fmt.Sprintf("its delta index layer is over %d MiB", maxIndex>>20), nil
-	}
-	if got := sha256Hash(raw); got != desc.Digest {
-		return nil, 0, "", fmt.Errorf("the delta index layer of %s: digest is %s, the manifest says %s", src, got, desc.Digest)
-	}
-	img.layers[at].open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
-	b, err := installer.ReadIndex(bytes.NewReader(raw))
-	if err != nil {
-		return nil, 0, fmt.Sprintf("its delta index layer is unreadable (%v)", err), nil
-	}
-	if idx, err = delta.Parse(b); err != nil {
-		return nil, 0, fmt.Sprintf("its delta index is unreadable (%v)", err), nil
+	idx, why, err = img.readIndexLayer(src, at, rc, nil, desc.Digest)
+	if idx == nil {
+		return nil, 0, why, err
 	}
 	ls := img.layers[layer]
-	if idx.Size != ls.size || ls.digest == nil || "sha256:"+hex.EncodeToString(idx.SHA256[:]) != ls.digest.String() {
+	if idx.Size != ls.size || ls.digest == nil || idx.Digest() != ls.digest.String() {
 		return nil, 0, "its delta index describes another blob than the layer it names", nil
 	}
 	return idx, layer, "", nil
@@ -152,34 +137,45 @@ func (img *image) findArchiveIndex(src *Source) (*delta.Index, int, string, erro
 		rc.Close()
 		return nil, 0, none, nil
 	}
-	rest, err := io.ReadAll(io.LimitReader(rc, maxIndex))
-	rc.Close()
-	if err != nil {
-		return nil, 0, "", fmt.Errorf("reading the last layer of %s: %w", src, err)
+	idx, why, err := img.readIndexLayer(src, at, rc, head, img.layers[at].diffID)
+	if idx == nil {
+		return nil, 0, why, err
 	}
-	raw := append(head, rest...)
-	if len(raw) > maxIndex {
-		return nil, 0, none, nil
-	}
-	if got := sha256Hash(raw); got != img.layers[at].diffID {
-		return nil, 0, "", fmt.Errorf("the last layer of %s: digest is %s, the config says %s", src, got, img.layers[at].diffID)
-	}
-	img.layers[at].open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
-	b, err := installer.ReadIndex(bytes.NewReader(raw))
-	if err != nil {
-		return nil, 0, none, nil
-	}
-	idx, err := delta.Parse(b)
-	if err != nil {
-		return nil, 0, fmt.Sprintf("its delta index is unreadable (%v)", err), nil
-	}
-	want := "sha256:" + hex.EncodeToString(idx.SHA256[:])
 	for i, l := range img.layers[:at] {
-		if l.diffID.String() == want {
+		if l.diffID.String() == idx.Digest() {
 			return idx, i, "", nil
 		}
 	}
 	return nil, 0, "its delta index describes none of its layers", nil
+}
+
+// readIndexLayer reads the rest of the index layer at from rc (head read
+// from it already), checks it against want, keeps it in memory for the
+// extractor, which would read it again, and parses the index. why says
+// why there is no usable index.
+func (img *image) readIndexLayer(src *Source, at int, rc io.ReadCloser, head []byte, want v1.Hash) (*delta.Index, string, error) {
+	rest, err := io.ReadAll(io.LimitReader(rc, maxIndex+1-int64(len(head))))
+	rc.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("reading the delta index of %s: %w", src, err)
+	}
+	raw := append(head, rest...)
+	if len(raw) > maxIndex {
+		return nil, fmt.Sprintf("its delta index layer is over %d MiB", maxIndex>>20), nil
+	}
+	if got := sha256Hash(raw); got != want {
+		return nil, "", fmt.Errorf("the delta index layer of %s: digest is %s, the image says %s", src, got, want)
+	}
+	img.layers[at].open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
+	b, err := installer.ReadIndex(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Sprintf("its delta index layer is unreadable (%v)", err), nil
+	}
+	idx, err := delta.Parse(b)
+	if err != nil {
+		return nil, fmt.Sprintf("its delta index is unreadable (%v)", err), nil
+	}
+	return idx, "", nil
 }
 
 // machineSeeds opens the bytes the machine holds that an upgrade may

@@ -156,7 +156,8 @@ func staged(t *testing.T, img string) *meta.Staged {
 // payload is v2's, byte for byte.
 func TestDeltaFromSlot(t *testing.T) {
 	m := newDeltaMachine(t)
-	reg := registryWith(t, &rangeLog{})
+	rl := &rangeLog{}
+	reg := registryWith(t, rl)
 	ref := reg + "/os:v2"
 	push(t, ref, buildImage(t, m.v2, "amd64"), nil)
 	var logs logLines
@@ -183,6 +184,11 @@ func TestDeltaFromSlot(t *testing.T) {
 	t.Logf("transfer %+v; log: %q", tr, logs.lines)
 	if l := logs.with("from this machine"); len(l) != 1 {
 		t.Errorf("want one line saying what the delta takes from this machine; log: %q", logs.lines)
+	}
+	// The registry's side: the artifact layer only in ranges; whole, only
+	// the config and the index layer.
+	if rl.ranged == 0 || rl.whole > 2 {
+		t.Errorf("the registry answered %d Range GETs and %d whole blob GETs: want ranges, and only the config and the index whole", rl.ranged, rl.whole)
 	}
 }
 

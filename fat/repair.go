@@ -90,14 +90,22 @@ func repairFAT(dev Device) (repaired, error) {
 	// follow returns up to max clusters of the chain from c (max 0: to its
 	// end) and whether the chain is whole that far: every link to a
 	// cluster in range, allocated and no other file's. It marks nothing.
+	// seen[c] == pass: c is on the chain this pass of follow has taken (a
+	// stamp per pass, not a map per chain: the ESP is opened at every
+	// staging and apply, and a map of a large file's clusters cost more
+	// than the rest of the repair).
+	seen, pass := make([]uint32, maxCluster+1), uint32(0)
 	follow := func(c uint32, max int) ([]uint32, bool) {
 		var cs []uint32
-		seen := map[uint32]bool{}
+		if max > 0 {
+			cs = make([]uint32, 0, max)
+		}
+		pass++
 		for {
-			if !inRange(c) || used[c] || seen[c] || next(c) == 0 || next(c) == 0x0ffffff7 {
+			if !inRange(c) || used[c] || seen[c] == pass || next(c) == 0 || next(c) == 0x0ffffff7 {
 				return cs, false
 			}
-			seen[c] = true
+			seen[c] = pass
 			cs = append(cs, c)
 			if max > 0 && len(cs) == max {
 				return cs, true

@@ -5,13 +5,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // randBytes returns n deterministic pseudo-random bytes: the same seed
@@ -48,6 +49,9 @@ func checkIndex(t *testing.T, x *Index, data []byte) {
 		}
 		if got := sha256.Sum256(data[off : off+int64(c.Len)]); got != c.SHA256 {
 			t.Errorf("chunk %d: SHA256 %x, want %x", i, c.SHA256, got)
+		}
+		if got := crc32.Checksum(data[off:off+int64(c.Len)], crc32.MakeTable(crc32.Castagnoli)); got != c.CRC {
+			t.Errorf("chunk %d: CRC %#x, want the CRC-32C %#x", i, c.CRC, got)
 		}
 		off += int64(c.Len)
 	}
@@ -188,7 +192,7 @@ func TestParamsCuttable(t *testing.T) {
 func rawIndex(p Params, size uint64, lens ...uint32) []byte {
 	var b []byte
 	b = append(b, "SHDI"...)
-	b = binary.LittleEndian.AppendUint16(b, 1)
+	b = binary.LittleEndian.AppendUint16(b, 2)
 	b = binary.LittleEndian.AppendUint16(b, 0)
 	b = binary.LittleEndian.AppendUint32(b, p.Min)
 	b = binary.LittleEndian.AppendUint32(b, p.Avg)
@@ -198,6 +202,7 @@ func rawIndex(p Params, size uint64, lens ...uint32) []byte {
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(lens)))
 	for i, l := range lens {
 		b = binary.LittleEndian.AppendUint32(b, l)
+		b = binary.LittleEndian.AppendUint32(b, 0xc0c0c000+uint32(i))
 		b = append(b, bytes.Repeat([]byte{byte(i)}, 32)...)
 	}
 	return b
@@ -212,9 +217,9 @@ func TestParseLayout(t *testing.T) {
 		t.Fatalf("Parse: %v", err)
 	}
 	want := &Index{Params: rawParams, Size: 350, Chunks: []Chunk{
-		{Off: 0, Len: 100},
-		{Off: 100, Len: 200},
-		{Off: 300, Len: 50},
+		{Off: 0, Len: 100, CRC: 0xc0c0c000},
+		{Off: 100, Len: 200, CRC: 0xc0c0c001},
+		{Off: 300, Len: 50, CRC: 0xc0c0c002},
 	}}
 	copy(want.SHA256[:], bytes.Repeat([]byte{0xbb}, 32))
 	for i := range want.Chunks {
@@ -240,7 +245,8 @@ func TestParseRefuses(t *testing.T) {
 		{"short header", valid[:headerSize-1], "header"},
 		{"bad magic", edit(func(b []byte) []byte { b[0] = 's'; return b }), "magic"},
 		{"version 0", edit(func(b []byte) []byte { b[4] = 0; return b }), "version"},
-		{"version 2", edit(func(b []byte) []byte { b[4] = 2; return b }), "version"},
+		{"version 1 (no CRC-32C)", edit(func(b []byte) []byte { b[4] = 1; return b }), "version 1"},
+		{"version 3", edit(func(b []byte) []byte { b[4] = 3; return b }), "version"},
 		{"flags", edit(func(b []byte) []byte { b[6] = 1; return b }), "flags"},
 		{"high flags", edit(func(b []byte) []byte { b[7] = 0x80; return b }), "flags"},
 		{"count above MaxChunks", edit(func(b []byte) []byte {
@@ -448,6 +454,69 @@ func TestCut(t *testing.T) {
 	}
 }
 
+// refCut is FastCDC as Cut's comment states it, one byte at a time over
+// the whole input: the chunks Cut must give, however its input arrives.
+func refCut(data []byte, p Params) []int {
+	bits := int(math.Round(math.Log2(float64(p.Avg))))
+	maskS, maskL := uint64(1)<<(bits+2)-1, uint64(1)<<(bits-2)-1
+	var lens []int
+	for len(data) > 0 {
+		n := len(data)
+		if n > int(p.Min) {
+			n = min(n, int(p.Max))
+			fp := uint64(0)
+			for i := int(p.Min); i < n; i++ {
+				fp = fp<<1 + gear[data[i]]
+				mask := maskL
+				if i < int(p.Avg) {
+					mask = maskS
+				}
+				if fp&mask == 0 {
+					n = i + 1
+					break
+				}
+			}
+		}
+		lens, data = append(lens, n), data[n:]
+	}
+	return lens
+}
+
+func TestCutReference(t *testing.T) {
+	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog\n"), 20000)
+	for _, tt := range []struct {
+		name string
+		data []byte
+		p    Params
+	}{
+		{"random, default sizes", randBytes(21, 3<<20), DefaultParams},
+		{"random, small sizes", randBytes(22, 200<<10), smallParams},
+		{"random, Avg not a power of two", randBytes(23, 2<<20), Params{Min: 6000, Avg: 24000, Max: 100000}},
+		{"random, Avg just above 2^(b+1/2)", randBytes(24, 1<<20), Params{Min: 1000, Avg: 2897, Max: 12000}},
+		{"random, Avg just below 2^(b+1/2)", randBytes(25, 1<<20), Params{Min: 1000, Avg: 2896, Max: 12000}},
+		{"text", text, DefaultParams},
+		{"zeros: Max each", make([]byte, 1<<20), DefaultParams},
+		{"shorter than Min", randBytes(26, 5000), DefaultParams},
+		{"empty", nil, DefaultParams},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			want := refCut(tt.data, tt.p)
+			for _, in := range []struct {
+				name string
+				r    io.Reader
+			}{{"whole", bytes.NewReader(tt.data)}, {"a byte at a time", &oneByteReader{tt.data}}} {
+				var got []int
+				if err := Cut(in.r, tt.p, func(off int64, b []byte) error { got = append(got, len(b)); return nil }); err != nil {
+					t.Fatalf("%s: Cut: %v", in.name, err)
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: %d chunks %v…, the reference %d %v…", in.name, len(got), got[:min(5, len(got))], len(want), want[:min(5, len(want))])
+				}
+			}
+		})
+	}
+}
+
 type failingReader struct {
 	data []byte
 	at   int
@@ -464,8 +533,7 @@ func (r *failingReader) Read(p []byte) (int, error) {
 }
 
 // Chunkers run at once (seeds cut while an index is built) cut as one
-// alone does; run with -race, this also checks they share nothing
-// unguarded.
+// alone does; run with -race, this also checks they share nothing.
 func TestCutConcurrent(t *testing.T) {
 	data := randBytes(12, 256<<10)
 	want, err := Build(bytes.NewReader(data), smallParams)
@@ -488,47 +556,4 @@ func TestCutConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
-}
-
-// A Cut waiting for its input holds up no other Cut: the lock guarding
-// the chunker's table is not held while reading.
-func TestCutWaitingHoldsUpNoOther(t *testing.T) {
-	data := randBytes(13, 64<<10)
-	pr, pw := io.Pipe()
-	reading := make(chan struct{})
-	waiting := make(chan error, 1)
-	go func() {
-		waiting <- Cut(&signalReader{r: pr, reading: reading}, smallParams, func(int64, []byte) error { return nil })
-	}()
-	<-reading
-	// The first Cut is blocked reading the pipe; this one must still run.
-	done := make(chan error, 1)
-	go func() {
-		done <- Cut(bytes.NewReader(data), smallParams, func(int64, []byte) error { return nil })
-	}()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Cut: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a Cut waiting for its input holds up another")
-	}
-	pw.Write(data)
-	pw.Close()
-	if err := <-waiting; err != nil {
-		t.Errorf("Cut of the pipe: %v", err)
-	}
-}
-
-// signalReader closes reading when it is first read.
-type signalReader struct {
-	r       io.Reader
-	reading chan struct{}
-	once    sync.Once
-}
-
-func (s *signalReader) Read(p []byte) (int, error) {
-	s.once.Do(func() { close(s.reading) })
-	return s.r.Read(p)
 }

@@ -25,7 +25,7 @@ type Plan struct {
 func NewPlan(x *Index, s *Seeds) *Plan {
 	p := &Plan{Index: x, Seeds: s, From: make([]Loc, len(x.Chunks)), Reused: make([]int64, len(s.list))}
 	for i, c := range x.Chunks {
-		l, ok := s.Find(c.SHA256)
+		l, ok := s.Find(c)
 		if !ok {
 			p.From[i] = Loc{Seed: -1}
 			p.Fetched += int64(c.Len)

@@ -5,8 +5,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
+	"sync"
+	"sync/atomic"
 )
 
 // Source reads byte ranges of a blob: a registry's blob by HTTP Range, a
@@ -27,58 +28,131 @@ type Stats struct {
 	Reused    int64 // bytes copied from seeds, their hashes checked
 	Fetched   int64 // bytes read from the source
 	Requests  int   // ranges opened on the source
-	Refetched int64 // bytes a seed should have given but no longer held: fetched
+	Refetched int64 // bytes a seed should have given but did not hold: fetched
 }
 
-// Reader yields the blob a Plan describes, chunk by chunk. A seed's chunk
-// is read and compared with the CRC-32C its bytes had when IndexSeeds cut
-// them and found their SHA-256 in the index; a chunk the seed no longer
-// holds (the disk changed since) is fetched alone from the source. The
-// others come from the plan's ranges, opened one at a time, in order, each
-// chunk's SHA-256 checked against the index. It holds one chunk in memory.
+// Reader yields the blob a Plan describes, chunk by chunk, each chunk's
+// SHA-256 checked against the index before it is yielded. A seed's chunk
+// (found by its length and CRC-32C) is read from the seed; one whose
+// SHA-256 differs (the disk changed since it was cut, or a CRC that
+// matched other bytes) is fetched alone from the source, with one line a
+// seed. The others come from the plan's ranges, opened one at a time, in
+// order.
 //
-// A seed's chunk is not hashed with SHA-256 again: that would be a third
-// pass over most of the blob. A change CRC-32C does not see (one crafted
-// for it, between the cut and the copy) still cannot be staged: the
-// stager checks the whole blob against the manifest's digest, and gives
-// the delta up if it differs.
+// The reading and hashing run on a goroutine of their own, a few chunks
+// (about 1 MiB) ahead of Read: the stager hashes the whole blob as it
+// reads it, and the two hashes then run on two cores.
 type Reader struct {
-	ctx   context.Context
-	plan  *Plan
-	src   Source
-	logf  func(string, ...any)
-	Stats Stats
+	ctx  context.Context
+	plan *Plan
+	src  Source
+	logf func(string, ...any)
 
+	reused, fetched, refetched atomic.Int64
+	requests                   atomic.Int64
+
+	// The producer's state: run's alone.
 	i      int // next chunk
 	fetch  int // next range of plan.Fetch
 	body   io.ReadCloser
-	bodyAt int64 // blob offset of body's next byte
-	bodyTo int64 // end of body's range
-	buf    []byte
+	bodyAt int64        // blob offset of body's next byte
+	bodyTo int64        // end of body's range
+	warned map[int]bool // seeds found changed, said once each
+
+	// Read's side.
+	once   sync.Once
+	cancel context.CancelFunc
+	out    chan piece
+	free   chan []byte
+	done   chan struct{}
+	held   []byte // the buffer cur is in, returned to free when used
 	cur    []byte // what is left of the current chunk
 	err    error
-	warned map[int]bool // seeds found changed, said once each
+	closed bool
+}
+
+// piece is a checked chunk, or why there is none.
+type piece struct {
+	buf []byte
+	err error
 }
 
 // NewReader reads the blob of p from its seeds and from src.
 func NewReader(ctx context.Context, p *Plan, src Source, logf func(string, ...any)) *Reader {
-	return &Reader{ctx: ctx, plan: p, src: src, logf: logf, buf: make([]byte, p.Index.Params.Max), warned: map[int]bool{}}
+	return &Reader{ctx: ctx, plan: p, src: src, logf: logf, warned: map[int]bool{}}
+}
+
+// Stats says where the bytes read so far came from. It may be called
+// while another goroutine reads.
+func (r *Reader) Stats() Stats {
+	return Stats{Reused: r.reused.Load(), Fetched: r.fetched.Load(), Requests: int(r.requests.Load()), Refetched: r.refetched.Load()}
+}
+
+// start starts the producer: depth buffers of the largest chunk.
+func (r *Reader) start() {
+	size := int(r.plan.Index.Params.Max)
+	depth := max(2, min(8, (1<<20)/size))
+	ctx, cancel := context.WithCancel(r.ctx)
+	r.cancel, r.out, r.free, r.done = cancel, make(chan piece, depth), make(chan []byte, depth), make(chan struct{})
+	for range depth {
+		r.free <- make([]byte, size)
+	}
+	go r.run(ctx)
+}
+
+// run puts the checked chunks in r.out, in order, then closes it.
+func (r *Reader) run(ctx context.Context) {
+	defer close(r.done)
+	defer close(r.out)
+	defer r.closeBody()
+	for r.i < len(r.plan.Index.Chunks) {
+		var buf []byte
+		select {
+		case buf = <-r.free:
+		case <-ctx.Done():
+			return
+		}
+		pc := piece{buf: buf[:r.plan.Index.Chunks[r.i].Len]}
+		if err := r.next(ctx, pc.buf); err != nil {
+			r.closeBody()
+			pc = piece{err: err}
+		}
+		select {
+		case r.out <- pc:
+		case <-ctx.Done():
+			return
+		}
+		if pc.err != nil {
+			return
+		}
+		r.i++
+	}
 }
 
 // Read implements io.Reader.
 func (r *Reader) Read(p []byte) (int, error) {
+	if r.closed {
+		return 0, errors.New("delta: read after Close")
+	}
+	r.once.Do(r.start)
 	for len(r.cur) == 0 {
 		if r.err != nil {
 			return 0, r.err
 		}
-		if r.i == len(r.plan.Index.Chunks) {
-			r.closeBody()
-			r.err = io.EOF
-			return 0, io.EOF
+		if r.held != nil {
+			r.free <- r.held[:cap(r.held)]
+			r.held = nil
 		}
-		if r.err = r.next(); r.err != nil {
-			r.closeBody()
-			return 0, r.err
+		pc, ok := <-r.out
+		switch {
+		case !ok && r.ctx.Err() != nil:
+			r.err = r.ctx.Err()
+		case !ok:
+			r.err = io.EOF
+		case pc.err != nil:
+			r.err = pc.err
+		default:
+			r.held, r.cur = pc.buf, pc.buf
 		}
 	}
 	n := copy(p, r.cur)
@@ -86,9 +160,14 @@ func (r *Reader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close releases the range being read.
+// Close stops the reading and releases the range being read.
 func (r *Reader) Close() error {
-	r.closeBody()
+	r.closed = true
+	r.once.Do(func() {}) // never started now
+	if r.cancel != nil {
+		r.cancel()
+		<-r.done
+	}
 	return nil
 }
 
@@ -99,36 +178,34 @@ func (r *Reader) closeBody() {
 	}
 }
 
-// next puts chunk r.i in r.cur.
-func (r *Reader) next() error {
-	if err := r.ctx.Err(); err != nil {
+// next reads chunk r.i into buf and checks it.
+func (r *Reader) next(ctx context.Context, buf []byte) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 	c := r.plan.Index.Chunks[r.i]
-	buf := r.buf[:c.Len]
 	if from := r.plan.From[r.i]; from.Seed >= 0 {
 		sd := r.plan.Seeds.list[from.Seed]
 		n, err := sd.R.ReadAt(buf, from.Off)
 		if n == len(buf) {
 			err = nil
 		}
-		if err == nil && crc32.Checksum(buf, castagnoli) == from.CRC {
-			r.Stats.Reused += int64(c.Len)
-			r.cur, r.i = buf, r.i+1
+		if err == nil && sha256.Sum256(buf) == c.SHA256 {
+			r.reused.Add(int64(c.Len))
 			return nil
 		}
 		if !r.warned[from.Seed] {
 			r.warned[from.Seed] = true
-			why := "its bytes changed since it was indexed"
+			why := "its SHA-256 is not the index's: the bytes changed since the seed was cut, or only their CRC-32C matched"
 			if err != nil {
 				why = err.Error()
 			}
-			r.logf("delta: seed %s: the chunk at %d no longer holds what it did (%s): fetching it, and any other it should give", sd.Name, from.Off, why)
+			r.logf("delta: seed %s: the chunk at %d is not the one it was taken for (%s): fetching it, and any other it should give", sd.Name, from.Off, why)
 		}
-		if err := r.fetchAlone(c, buf); err != nil {
+		if err := r.fetchAlone(ctx, c, buf); err != nil {
 			return err
 		}
-		r.Stats.Refetched += int64(c.Len)
+		r.refetched.Add(int64(c.Len))
 	} else {
 		if r.body == nil {
 			if r.fetch == len(r.plan.Fetch) || r.plan.Fetch[r.fetch].Off != c.Off {
@@ -136,7 +213,7 @@ func (r *Reader) next() error {
 			}
 			rg := r.plan.Fetch[r.fetch]
 			r.fetch++
-			body, err := r.open(rg.Off, rg.Len)
+			body, err := r.open(ctx, rg.Off, rg.Len)
 			if err != nil {
 				return err
 			}
@@ -148,7 +225,7 @@ func (r *Reader) next() error {
 			}
 			return fmt.Errorf("delta: reading bytes [%d, %d) of the blob: %w", c.Off, c.Off+int64(c.Len), err)
 		}
-		r.Stats.Fetched += int64(c.Len)
+		r.fetched.Add(int64(c.Len))
 		if r.bodyAt += int64(c.Len); r.bodyAt == r.bodyTo {
 			r.closeBody()
 		}
@@ -156,22 +233,21 @@ func (r *Reader) next() error {
 	if sha256.Sum256(buf) != c.SHA256 {
 		return fmt.Errorf("delta: bytes [%d, %d) of the blob from its source do not match its index", c.Off, c.Off+int64(c.Len))
 	}
-	r.cur, r.i = buf, r.i+1
 	return nil
 }
 
-func (r *Reader) open(off, n int64) (io.ReadCloser, error) {
-	body, err := r.src.OpenRange(r.ctx, off, n)
+func (r *Reader) open(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	body, err := r.src.OpenRange(ctx, off, n)
 	if err != nil {
 		return nil, fmt.Errorf("delta: bytes [%d, %d) of the blob: %w", off, off+n, err)
 	}
-	r.Stats.Requests++
+	r.requests.Add(1)
 	return body, nil
 }
 
 // fetchAlone reads chunk c from the source into buf, on a range of its own.
-func (r *Reader) fetchAlone(c Chunk, buf []byte) error {
-	body, err := r.open(c.Off, int64(c.Len))
+func (r *Reader) fetchAlone(ctx context.Context, c Chunk, buf []byte) error {
+	body, err := r.open(ctx, c.Off, int64(c.Len))
 	if err != nil {
 		return err
 	}
@@ -182,6 +258,6 @@ func (r *Reader) fetchAlone(c Chunk, buf []byte) error {
 		}
 		return fmt.Errorf("delta: reading bytes [%d, %d) of the blob: %w", c.Off, c.Off+int64(c.Len), err)
 	}
-	r.Stats.Fetched += int64(c.Len)
+	r.fetched.Add(int64(c.Len))
 	return nil
 }

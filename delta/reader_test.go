@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"runtime"
@@ -312,11 +311,11 @@ func TestReader(t *testing.T) {
 				t.Errorf("Close: %v", err)
 			}
 			want := Stats{Reused: tt.x.Size - p.Fetched, Fetched: p.Fetched, Requests: len(p.Fetch)}
-			if r.Stats != want {
-				t.Errorf("Stats = %+v, want %+v", r.Stats, want)
+			if r.Stats() != want {
+				t.Errorf("Stats = %+v, want %+v", r.Stats(), want)
 			}
-			if r.Stats.Fetched > tt.maxFetched {
-				t.Errorf("fetched %d bytes of %d, want at most %d", r.Stats.Fetched, tt.x.Size, tt.maxFetched)
+			if r.Stats().Fetched > tt.maxFetched {
+				t.Errorf("fetched %d bytes of %d, want at most %d", r.Stats().Fetched, tt.x.Size, tt.maxFetched)
 			}
 			if !slices.Equal(src.calls, p.Fetch) {
 				t.Errorf("ranges opened %v, want the plan's %v", src.calls, p.Fetch)
@@ -443,8 +442,8 @@ func TestReaderLyingSeed(t *testing.T) {
 				Requests:  len(p.Fetch) + len(broken),
 				Refetched: lost,
 			}
-			if r.Stats != want {
-				t.Errorf("Stats = %+v, want %+v", r.Stats, want)
+			if r.Stats() != want {
+				t.Errorf("Stats = %+v, want %+v", r.Stats(), want)
 			}
 			if len(l.lines) != 1 || !strings.Contains(l.lines[0], "slot a initramfs") {
 				t.Errorf("logged %q, want one line naming the seed", l.lines)
@@ -595,6 +594,29 @@ func TestReaderContext(t *testing.T) {
 	}
 }
 
+// Close stops the reading wherever it is: the range being read is
+// closed when Close returns, and a Read after it fails.
+func TestReaderClose(t *testing.T) {
+	f := getFixture()
+	for _, after := range []int{0, 1, 1 << 20, 3 << 20} {
+		t.Run(fmt.Sprintf("after %d bytes", after), func(t *testing.T) {
+			p, l := plan(t, f.x, []Seed{seedOf("v1", f.v1)})
+			src := &source{blob: f.v2}
+			r := NewReader(context.Background(), p, src, l.logf)
+			if _, err := io.ReadFull(r, make([]byte, after)); err != nil {
+				t.Fatalf("Read: %v", err)
+			}
+			if err := r.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			src.check(t)
+			if n, err := r.Read(make([]byte, 10)); n != 0 || err == nil || err == io.EOF {
+				t.Errorf("Read after Close = %d, %v; want an error", n, err)
+			}
+		})
+	}
+}
+
 // With want set, IndexSeeds keeps only the chunks of the blob: a seed of
 // other bytes gives nothing, and the plan is the one without want.
 func TestIndexSeedsWant(t *testing.T) {
@@ -617,9 +639,9 @@ func TestIndexSeedsWant(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			inBlob := map[[32]byte]bool{}
+			inBlob := map[key]bool{}
 			for _, c := range f.x.Chunks {
-				inBlob[c.SHA256] = true
+				inBlob[keyOf(c)] = true
 			}
 			kept := 0
 			for h := range all.where {
@@ -635,7 +657,7 @@ func TestIndexSeedsWant(t *testing.T) {
 			}
 			for h := range some.where {
 				if !inBlob[h] {
-					t.Errorf("with want, kept chunk %x, not the blob's", h[:8])
+					t.Errorf("with want, kept chunk %+v, not the blob's", h)
 				}
 			}
 			pa, ps := NewPlan(f.x, all), NewPlan(f.x, some)
@@ -700,8 +722,8 @@ func TestIndexSeedsReadError(t *testing.T) {
 			if err != nil || !bytes.Equal(got, f.v2) {
 				t.Fatalf("Read: %d bytes, %v; want the blob's %d", len(got), err, len(f.v2))
 			}
-			if r.Stats.Refetched != 0 || r.Stats.Reused != f.x.Size-p.Fetched {
-				t.Errorf("Stats = %+v, want nothing refetched", r.Stats)
+			if r.Stats().Refetched != 0 || r.Stats().Reused != f.x.Size-p.Fetched {
+				t.Errorf("Stats = %+v, want nothing refetched", r.Stats())
 			}
 		})
 	}
@@ -795,7 +817,7 @@ func TestIndexSeedsSplit(t *testing.T) {
 					continue
 				}
 				ch := x.Chunks[i]
-				if sha256.Sum256(seed[l.Off:l.Off+int64(ch.Len)]) != ch.SHA256 || crc32.Checksum(seed[l.Off:l.Off+int64(ch.Len)], castagnoli) != l.CRC {
+				if sha256.Sum256(seed[l.Off:l.Off+int64(ch.Len)]) != ch.SHA256 {
 					t.Fatalf("chunk %d planned from %d, where the seed holds other bytes", i, l.Off)
 				}
 			}

@@ -2,7 +2,6 @@ package delta
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -19,41 +18,50 @@ type Seed struct {
 	Size int64
 }
 
-// Loc is where a chunk lies in a seed, and the CRC-32C its bytes had
-// there when they were cut: a Reader compares the bytes it copies with it
-// (see Reader).
+// Loc is where a chunk lies in a seed.
 type Loc struct {
 	Seed int // index in the seeds given to IndexSeeds
 	Off  int64
-	CRC  uint32
 }
 
-// Seeds maps the SHA-256 of each chunk of the seeds, cut with the index's
-// parameters, to where it lies (the first place it was found).
+// key is what a seed's chunk is found by: its length and CRC-32C. A
+// match is a candidate, not a proof: the Reader checks the chunk's SHA-256
+// when it copies it, and fetches it when that differs.
+type key struct{ len, crc uint32 }
+
+func keyOf(c Chunk) key { return key{c.Len, c.CRC} }
+
+// Seeds maps the length and CRC-32C of each chunk of the seeds, cut with
+// the index's parameters, to where it lies (the first place it was found).
 type Seeds struct {
 	list  []Seed
-	where map[[32]byte]Loc
+	where map[key]Loc
 }
 
 // IndexSeeds cuts every seed with p and records where each chunk lies,
 // keeping only the chunks want holds (nil: all), which bounds the map by
 // the blob's index however large the seeds. A seed that cannot be read is
 // left out from where it failed, with a line to logf.
+//
+// It computes no SHA-256: a chunk's CRC-32C names it among the index's
+// (see Reader for how it is then checked), and hashing every byte of the
+// seeds with SHA-256 cost more than cutting them, before the first byte
+// could be staged.
 func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf func(string, ...any)) (*Seeds, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
-	var wanted map[[32]byte]bool
+	var wanted map[key]bool
 	if want != nil {
-		wanted = make(map[[32]byte]bool, len(want.Chunks))
+		wanted = make(map[key]bool, len(want.Chunks))
 		for _, c := range want.Chunks {
-			wanted[c.SHA256] = true
+			wanted[keyOf(c)] = true
 		}
 	}
-	s := &Seeds{list: seeds, where: map[[32]byte]Loc{}}
+	s := &Seeds{list: seeds, where: map[key]Loc{}}
 	parts := split(seeds, p)
 	type result struct {
-		where map[[32]byte]Loc
+		where map[key]Loc
 		err   error
 	}
 	results := make([]result, len(parts))
@@ -65,16 +73,18 @@ func IndexSeeds(ctx context.Context, seeds []Seed, p Params, want *Index, logf f
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			res := &results[k]
-			res.where = map[[32]byte]Loc{}
+			res.where = map[key]Loc{}
 			sd := seeds[pt.seed]
 			r := &ctxReader{ctx: ctx, r: io.NewSectionReader(sd.R, pt.start, pt.end-pt.start)}
-			res.err = cutHashed(r, p, func(off int64, data []byte, h [32]byte) {
-				if wanted != nil && !wanted[h] {
-					return
+			res.err = Cut(r, p, func(off int64, data []byte) error {
+				k := key{uint32(len(data)), crc32.Checksum(data, castagnoli)}
+				if wanted != nil && !wanted[k] {
+					return nil
 				}
-				if _, ok := res.where[h]; !ok {
-					res.where[h] = Loc{Seed: pt.seed, Off: pt.start + off, CRC: crc32.Checksum(data, castagnoli)}
+				if _, ok := res.where[k]; !ok {
+					res.where[k] = Loc{Seed: pt.seed, Off: pt.start + off}
 				}
+				return nil
 			})
 		}()
 	}
@@ -141,9 +151,9 @@ func split(seeds []Seed, p Params) []part {
 // Len is how many distinct chunks the seeds hold (of those kept).
 func (s *Seeds) Len() int { return len(s.where) }
 
-// Find says where a chunk with this hash lies.
-func (s *Seeds) Find(sum [32]byte) (Loc, bool) {
-	l, ok := s.where[sum]
+// Find says where a chunk with c's length and CRC-32C lies.
+func (s *Seeds) Find(c Chunk) (Loc, bool) {
+	l, ok := s.where[keyOf(c)]
 	return l, ok
 }
 
@@ -158,38 +168,6 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, fmt.Errorf("cutting seeds: %w", err)
 	}
 	return c.r.Read(p)
-}
-
-// cutHashed cuts r with p and calls fn with each chunk's offset, length and
-// SHA-256, in order (data is valid until fn returns): the cutting and the
-// hashing run on two goroutines
-// (two cores), the chunks passed between them in a few buffers of p.Max
-// bytes. fn runs on the hashing goroutine, one call at a time.
-func cutHashed(r io.Reader, p Params, fn func(off int64, data []byte, sum [32]byte)) error {
-	depth := int(max(2, min(8, (1<<20)/p.Max))) // about 1 MiB in flight
-	type piece struct {
-		off int64
-		buf []byte
-	}
-	pieces, free, done := make(chan piece, depth), make(chan []byte, depth), make(chan struct{})
-	for range depth {
-		free <- make([]byte, p.Max)
-	}
-	go func() {
-		defer close(done)
-		for pc := range pieces {
-			fn(pc.off, pc.buf, sha256.Sum256(pc.buf))
-			free <- pc.buf[:cap(pc.buf)]
-		}
-	}()
-	err := Cut(r, p, func(off int64, data []byte) error {
-		b := <-free
-		pieces <- piece{off, b[:copy(b, data)]}
-		return nil
-	})
-	close(pieces)
-	<-done
-	return err
 }
 
 // castagnoli is CRC-32C's table: the CPU computes it (SSE 4.2, ARMv8),

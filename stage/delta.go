@@ -308,6 +308,7 @@ func (f *forwardSource) Close() error {
 // parameters, and then staging has its seeds when it knows what to fetch.
 type seedPrep struct {
 	cancel context.CancelFunc
+	opened chan struct{} // set is known; the cutting goes on
 	done   chan struct{}
 	set    *seedSet
 	seeds  *delta.Seeds
@@ -319,11 +320,12 @@ type seedPrep struct {
 
 func prepareSeeds(ctx context.Context, w *writable, old *meta.Staged) *seedPrep {
 	ctx, cancel := context.WithCancel(ctx)
-	sp := &seedPrep{cancel: cancel, done: make(chan struct{})}
+	sp := &seedPrep{cancel: cancel, opened: make(chan struct{}), done: make(chan struct{})}
 	keep := func(format string, args ...any) { sp.lines = append(sp.lines, fmt.Sprintf(format, args...)) }
 	go func() {
 		defer close(sp.done)
 		sp.set = machineSeeds(ctx, w.disk, w.stage, old, keep)
+		close(sp.opened)
 		sp.seeds, sp.err = delta.IndexSeeds(ctx, sp.set.seeds, delta.DefaultParams, nil, keep)
 	}()
 	return sp
@@ -362,7 +364,8 @@ func (sp *seedPrep) stop(keep bool) {
 func (o *Options) planDelta(ctx context.Context, src *Source, img *image, sp *seedPrep) (*deltaLayer, *seedSet, string, error) {
 	// A machine with nothing to start from (a new disk, an ESP that
 	// cannot be read) reads the image whole: its index is not even read.
-	if <-sp.done; sp.err == nil && sp.seeds.Len() == 0 {
+	// Else the index is read while the seeds are cut.
+	if <-sp.opened; len(sp.set.seeds) == 0 {
 		sp.stop(false)
 		return nil, nil, "this machine holds nothing to start a delta from (no slot files, no staged payload)", nil
 	}
@@ -393,7 +396,13 @@ func (o *Options) planDelta(ctx context.Context, src *Source, img *image, sp *se
 	}
 	dl := &deltaLayer{plan: plan, src: rs}
 	ls := &img.layers[i]
-	ls.verified = false // the extractor hashes what the reader yields
+	// The Reader checks every chunk's SHA-256 against the index, whose
+	// digest the manifest names and which names this layer's digest and
+	// size (findIndex): what it yields is the layer as surely as a hash of
+	// the whole would say, on the same trust (the manifest's). A third
+	// SHA-256 pass over the blob, besides the chunks' and the artifacts',
+	// would prove nothing more.
+	ls.verified = true
 	ls.delta = dl
 	ls.open = func() (io.ReadCloser, error) {
 		dl.reader = delta.NewReader(ctx, dl.plan, dl.src, o.Logf)

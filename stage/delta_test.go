@@ -249,17 +249,22 @@ func overwriteWhenPlanned(t *testing.T, logs *logLines, img string, off int64, d
 		logs.logf(format, args...)
 		if !*done && strings.Contains(format, "from this machine") {
 			*done = true
-			f, err := os.OpenFile(img, os.O_RDWR, 0)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer f.Close()
-			if _, err := f.WriteAt(data, off); err != nil {
-				t.Error(err)
-			}
+			writeAt(t, img, off, data)
 		}
 	}, done
+}
+
+// writeAt writes data at off of the image file.
+func writeAt(t *testing.T, img string, off int64, data []byte) {
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(data, off); err != nil {
+		t.Error(err)
+	}
 }
 
 // TestDeltaFallback: a registry that ignores Range, one that serves wrong
@@ -313,7 +318,7 @@ func TestDeltaLyingSeed(t *testing.T) {
 	logf, done := overwriteWhenPlanned(t, &logs, m.disk, m.initramfsAt+3*mib, bytes.Repeat([]byte{0xaa}, 4096))
 	res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logf})
 	checkStaged(t, m.disk, m.v2, ref)
-	if !*done || len(logs.with("no longer holds what it did")) != 1 {
+	if !*done || len(logs.with("is not the one it was taken for")) != 1 {
 		t.Errorf("want one line about the changed seed; log: %q", logs.lines)
 	}
 	if tr := res.Staged.Transfer; tr == nil || tr.Full != "" || tr.Fetched < 16<<10 {
@@ -454,35 +459,50 @@ func TestDeltaDockerArchive(t *testing.T) {
 	}
 }
 
-// TestDeltaSeedForgedCRC: a seed's chunk changes after it was cut, and the
-// change keeps its CRC-32C (four bytes forged), so the Reader copies it:
-// the rebuilt blob's digest is not the layer's, the delta is given up with
-// one line, and the image is staged whole, right.
+// TestDeltaSeedForgedCRC: a chunk of a seed holds other bytes than the
+// index's chunk of the same length and CRC-32C (four bytes forged), found
+// by the cut (the seed was forged before staging) or changed after it.
+// Seeds are found by their CRC-32C: the Reader checks the chunk's SHA-256,
+// fetches it, and the image is staged right, as a delta, with one line.
 func TestDeltaSeedForgedCRC(t *testing.T) {
-	m := newStagedV1(t)
-	ref := "oci:" + m.layout + ":v2"
-	// The chunk of the staged initramfs that holds its byte at 3 MiB.
-	var chunkOff, chunkLen int64
-	delta.Cut(bytes.NewReader(m.v1.initramfs), delta.DefaultParams, func(off int64, data []byte) error {
-		if off <= 3*mib && 3*mib < off+int64(len(data)) {
-			chunkOff, chunkLen = off, int64(len(data))
-		}
-		return nil
-	})
-	forged := bytes.Clone(m.v1.initramfs[chunkOff : chunkOff+chunkLen])
-	want := crc32.Checksum(forged, crc32.MakeTable(crc32.Castagnoli))
-	forged[100] ^= 0x5a
-	forgeCRC32C(t, forged, 200, want)
-	var logs logLines
-	logf, done := overwriteWhenPlanned(t, &logs, m.disk, m.initramfsAt+chunkOff, forged)
-	res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logf})
-	checkStaged(t, m.disk, m.v2, ref)
-	lines := logs.with("pulling the whole image")
-	if !*done || len(lines) != 1 || !strings.Contains(lines[0], "corrupt or tampered") {
-		t.Errorf("want one line giving the delta up for the blob's digest; log: %q", logs.lines)
-	}
-	if tr := res.Staged.Transfer; tr == nil || tr.Reused != 0 || tr.Full == "" {
-		t.Errorf("transfer %+v: want a whole pull, and why", tr)
+	for _, c := range []struct {
+		name   string
+		before bool // forged before the staging; else once its delta is planned
+	}{{"found by the cut", true}, {"changed after the cut", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newStagedV1(t)
+			ref := "oci:" + m.layout + ":v2"
+			// The chunk of the staged initramfs that holds its byte at 3 MiB.
+			var chunkOff, chunkLen int64
+			delta.Cut(bytes.NewReader(m.v1.initramfs), delta.DefaultParams, func(off int64, data []byte) error {
+				if off <= 3*mib && 3*mib < off+int64(len(data)) {
+					chunkOff, chunkLen = off, int64(len(data))
+				}
+				return nil
+			})
+			forged := bytes.Clone(m.v1.initramfs[chunkOff : chunkOff+chunkLen])
+			want := crc32.Checksum(forged, crc32.MakeTable(crc32.Castagnoli))
+			// Before the chunk's Min bytes: the cut points stay where they were.
+			forged[100] ^= 0x5a
+			forgeCRC32C(t, forged, 200, want)
+			var logs logLines
+			logf, done := logs.logf, new(bool)
+			if c.before {
+				writeAt(t, m.disk, m.initramfsAt+chunkOff, forged)
+				*done = true
+			} else {
+				logf, done = overwriteWhenPlanned(t, &logs, m.disk, m.initramfsAt+chunkOff, forged)
+			}
+			res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logf})
+			checkStaged(t, m.disk, m.v2, ref)
+			lines := logs.with("is not the one it was taken for")
+			if !*done || len(lines) != 1 || !strings.Contains(lines[0], "staged initramfs") {
+				t.Errorf("want one line naming the seed; log: %q", logs.lines)
+			}
+			if tr := res.Staged.Transfer; tr == nil || tr.Full != "" || tr.Fetched < chunkLen {
+				t.Errorf("transfer %+v: want a delta that fetched the forged chunk (%d bytes)", tr, chunkLen)
+			}
+		})
 	}
 }
 

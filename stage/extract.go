@@ -49,6 +49,10 @@ type extractor struct {
 	install     map[string]bool // paths seen under usr/install, for messages
 	progress    func(n int64)
 	buf         []byte
+	// spare is a second buffer like buf for direct writes: one is written
+	// while the next is read and hashed (a direct write returns only once
+	// the device has the bytes). nil: each write waits.
+	spare []byte
 	// fetched counts the bytes read from the image's source, reused those
 	// a delta copied from the machine's own, over the layers done; live is
 	// the delta being read, whose counts are not in them yet.
@@ -165,8 +169,8 @@ func (x *extractor) layer(ls layerSource, n int) error {
 	}
 	ra.Close() // the reader is done: its counts and hash are final
 	if d := ls.delta; d != nil && d.reader != nil {
-		x.fetched += d.reader.Stats.Fetched
-		x.reused += d.reader.Stats.Reused
+		x.fetched += d.reader.Stats().Fetched
+		x.reused += d.reader.Stats().Reused
 		x.live = nil
 	} else {
 		x.fetched += blob.n
@@ -174,8 +178,9 @@ func (x *extractor) layer(ls layerSource, n int) error {
 	if ls.size >= 0 && blob.n != ls.size {
 		return fmt.Errorf("layer %d (%s) is %d bytes, the manifest says %d: truncated or corrupt blob", n, *ls.digest, blob.n, ls.size)
 	}
-	// A delta's blob that is not the layer (a seed changed in a way its
-	// CRC-32C did not show, see delta.Reader) gives the delta up.
+	// A delta's blob is checked chunk by chunk as it is read (delta.Reader);
+	// one that is compressed and does not unpack to the config's diff ID
+	// gives the delta up here.
 	mismatch := func(err error) error {
 		if ls.delta != nil {
 			return &deltaError{err}
@@ -261,11 +266,32 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 	}
 	sum := sha256.New()
 	var got, queued int64
+	// The direct write in flight, if any: its buffer is not touched, and
+	// entry does not return, until it is done.
+	var inflight chan error
+	wait := func() error {
+		if inflight == nil {
+			return nil
+		}
+		err := <-inflight
+		inflight = nil
+		return err
+	}
+	defer wait()
 	for got < h.Size {
-		k, err := io.ReadFull(r, x.buf[:min(int64(len(x.buf)), h.Size-got)])
+		buf := x.buf
+		k, err := io.ReadFull(r, buf[:min(int64(len(buf)), h.Size-got)])
 		if k > 0 {
-			sum.Write(x.buf[:k])
-			if werr := x.writeChunk(x.buf, k, x.next+got); werr != nil {
+			sum.Write(buf[:k])
+			werr := wait()
+			if werr == nil && x.direct != nil && x.spare != nil {
+				inflight = make(chan error, 1)
+				go func(off int64) { inflight <- x.writeChunk(buf, k, off) }(x.next + got)
+				x.buf, x.spare = x.spare, x.buf
+			} else if werr == nil {
+				werr = x.writeChunk(buf, k, x.next+got)
+			}
+			if werr != nil {
 				return fmt.Errorf("writing artifact %s to STAGE: %w", art, werr)
 			}
 			got += int64(k)
@@ -280,6 +306,9 @@ func (x *extractor) entry(h *tar.Header, r io.Reader) error {
 			x.dst.StartWriteback(x.next+queued, got-queued)
 			queued = got
 		}
+	}
+	if err := wait(); err != nil {
+		return fmt.Errorf("writing artifact %s to STAGE: %w", art, err)
 	}
 	x.found[art] = meta.Artifact{Name: art, Offset: x.next, Size: h.Size, SHA256: hex.EncodeToString(sum.Sum(nil))}
 	x.next = payload.AlignUp(x.next + h.Size)

@@ -96,7 +96,7 @@ type layerSource struct {
 	size       int64       // of the stream, -1 when unknown
 	diffID     v1.Hash     // of the uncompressed tar
 	compressed bool        // the stream may need decompressing
-	verified   bool        // the transport checks the stream's digest and size itself
+	verified   bool        // the transport (or a delta.Reader, by chunk) checks the stream's bytes and size itself
 	delta      *deltaLayer // staged from the machine's bytes and ranges of the blob; nil: read whole
 }
 

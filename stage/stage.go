@@ -184,7 +184,7 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 		buf: disk.AlignedBuffer(1 << 20),
 	}
 	if dw, err := stage.OpenDirect(); err == nil {
-		x.direct = dw
+		x.direct, x.spare = dw, disk.AlignedBuffer(1<<20)
 		defer dw.Close()
 	}
 	x.high = x.next
@@ -213,7 +213,7 @@ func stageOnce(ctx context.Context, o Options, full string) (*Result, error) {
 	x.progress = func(n int64) {
 		done += n
 		if x.live != nil && o.Transfer != nil {
-			o.Transfer(x.fetched+x.live.Stats.Fetched, x.reused+x.live.Stats.Reused)
+			o.Transfer(x.fetched+x.live.Stats().Fetched, x.reused+x.live.Stats().Reused)
 		}
 		o.Progress(done, img.total)
 	}

@@ -39,9 +39,10 @@ type Stats struct {
 // seed. The others come from the plan's ranges, opened one at a time, in
 // order.
 //
-// The reading and hashing run on a goroutine of their own, a few chunks
-// (about 1 MiB) ahead of Read: the stager hashes the whole blob as it
-// reads it, and the two hashes then run on two cores.
+// The reading and hashing run on a goroutine of their own, up to three
+// buffers of 1 MiB ahead of Read (the extractor hashes each artifact as
+// it writes it: the two hashes run on two cores), and a run of chunks
+// that lie one after the other in a seed is read in one call.
 type Reader struct {
 	ctx  context.Context
 	plan *Plan
@@ -88,44 +89,56 @@ func (r *Reader) Stats() Stats {
 	return Stats{Reused: r.reused.Load(), Fetched: r.fetched.Load(), Requests: int(r.requests.Load()), Refetched: r.refetched.Load()}
 }
 
-// start starts the producer: depth buffers of the largest chunk.
+// bufSize is the size of the producer's buffers, each holding whole
+// chunks: the consumer takes a MiB at a time, and a run of chunks that
+// lie one after the other in a seed is read in one call.
+const bufSize = 1 << 20
+
+// start starts the producer, with three buffers.
 func (r *Reader) start() {
-	size := int(r.plan.Index.Params.Max)
-	depth := max(2, min(8, (1<<20)/size))
+	size := max(bufSize, int(r.plan.Index.Params.Max))
 	ctx, cancel := context.WithCancel(r.ctx)
-	r.cancel, r.out, r.free, r.done = cancel, make(chan piece, depth), make(chan []byte, depth), make(chan struct{})
-	for range depth {
+	r.cancel, r.out, r.free, r.done = cancel, make(chan piece, 3), make(chan []byte, 3), make(chan struct{})
+	for range 3 {
 		r.free <- make([]byte, size)
 	}
 	go r.run(ctx)
 }
 
-// run puts the checked chunks in r.out, in order, then closes it.
+// run puts the checked chunks in r.out, in order and as many whole ones
+// a buffer as fit, then closes it. A buffer cut short by an error carries
+// the chunks checked before it, and the error.
 func (r *Reader) run(ctx context.Context) {
 	defer close(r.done)
 	defer close(r.out)
 	defer r.closeBody()
-	for r.i < len(r.plan.Index.Chunks) {
+	chunks := r.plan.Index.Chunks
+	for r.i < len(chunks) {
 		var buf []byte
 		select {
 		case buf = <-r.free:
 		case <-ctx.Done():
 			return
 		}
-		pc := piece{buf: buf[:r.plan.Index.Chunks[r.i].Len]}
-		if err := r.next(ctx, pc.buf); err != nil {
-			r.closeBody()
-			pc = piece{err: err}
+		used := 0
+		var err error
+		for r.i < len(chunks) && used+int(chunks[r.i].Len) <= len(buf) {
+			var n int
+			n, err = r.fill(ctx, buf[used:])
+			used += n
+			if err != nil {
+				r.closeBody()
+				break
+			}
 		}
 		select {
-		case r.out <- pc:
+		case r.out <- piece{buf: buf[:used], err: err}:
 		case <-ctx.Done():
 			return
 		}
-		if pc.err != nil {
+		if err != nil {
 			return
 		}
-		r.i++
 	}
 }
 
@@ -149,10 +162,8 @@ func (r *Reader) Read(p []byte) (int, error) {
 			r.err = r.ctx.Err()
 		case !ok:
 			r.err = io.EOF
-		case pc.err != nil:
-			r.err = pc.err
 		default:
-			r.held, r.cur = pc.buf, pc.buf
+			r.held, r.cur, r.err = pc.buf, pc.buf, pc.err
 		}
 	}
 	n := copy(p, r.cur)
@@ -178,57 +189,93 @@ func (r *Reader) closeBody() {
 	}
 }
 
-// next reads chunk r.i into buf and checks it.
-func (r *Reader) next(ctx context.Context, buf []byte) error {
+// fill puts chunk r.i, and the chunks after it that lie right after it
+// in the same seed, into dst (as many whole ones as fit), checks each
+// against the index, and advances r.i past those done; it returns the
+// bytes done.
+func (r *Reader) fill(ctx context.Context, dst []byte) (int, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return 0, err
 	}
-	c := r.plan.Index.Chunks[r.i]
-	if from := r.plan.From[r.i]; from.Seed >= 0 {
-		sd := r.plan.Seeds.list[from.Seed]
-		n, err := sd.R.ReadAt(buf, from.Off)
-		if n == len(buf) {
-			err = nil
+	chunks, from := r.plan.Index.Chunks, r.plan.From
+	if from[r.i].Seed < 0 {
+		c := chunks[r.i]
+		if err := r.fetchNext(ctx, c, dst[:c.Len]); err != nil {
+			return 0, err
 		}
-		if err == nil && sha256.Sum256(buf) == c.SHA256 {
+		r.i++
+		return int(c.Len), nil
+	}
+	// The run: read in one call.
+	first := from[r.i]
+	end, n := r.i, 0
+	for end < len(chunks) && from[end].Seed == first.Seed && from[end].Off == first.Off+int64(n) && n+int(chunks[end].Len) <= len(dst) {
+		n += int(chunks[end].Len)
+		end++
+	}
+	sd := r.plan.Seeds.list[first.Seed]
+	got, _ := sd.R.ReadAt(dst[:n], first.Off)
+	done := 0
+	for ; r.i < end; r.i++ {
+		c, l := chunks[r.i], from[r.i]
+		b := dst[done : done+int(c.Len)]
+		var err error
+		if done+len(b) > got {
+			// Past where the run's read stopped: read alone.
+			var k int
+			if k, err = sd.R.ReadAt(b, l.Off); k == len(b) {
+				err = nil
+			}
+		}
+		if err == nil && sha256.Sum256(b) == c.SHA256 {
 			r.reused.Add(int64(c.Len))
-			return nil
+			done += len(b)
+			continue
 		}
-		if !r.warned[from.Seed] {
-			r.warned[from.Seed] = true
+		if !r.warned[l.Seed] {
+			r.warned[l.Seed] = true
 			why := "its SHA-256 is not the index's: the bytes changed since the seed was cut, or only their CRC-32C matched"
 			if err != nil {
 				why = err.Error()
 			}
-			r.logf("delta: seed %s: the chunk at %d is not the one it was taken for (%s): fetching it, and any other it should give", sd.Name, from.Off, why)
+			r.logf("delta: seed %s: the chunk at %d is not the one it was taken for (%s): fetching it, and any other it should give", sd.Name, l.Off, why)
 		}
-		if err := r.fetchAlone(ctx, c, buf); err != nil {
-			return err
+		if err := r.fetchAlone(ctx, c, b); err != nil {
+			return done, err
+		}
+		if sha256.Sum256(b) != c.SHA256 {
+			return done, fmt.Errorf("delta: bytes [%d, %d) of the blob from its source do not match its index", c.Off, c.Off+int64(c.Len))
 		}
 		r.refetched.Add(int64(c.Len))
-	} else {
-		if r.body == nil {
-			if r.fetch == len(r.plan.Fetch) || r.plan.Fetch[r.fetch].Off != c.Off {
-				return fmt.Errorf("delta: chunk %d at %d is in no planned range", r.i, c.Off)
-			}
-			rg := r.plan.Fetch[r.fetch]
-			r.fetch++
-			body, err := r.open(ctx, rg.Off, rg.Len)
-			if err != nil {
-				return err
-			}
-			r.body, r.bodyAt, r.bodyTo = body, rg.Off, rg.Off+rg.Len
+		done += len(b)
+	}
+	return done, nil
+}
+
+// fetchNext reads chunk c, the next of the plan's ranges, into buf and
+// checks it.
+func (r *Reader) fetchNext(ctx context.Context, c Chunk, buf []byte) error {
+	if r.body == nil {
+		if r.fetch == len(r.plan.Fetch) || r.plan.Fetch[r.fetch].Off != c.Off {
+			return fmt.Errorf("delta: chunk %d at %d is in no planned range", r.i, c.Off)
 		}
-		if _, err := io.ReadFull(r.body, buf); err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF // wrapped, io.EOF says the blob ended
-			}
-			return fmt.Errorf("delta: reading bytes [%d, %d) of the blob: %w", c.Off, c.Off+int64(c.Len), err)
+		rg := r.plan.Fetch[r.fetch]
+		r.fetch++
+		body, err := r.open(ctx, rg.Off, rg.Len)
+		if err != nil {
+			return err
 		}
-		r.fetched.Add(int64(c.Len))
-		if r.bodyAt += int64(c.Len); r.bodyAt == r.bodyTo {
-			r.closeBody()
+		r.body, r.bodyAt, r.bodyTo = body, rg.Off, rg.Off+rg.Len
+	}
+	if _, err := io.ReadFull(r.body, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // wrapped, io.EOF says the blob ended
 		}
+		return fmt.Errorf("delta: reading bytes [%d, %d) of the blob: %w", c.Off, c.Off+int64(c.Len), err)
+	}
+	r.fetched.Add(int64(c.Len))
+	if r.bodyAt += int64(c.Len); r.bodyAt == r.bodyTo {
+		r.closeBody()
 	}
 	if sha256.Sum256(buf) != c.SHA256 {
 		return fmt.Errorf("delta: bytes [%d, %d) of the blob from its source do not match its index", c.Off, c.Off+int64(c.Len))

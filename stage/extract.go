@@ -91,6 +91,11 @@ func (c *countingHash) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// noReadAhead is a reader read as it is.
+type noReadAhead struct{ io.Reader }
+
+func (noReadAhead) Close() {}
+
 func digestOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
 
 // layer streams one layer, writes the artifacts it holds and verifies the
@@ -112,7 +117,15 @@ func (x *extractor) layer(ls layerSource, n int) error {
 	if ls.digest != nil && !ls.verified {
 		blob.h = sha256.New()
 	}
-	ra := newReadAhead(blob, 4, 1<<20)
+	// A delta's Reader reads ahead, a MiB at a time, on a goroutine of
+	// its own already.
+	var ra interface {
+		io.Reader
+		Close()
+	} = noReadAhead{blob}
+	if ls.delta == nil {
+		ra = newReadAhead(blob, 4, 1<<20)
+	}
 	defer ra.Close()
 	br := bufio.NewReaderSize(ra, 64<<10)
 	var stream io.Reader = br

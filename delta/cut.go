@@ -16,9 +16,10 @@ import (
 //
 // ends the chunk after the first byte where fp has its low bits all zero:
 // log2(Avg)+2 bits before Avg bytes, log2(Avg)-2 after, and the chunk ends
-// at Max bytes in any case. The gear hash forgets a byte 64 bytes after
-// it, so a cut point depends only on the bytes just before it, and the
-// same content cuts the same way wherever it lies.
+// at Max bytes in any case. A byte d bytes back moves only bits d and up
+// of fp, so the low bits tested depend on the last 17 bytes at most: a
+// cut point depends only on the bytes just before it, and the same
+// content cuts the same way wherever it lies.
 //
 // It is written here rather than taken from jotfs/fastcdc-go: its gear
 // table is a package variable every new chunker writes to (a data race
@@ -85,17 +86,18 @@ func (c cutter) next(data []byte) int {
 	}
 	data = data[:min(len(data), c.max)]
 	fp := uint64(0)
-	i := c.min
-	for n := min(len(data), c.avg); i < n; i++ {
-		fp = fp<<1 + gear[data[i]]
+	mid := min(len(data), c.avg)
+	for i, b := range data[c.min:mid] {
+		fp = fp<<1 + gear[b]
 		if fp&c.maskS == 0 {
-			return i + 1
+			return c.min + i + 1
 		}
 	}
-	for ; i < len(data); i++ {
-		fp = fp<<1 + gear[data[i]]
+	from := max(c.min, mid)
+	for i, b := range data[from:] {
+		fp = fp<<1 + gear[b]
 		if fp&c.maskL == 0 {
-			return i + 1
+			return from + i + 1
 		}
 	}
 	return len(data)

@@ -1,11 +1,13 @@
 // Package delta stages a layer blob from bytes the machine already holds.
 //
 // An Index describes a blob as content-defined chunks (FastCDC), each by
-// its length and SHA-256. The machine chunks its seeds (the slots' files,
-// the payload STAGE still holds) with the index's parameters; every chunk
-// of the blob found there is copied once its hash is checked, and only the
-// others are read from the blob's source in byte ranges (HTTP Range from a
-// registry, or a local file). A Reader yields the blob's bytes in order, so
+// its length, CRC-32C and SHA-256. The machine chunks its seeds (the
+// slots' files, the payload STAGE still holds) with the index's
+// parameters; every chunk of the blob found there (by length and CRC-32C)
+// is copied once its CRC-32C is checked, and only the others are read
+// from the blob's source in byte ranges (HTTP Range from a registry, or a
+// local file), each checked against its SHA-256. A Reader yields the
+// blob's bytes in order and checks the whole against the blob's digest, so
 // the stager's one streaming pass, its digest check and its bounded memory
 // stay as they are: a delta changes where the bytes come from, never what
 // is accepted.

@@ -43,7 +43,8 @@ const (
 )
 
 // Limits on an index's parameters: they bound the memory a Reader uses
-// (one chunk) and the work a hostile index can ask for.
+// (three buffers of 1 MiB or of the largest chunk) and the work a hostile
+// index can ask for.
 const (
 	MinChunkLimit = 64
 	MaxChunkLimit = 4 << 20

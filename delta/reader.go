@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -25,24 +26,31 @@ var ErrNoRange = errors.New("the source does not serve byte ranges")
 
 // Stats count where a Reader's bytes came from.
 type Stats struct {
-	Reused    int64 // bytes copied from seeds, their hashes checked
+	Reused    int64 // bytes copied from seeds, their CRC-32C checked
 	Fetched   int64 // bytes read from the source
 	Requests  int   // ranges opened on the source
 	Refetched int64 // bytes a seed should have given but did not hold: fetched
 }
 
-// Reader yields the blob a Plan describes, chunk by chunk, each chunk's
-// SHA-256 checked against the index before it is yielded. A seed's chunk
-// (found by its length and CRC-32C) is read from the seed; one whose
-// SHA-256 differs (the disk changed since it was cut, or a CRC that
-// matched other bytes) is fetched alone from the source, with one line a
-// seed. The others come from the plan's ranges, opened one at a time, in
-// order.
+// Reader yields the blob a Plan describes, and checks it as the blob the
+// index names: its SHA-256 as a whole against the index's (the layer's
+// digest: the stager checks the two are one), so that a delta changes
+// where the bytes come from, never which bytes are accepted. A blob that
+// differs ends in an error in place of io.EOF.
+//
+// Within the blob, each chunk is checked on its way: a seed's chunk
+// against the index's CRC-32C, and one whose CRC differs (the disk
+// changed since the seed was cut) is fetched alone from the source, with
+// one line a seed; fetched chunks against the index's SHA-256, so that a
+// source serving other bytes is caught at the range it served. A seed's
+// bytes made to match a chunk's CRC-32C (a collision, crafted or not)
+// pass the chunk's check and fail the blob's: the stager then gives the
+// delta up for a whole pull.
 //
 // The reading and hashing run on a goroutine of their own, up to three
-// buffers of 1 MiB ahead of Read (the extractor hashes each artifact as
-// it writes it: the two hashes run on two cores), and a run of chunks
-// that lie one after the other in a seed is read in one call.
+// buffers of 1 MiB ahead of Read (the stager hashes each artifact as it
+// writes it: the two hashes run on two cores), and a run of chunks that
+// lie one after the other in a seed is read in one call.
 type Reader struct {
 	ctx  context.Context
 	plan *Plan
@@ -70,6 +78,9 @@ type Reader struct {
 	cur    []byte // what is left of the current chunk
 	err    error
 	closed bool
+	// finished: the producer yielded the whole blob, and it is the
+	// index's; any other end of out is an error.
+	finished atomic.Bool
 }
 
 // piece is a checked chunk, or why there is none.
@@ -113,6 +124,7 @@ func (r *Reader) run(ctx context.Context) {
 	defer close(r.out)
 	defer r.closeBody()
 	chunks := r.plan.Index.Chunks
+	blob := sha256.New()
 	for r.i < len(chunks) {
 		var buf []byte
 		select {
@@ -131,6 +143,10 @@ func (r *Reader) run(ctx context.Context) {
 				break
 			}
 		}
+		blob.Write(buf[:used])
+		if err == nil && r.i == len(chunks) && [32]byte(blob.Sum(nil)) != r.plan.Index.SHA256 {
+			err = fmt.Errorf("delta: the blob rebuilt has another SHA-256 than its index says: a seed's chunk matched its length and CRC-32C with other bytes, or the index does not describe the blob")
+		}
 		select {
 		case r.out <- piece{buf: buf[:used], err: err}:
 		case <-ctx.Done():
@@ -140,6 +156,14 @@ func (r *Reader) run(ctx context.Context) {
 			return
 		}
 	}
+	if len(chunks) == 0 && [32]byte(blob.Sum(nil)) != r.plan.Index.SHA256 {
+		select {
+		case r.out <- piece{err: errors.New("delta: an empty blob, and its index names another SHA-256")}:
+		case <-ctx.Done():
+		}
+		return
+	}
+	r.finished.Store(true)
 }
 
 // Read implements io.Reader.
@@ -158,10 +182,12 @@ func (r *Reader) Read(p []byte) (int, error) {
 		}
 		pc, ok := <-r.out
 		switch {
+		case !ok && r.finished.Load():
+			r.err = io.EOF
 		case !ok && r.ctx.Err() != nil:
 			r.err = r.ctx.Err()
 		case !ok:
-			r.err = io.EOF
+			r.err = errors.New("delta: the reading stopped before the blob's end")
 		default:
 			r.held, r.cur, r.err = pc.buf, pc.buf, pc.err
 		}
@@ -227,14 +253,14 @@ func (r *Reader) fill(ctx context.Context, dst []byte) (int, error) {
 				err = nil
 			}
 		}
-		if err == nil && sha256.Sum256(b) == c.SHA256 {
+		if err == nil && crc32.Checksum(b, castagnoli) == c.CRC {
 			r.reused.Add(int64(c.Len))
 			done += len(b)
 			continue
 		}
 		if !r.warned[l.Seed] {
 			r.warned[l.Seed] = true
-			why := "its SHA-256 is not the index's: the bytes changed since the seed was cut, or only their CRC-32C matched"
+			why := "its CRC-32C is not the index's: the bytes changed since the seed was cut"
 			if err != nil {
 				why = err.Error()
 			}

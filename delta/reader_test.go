@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/stagehand-dev/stagehand/internal/crcforge"
 )
 
 // fixture is a blob v1 and the next one, v2: v1 with a region in the
@@ -590,6 +592,48 @@ func TestReaderContext(t *testing.T) {
 				t.Errorf("read %d bytes of %d, want fewer and the blob's", len(got), len(f.v2))
 			}
 			src.check(t)
+		})
+	}
+}
+
+// The blob rebuilt is checked as a whole against the index's SHA-256: a
+// seed's chunk whose bytes keep the chunk's CRC-32C (a collision) passes
+// the chunk's check and fails the blob's, and so does an index whose
+// chunks are not the blob it names. The Reader ends in an error, never
+// io.EOF.
+func TestReaderChecksBlob(t *testing.T) {
+	f := getFixture()
+	for _, tt := range []struct {
+		name string
+		edit func(t *testing.T, x *Index, p *Plan, seed []byte)
+	}{
+		{"a seed's chunk forged to its CRC-32C", func(t *testing.T, x *Index, p *Plan, seed []byte) {
+			i := slices.IndexFunc(p.From, func(l Loc) bool { return l.Seed == 0 })
+			c, l := x.Chunks[i], p.From[i]
+			b := seed[l.Off : l.Off+int64(c.Len)]
+			b[100] ^= 0x5a
+			if err := crcforge.Forge(b, 200, c.CRC); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"an index naming another blob", func(t *testing.T, x *Index, p *Plan, seed []byte) { x.SHA256[0] ^= 1 }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			x := *f.x
+			seed := bytes.Clone(f.v1)
+			p, l := plan(t, &x, []Seed{seedOf("v1", seed)})
+			tt.edit(t, &x, p, seed)
+			r := NewReader(context.Background(), p, &source{blob: f.v2}, l.logf)
+			got, err := readAll(r)
+			if err == nil || err == io.EOF || !strings.Contains(err.Error(), "SHA-256") {
+				t.Fatalf("Read: %d bytes, %v; want an error naming the blob's SHA-256", len(got), err)
+			}
+			if n, err2 := r.Read(make([]byte, 1)); n != 0 || err2 != err {
+				t.Errorf("Read after the error = %d, %v; want 0, the same error", n, err2)
+			}
+			if st := r.Stats(); st.Refetched != 0 {
+				t.Errorf("Stats = %+v: want nothing refetched (the chunk's CRC matched)", st)
+			}
 		})
 	}
 }

@@ -98,7 +98,9 @@ func repairFAT(dev Device) (repaired, error) {
 	follow := func(c uint32, max int) ([]uint32, bool) {
 		var cs []uint32
 		if max > 0 {
-			cs = make([]uint32, 0, max)
+			// max comes from a directory entry's size: no more than the
+			// volume's clusters.
+			cs = make([]uint32, 0, min(max, int(maxCluster)))
 		}
 		pass++
 		for {

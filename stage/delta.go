@@ -396,12 +396,11 @@ func (o *Options) planDelta(ctx context.Context, src *Source, img *image, sp *se
 	}
 	dl := &deltaLayer{plan: plan, src: rs}
 	ls := &img.layers[i]
-	// The Reader checks every chunk's SHA-256 against the index, whose
-	// digest the manifest names and which names this layer's digest and
-	// size (findIndex): what it yields is the layer as surely as a hash of
-	// the whole would say, on the same trust (the manifest's). A third
-	// SHA-256 pass over the blob, besides the chunks' and the artifacts',
-	// would prove nothing more.
+	// The Reader checks the rebuilt blob's SHA-256 against the index's,
+	// which findIndex found to be the layer's digest, on its own goroutine
+	// (and each chunk on its way): hashing it here again would prove
+	// nothing more. A blob that differs fails the Reader, and the delta is
+	// given up.
 	ls.verified = true
 	ls.delta = dl
 	ls.open = func() (io.ReadCloser, error) {

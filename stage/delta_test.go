@@ -1,8 +1,10 @@
 package stage
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -16,12 +18,18 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/stagehand-dev/stagehand/boot/boottest"
 	"github.com/stagehand-dev/stagehand/bootdisk"
 	"github.com/stagehand-dev/stagehand/delta"
 	"github.com/stagehand-dev/stagehand/disk"
 	"github.com/stagehand-dev/stagehand/installer"
+	"github.com/stagehand-dev/stagehand/internal/crcforge"
 	"github.com/stagehand-dev/stagehand/internal/distribution"
 	"github.com/stagehand-dev/stagehand/meta"
 	"github.com/stagehand-dev/stagehand/payload"
@@ -462,8 +470,9 @@ func TestDeltaDockerArchive(t *testing.T) {
 // TestDeltaSeedForgedCRC: a chunk of a seed holds other bytes than the
 // index's chunk of the same length and CRC-32C (four bytes forged), found
 // by the cut (the seed was forged before staging) or changed after it.
-// Seeds are found by their CRC-32C: the Reader checks the chunk's SHA-256,
-// fetches it, and the image is staged right, as a delta, with one line.
+// The chunk passes the Reader's CRC-32C check, the rebuilt blob fails its
+// SHA-256: the delta is given up with one line, and the image is staged
+// whole, right.
 func TestDeltaSeedForgedCRC(t *testing.T) {
 	for _, c := range []struct {
 		name   string
@@ -484,7 +493,9 @@ func TestDeltaSeedForgedCRC(t *testing.T) {
 			want := crc32.Checksum(forged, crc32.MakeTable(crc32.Castagnoli))
 			// Before the chunk's Min bytes: the cut points stay where they were.
 			forged[100] ^= 0x5a
-			forgeCRC32C(t, forged, 200, want)
+			if err := crcforge.Forge(forged, 200, want); err != nil {
+				t.Fatal(err)
+			}
 			var logs logLines
 			logf, done := logs.logf, new(bool)
 			if c.before {
@@ -495,63 +506,124 @@ func TestDeltaSeedForgedCRC(t *testing.T) {
 			}
 			res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logf})
 			checkStaged(t, m.disk, m.v2, ref)
-			lines := logs.with("is not the one it was taken for")
-			if !*done || len(lines) != 1 || !strings.Contains(lines[0], "staged initramfs") {
-				t.Errorf("want one line naming the seed; log: %q", logs.lines)
+			lines := logs.with("pulling the whole image")
+			if !*done || len(lines) != 1 || !strings.Contains(lines[0], "SHA-256") {
+				t.Errorf("want one line giving the delta up for the blob's SHA-256; log: %q", logs.lines)
 			}
-			if tr := res.Staged.Transfer; tr == nil || tr.Full != "" || tr.Fetched < chunkLen {
-				t.Errorf("transfer %+v: want a delta that fetched the forged chunk (%d bytes)", tr, chunkLen)
+			if tr := res.Staged.Transfer; tr == nil || tr.Reused != 0 || tr.Full == "" {
+				t.Errorf("transfer %+v: want a whole pull, and why", tr)
 			}
 		})
 	}
 }
 
-// forgeCRC32C sets the four bytes of b at pos so that b's CRC-32C is want:
-// CRC is affine over GF(2), so the 32 bits of the window that flip it are
-// solved for by Gaussian elimination.
-func forgeCRC32C(t *testing.T, b []byte, pos int, want uint32) {
+// TestDeltaLyingIndex: an image whose index names its layer (digest and
+// size) but whose chunks around v2's change are v1's, which this machine
+// holds: the Reader would rebuild v2 with v1's bytes there, each chunk
+// passing its own check. Its check of the whole blob catches it, the delta
+// is given up, and v2 is staged whole: a delta changes where the bytes
+// come from, never which bytes are accepted.
+func TestDeltaLyingIndex(t *testing.T) {
+	m := newStagedV1(t)
+	v1Layer, v2Img := artifactLayer(t, buildImage(t, m.v1, "amd64")), buildImage(t, m.v2, "amd64")
+	v2Layer := artifactLayer(t, v2Img)
+	v2Digest, err := v2Layer.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	index := func(l v1.Layer) *delta.Index {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		x, err := delta.Build(rc, delta.DefaultParams)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	x1, x2 := index(v1Layer), index(v2Layer)
+	// v2's chunks, but v1's from the first that differs to where the two
+	// cut alike again.
+	i := 0
+	for i < min(len(x1.Chunks), len(x2.Chunks)) && x1.Chunks[i] == x2.Chunks[i] {
+		i++
+	}
+	// [i, j1) of v1's chunks and [i, j2) of v2's cover the same bytes.
+	if i == len(x1.Chunks) || i == len(x2.Chunks) {
+		t.Fatal("v1's and v2's layers cut alike")
+	}
+	j1, j2 := i+1, i+1
+	end1, end2 := x1.Chunks[i].Off+int64(x1.Chunks[i].Len), x2.Chunks[i].Off+int64(x2.Chunks[i].Len)
+	for end1 != end2 {
+		if end1 < end2 {
+			end1 += int64(x1.Chunks[j1].Len)
+			j1++
+		} else {
+			end2 += int64(x2.Chunks[j2].Len)
+			j2++
+		}
+	}
+	lie := *x2
+	lie.Chunks = append(append(append([]delta.Chunk(nil), x2.Chunks[:i]...), x1.Chunks[i:j1]...), x2.Chunks[j2:]...)
+	copy(lie.SHA256[:], mustHex(t, v2Digest.Hex))
+	raw, err := lie.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: installer.IndexPath, Mode: 0o644, Size: int64(len(raw))})
+	tw.Write(raw)
+	tw.Close()
+	cfg, err := v2Img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.RootFS.DiffIDs, cfg.History = nil, nil // appending the layers sets them
+	img, err := mutate.ConfigFile(mutate.MediaType(empty.Image, types.OCIManifestSchema1), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.AppendLayers(img, v2Layer); err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(tb.Bytes(), types.OCIUncompressedLayer), MediaType: types.OCIUncompressedLayer,
+		Annotations: map[string]string{installer.IndexAnnotation: v2Digest.String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeLayout(t, m.layout, img, "lying")
+	ref := "oci:" + m.layout + ":lying"
+	var logs logLines
+	res := stageOK(t, Options{Disk: m.disk, Image: ref, Logf: logs.logf})
+	checkStaged(t, m.disk, m.v2, ref)
+	lines := logs.with("pulling the whole image")
+	if len(lines) != 1 || !strings.Contains(lines[0], "SHA-256") {
+		t.Errorf("want one line giving the delta up for the blob's SHA-256; log: %q", logs.lines)
+	}
+	if tr := res.Staged.Transfer; tr == nil || tr.Reused != 0 || tr.Full == "" {
+		t.Errorf("transfer %+v: want a whole pull, and why", tr)
+	}
+}
+
+// artifactLayer is an installer image's first layer, its artifacts.
+func artifactLayer(t *testing.T, img v1.Image) v1.Layer {
 	t.Helper()
-	tab := crc32.MakeTable(crc32.Castagnoli)
-	base := crc32.Checksum(b, tab)
-	// rows[i]: the CRC change of flipping bit i of the window, with bit i
-	// of the solution tracked in the high word.
-	rows := make([]uint64, 32)
-	for i := range rows {
-		b[pos+i/8] ^= 1 << (i % 8)
-		rows[i] = uint64(crc32.Checksum(b, tab)^base) | 1<<(32+i)
-		b[pos+i/8] ^= 1 << (i % 8)
+	ls, err := img.Layers()
+	if err != nil || len(ls) == 0 {
+		t.Fatalf("layers: %d, %v", len(ls), err)
 	}
-	target := uint64(base ^ want)
-	var sol uint64
-	for bit := 0; bit < 32; bit++ {
-		p := -1
-		for i := bit; i < 32; i++ {
-			if rows[i]>>bit&1 == 1 {
-				p = i
-				break
-			}
-		}
-		if p < 0 {
-			t.Fatal("forgeCRC32C: singular")
-		}
-		rows[bit], rows[p] = rows[p], rows[bit]
-		for i := range rows {
-			if i != bit && rows[i]>>bit&1 == 1 {
-				rows[i] ^= rows[bit]
-			}
-		}
+	return ls[0]
+}
+
+func mustHex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for bit := 0; bit < 32; bit++ {
-		if target>>bit&1 == 1 {
-			sol ^= rows[bit] >> 32
-		}
-	}
-	for i := 0; i < 32; i++ {
-		if sol>>i&1 == 1 {
-			b[pos+i/8] ^= 1 << (i % 8)
-		}
-	}
-	if got := crc32.Checksum(b, tab); got != want {
-		t.Fatalf("forgeCRC32C: %08x, want %08x", got, want)
-	}
+	return b
 }

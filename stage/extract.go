@@ -99,7 +99,7 @@ func (noReadAhead) Close() {}
 func digestOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
 
 // layer streams one layer, writes the artifacts it holds and verifies the
-// whole blob.
+// whole blob (a delta's Reader verifies its own).
 func (x *extractor) layer(ls layerSource, n int) error {
 	raw, err := ls.open()
 	if err != nil {
@@ -110,9 +110,9 @@ func (x *extractor) layer(ls layerSource, n int) error {
 		x.live = ls.delta.reader
 		defer func() { x.live = nil }()
 	}
-	// The blob is read, counted and (unless the transport verifies it)
-	// hashed in a goroutine of its own; the tar is parsed and the artifacts
-	// hashed and written here.
+	// The blob is read, counted and (unless the transport or a delta's
+	// Reader verifies it) hashed in a goroutine of its own; the tar is
+	// parsed and the artifacts hashed and written here.
 	blob := &countingHash{r: raw, progress: x.progress}
 	if ls.digest != nil && !ls.verified {
 		blob.h = sha256.New()

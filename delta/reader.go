@@ -269,8 +269,8 @@ func (r *Reader) fill(ctx context.Context, dst []byte) (int, error) {
 		if err := r.fetchAlone(ctx, c, b); err != nil {
 			return done, err
 		}
-		if sha256.Sum256(b) != c.SHA256 {
-			return done, fmt.Errorf("delta: bytes [%d, %d) of the blob from its source do not match its index", c.Off, c.Off+int64(c.Len))
+		if err := fetchedMatches(c, b); err != nil {
+			return done, err
 		}
 		r.refetched.Add(int64(c.Len))
 		done += len(b)
@@ -303,7 +303,13 @@ func (r *Reader) fetchNext(ctx context.Context, c Chunk, buf []byte) error {
 	if r.bodyAt += int64(c.Len); r.bodyAt == r.bodyTo {
 		r.closeBody()
 	}
-	if sha256.Sum256(buf) != c.SHA256 {
+	return fetchedMatches(c, buf)
+}
+
+// fetchedMatches checks chunk c's bytes, read from the source, against
+// the index's SHA-256.
+func fetchedMatches(c Chunk, b []byte) error {
+	if sha256.Sum256(b) != c.SHA256 {
 		return fmt.Errorf("delta: bytes [%d, %d) of the blob from its source do not match its index", c.Off, c.Off+int64(c.Len))
 	}
 	return nil

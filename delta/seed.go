@@ -148,9 +148,6 @@ func split(seeds []Seed, p Params) []part {
 	return out
 }
 
-// Len is how many distinct chunks the seeds hold (of those kept).
-func (s *Seeds) Len() int { return len(s.where) }
-
 // Find says where a chunk with c's length and CRC-32C lies.
 func (s *Seeds) Find(c Chunk) (Loc, bool) {
 	l, ok := s.where[keyOf(c)]
